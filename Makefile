@@ -1,0 +1,31 @@
+# Two commands for a newcomer: `make run` and `make test`. Both set up .venv themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
+	  echo "cannot create $(VENV): install python3-venv (apt install python3-venv)"; exit 1; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+## run: start hbdaemon in the foreground on etc/dev/hbdaemon.yaml (state and socket under ./run/)
+run: $(STAMP)
+	@mkdir -p run
+	@echo "hbdaemon: unix socket ./run/hbdaemon.sock, http http://127.0.0.1:8690 (Ctrl-C stops it)"
+	exec $(PY) -m hbdaemon -c etc/dev/hbdaemon.yaml
+
+## test: run the whole test suite
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## bench: run the benchmarks in bench/ (needs wrk: apt install wrk)
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) run build dist *.egg-info .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from hbdaemon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""The health checker thread: wakes at the next deadline and convicts silent agents."""
+
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from hbdaemon.registry import Registry
+
+log = logging.getLogger(__name__)
+
+MAX_SLEEP = 1.0
+MIN_SLEEP = 0.01
+
+
+class HealthChecker:
+    """Runs Registry.check at each deadline (at least once a second).
+
+    If its own loop wakes far later than planned (SIGSTOP, a stalled host), it first
+    grants every agent a fresh grace period instead of convicting them all at once.
+    """
+
+    def __init__(self, registry: Registry, stall_threshold: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self._registry = registry
+        self.stall_threshold = stall_threshold
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._planned: Optional[float] = None
+        self.last_pass = clock()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hb-health", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("health checker did not stop within %.1fs", timeout)
+
+    def run_once(self) -> float:
+        """One pass; returns how long to sleep before the next."""
+        now = self._clock()
+        if self._planned is not None and now - self._planned > self.stall_threshold:
+            self._registry.grant_grace(f"woke {now - self._planned:.1f}s late")
+        next_due = self._registry.check()
+        now = self._clock()
+        self.last_pass = now
+        delay = MAX_SLEEP if next_due is None else min(MAX_SLEEP, max(MIN_SLEEP, next_due - now))
+        self._planned = now + delay
+        return delay
+
+    def _loop(self) -> None:
+        delay = 0.0
+        while not self._stop.wait(delay):
+            try:
+                delay = self.run_once()
+            except Exception:  # the checker must outlive any one bad pass
+                log.exception("health check pass failed")
+                delay = MAX_SLEEP

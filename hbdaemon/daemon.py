@@ -1,0 +1,248 @@
+"""The daemon: wires the components, starts them in order, reloads and stops them."""
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable, Optional
+
+from hbdaemon import __version__, logsetup, metrics
+from hbdaemon.api import Api
+from hbdaemon.checker import HealthChecker
+from hbdaemon.config import Config, ConfigError
+from hbdaemon.events import EventLog
+from hbdaemon.health import PolicySet
+from hbdaemon.hooks import HookRunner
+from hbdaemon.http_server import TRANSPORT as HTTP, HeartbeatHTTPServer
+from hbdaemon.registry import Registry
+from hbdaemon.sdnotify import Notifier
+from hbdaemon.stats import ReceiverStats
+from hbdaemon.store import Store
+from hbdaemon.unix_server import UnixHeartbeatServer, group_id
+from hbdaemon.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The daemon cannot start (socket in use, state dir unusable, port taken, ...)."""
+
+
+def preflight(cfg: Config) -> Optional[bytes]:
+    """Checks that need the host (group, token file); returns the token. Raises ConfigError."""
+    if cfg.unix.socket_group:
+        try:
+            group_id(cfg.unix.socket_group)
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.source}: unix.socket_group: {exc}") from None
+    return read_token(cfg.http.auth_token_file, cfg.source)
+
+
+def read_token(path: str, source: str) -> Optional[bytes]:
+    """The bearer token from `path` (surrounding whitespace stripped), or None if unset."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{source}: http.auth_token_file: cannot read {path}: "
+                          f"{exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"{source}: http.auth_token_file: {path} is empty")
+    return token
+
+
+class Daemon:
+    """One running hbdaemon. start() and stop() are called from the main thread."""
+
+    def __init__(self, cfg: Config, reload_config: Callable[[], Config] = None,
+                 notifier: Optional[Notifier] = None):
+        self.cfg = cfg
+        self._reload_config = reload_config
+        self.notifier = notifier or Notifier()
+        self.token = preflight(cfg)
+        hc = cfg.agent.health_check
+        self.stats = ReceiverStats()
+        self.events = EventLog(cfg.daemon.max_events)
+        self.registry = Registry(PolicySet(hc, cfg.agent.overrides), self.events.record)
+        self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
+                           self.registry.take_dirty)
+        self.hooks = HookRunner(cfg.hooks, cfg.agent.restart, self.events.record, self.registry.get)
+        self.checker = HealthChecker(self.registry, hc.stall_threshold)
+        self.pool = WorkerPool(self._process_http, cfg.http.workers, cfg.http.queue_size)
+        self.api = Api(self.registry, self.events, self.stats, self.extra_stats, self.render_metrics)
+        self.unix: Optional[UnixHeartbeatServer] = None
+        self.http: Optional[HeartbeatHTTPServer] = None
+        self._threads = []
+        self._wakeup = threading.Event()
+        self._stop_requested = False
+        self._reload_requested = False
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Store, then the Unix socket, then HTTP, then the threads. Raises StartupError."""
+        agents, events = self.store.open()
+        self.events.restore(events)
+        self.events.subscribe(self.store.add_event)
+        self.events.subscribe(self.hooks.on_event)
+        self.registry.load(agents)
+        if agents:
+            log.info("remembered %d agents and %d events from %s", len(agents), len(events),
+                     self.store.path)
+        u, h = self.cfg.unix, self.cfg.http
+        try:
+            self.unix = UnixHeartbeatServer(
+                u.socket_path, self.registry, self.stats, mode=u.socket_mode, group=u.socket_group,
+                verify_peer_pid=u.verify_peer_pid, idle_timeout=self.cfg.unix_idle_timeout,
+                max_connections=u.max_connections)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot listen on {u.socket_path}: {exc}") from None
+        if h.port:
+            try:
+                self.http = HeartbeatHTTPServer(h.host, h.port, self.api, self.pool.submit,
+                                                token=self.token, idle_timeout=h.idle_timeout,
+                                                max_connections=h.max_connections)
+            except OSError as exc:
+                self.unix.close()
+                raise StartupError(f"cannot listen on http {h.host}:{h.port}: "
+                                   f"{exc.strerror or exc}") from None
+        self.pool.start()
+        self.store.start()
+        self.hooks.start()
+        self.checker.start()
+        self._serve(self.unix, "hb-unix")
+        if self.http:
+            self._serve(self.http, "hb-http")
+        if self.cfg.manager.url:
+            log.warning("manager.url is set, but upstream reporting is not available in "
+                        "this version; ignoring it")
+        log.info("hbdaemon %s ready: unix socket %s, http %s", __version__, u.socket_path,
+                 self.http_url or "off")
+        self.notifier.notify(f"READY=1\nSTATUS=receiving heartbeats\nMAINPID={os.getpid()}")
+
+    @property
+    def http_url(self) -> str:
+        if not self.http:
+            return ""
+        host, port = self.http.server_address[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def _serve(self, server, name: str) -> None:
+        t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                             name=name, daemon=True)
+        t.start()
+        self._threads.append((server, t))
+
+    def _process_http(self, item) -> None:
+        hb, started, host, local = item
+        self.registry.apply(hb, HTTP, remote=host, local=local)
+        self.stats.note_processed(HTTP, time.perf_counter() - started)
+
+    # -- reports --------------------------------------------------------------------------
+
+    def extra_stats(self) -> dict:
+        return {
+            "version": __version__,
+            "queue_depth": self.pool.depth, "queue_capacity": self.pool.capacity,
+            "unix_connections": self.unix.active_connections if self.unix else 0,
+            "http_connections": self.http.active_connections if self.http else 0,
+            "agents": len(self.registry), "agents_by_state": self.registry.counts(),
+            "hook_runs": self.hooks.runs, "hook_failures": self.hooks.failures,
+            "store_writes": self.store.writes, "store_errors": self.store.errors,
+        }
+
+    def render_metrics(self) -> str:
+        return metrics.render(self.registry, self.stats, self.events, self.extra_stats)
+
+    # -- run loop, signals ----------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop. SIGHUP: reload. The handlers only set flags."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        self._stop_requested = True
+        self._wakeup.set()
+
+    def _on_reload_signal(self, signum, frame) -> None:
+        self._reload_requested = True
+        self._wakeup.set()
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self._wakeup.set()
+
+    def run_forever(self) -> None:
+        """Serve until a stop is requested; reload and feed the watchdog meanwhile."""
+        tick = min(1.0, self.notifier.watchdog_interval or 1.0)
+        while not self._stop_requested:
+            self._wakeup.wait(tick)
+            self._wakeup.clear()
+            if self._reload_requested and not self._stop_requested:
+                self._reload_requested = False
+                self.reload()
+            if self.notifier.watchdog_interval and self._healthy():
+                self.notifier.notify("WATCHDOG=1")
+
+    def _healthy(self) -> bool:
+        """Feed the watchdog only while the health checker keeps up."""
+        return time.monotonic() - self.checker.last_pass < 5 + self.checker.stall_threshold
+
+    def reload(self) -> bool:
+        """Re-read the config (SIGHUP): thresholds, hooks, logging. A bad config changes nothing."""
+        self.notifier.notify("RELOADING=1")
+        try:
+            new = self._reload_config()
+            token = preflight(new)
+            logsetup.configure(new.log.level, new.log.file, new.log.format)
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            self.notifier.notify("READY=1")
+            return False
+        for name in ("state_dir", "max_events", "store_interval"):
+            if getattr(new.daemon, name) != getattr(self.cfg.daemon, name):
+                log.warning("daemon.%s changed: takes effect after a restart", name)
+        for section in ("unix", "http"):
+            if getattr(new, section) != getattr(self.cfg, section):
+                log.warning("%s settings changed: listeners keep their old settings until "
+                            "a restart (thresholds, hooks and logging were reloaded)", section)
+        hc = new.agent.health_check
+        self.registry.set_policies(PolicySet(hc, new.agent.overrides))
+        self.checker.stall_threshold = hc.stall_threshold
+        self.hooks.configure(new.hooks, new.agent.restart)
+        if self.http:
+            self.http.token = token
+        self.cfg = new
+        log.info("configuration reloaded from %s", new.source)
+        self.notifier.notify("READY=1")
+        return True
+
+    # -- stop -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop accepting, drain the queue, final health pass, flush the store, remove the socket."""
+        self.notifier.notify("STOPPING=1")
+        log.info("stopping: draining up to %.1fs", self.cfg.daemon.shutdown_timeout)
+        deadline = time.monotonic() + self.cfg.daemon.shutdown_timeout
+        for server, thread in self._threads:
+            server.shutdown()
+            thread.join(1.0)
+        if self.unix:
+            self.unix.closing = True
+            self.unix.server_close()
+            self.unix.close_connections()
+        if self.http:
+            self.http.close()
+        self.pool.stop(max(0.1, deadline - time.monotonic()))
+        self.checker.stop(1.0)
+        self.registry.check()
+        self.hooks.stop(1.0)
+        self.store.stop(max(1.0, deadline - time.monotonic()))
+        if self.unix:
+            self.unix.close()
+        log.info("stopped")

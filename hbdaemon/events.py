@@ -1,0 +1,94 @@
+"""Events: every change of an agent's state, logged, kept in a bounded ring and fanned out."""
+
+import collections
+import logging
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+from hbdaemon.protocol import format_rfc3339
+
+log = logging.getLogger(__name__)
+
+# Arrivals in these states are logged at WARNING; the rest at INFO.
+_ALARMING = frozenset(("no_heartbeat", "dead", "over_threshold", "hook_suspended"))
+
+
+class Event:
+    """One change of state (kind "state") or a note about an agent (e.g. "hook_suspended")."""
+
+    __slots__ = ("id", "time", "agent_id", "from_state", "to_state", "reason", "kind")
+
+    def __init__(self, id: int, time: float, agent_id: str, from_state: str, to_state: str,
+                 reason: str, kind: str = "state"):
+        self.id, self.time, self.agent_id = id, time, agent_id
+        self.from_state, self.to_state, self.reason, self.kind = from_state, to_state, reason, kind
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "time": format_rfc3339(self.time), "agent_id": self.agent_id,
+                "from": self.from_state, "to": self.to_state, "reason": self.reason,
+                "kind": self.kind}
+
+    @classmethod
+    def from_row(cls, row) -> "Event":
+        return cls(*row)
+
+    def to_row(self) -> tuple:
+        return (self.id, self.time, self.agent_id, self.from_state, self.to_state, self.reason,
+                self.kind)
+
+
+class EventLog:
+    """The most recent events in memory, with listeners called for each new one.
+
+    Thread-safe. Listeners run in the caller's thread and must not block.
+    """
+
+    def __init__(self, max_events: int, wallclock: Callable[[], float] = time.time):
+        self._ring = collections.deque(maxlen=max_events)
+        self._lock = threading.Lock()
+        self._wall = wallclock
+        self._next_id = 1
+        self._listeners: List[Callable[[Event], None]] = []
+        self.counts: Dict[str, int] = collections.Counter()
+
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.append(listener)
+
+    def restore(self, events: List[Event]) -> None:
+        """Reload persisted events (oldest first) after a restart; ids continue after them."""
+        with self._lock:
+            for ev in events:
+                self._ring.append(ev)
+                self._next_id = max(self._next_id, ev.id + 1)
+
+    def record(self, agent_id: str, from_state, to_state, reason: str,
+               kind: str = "state") -> Event:
+        """Add an event, log it and hand it to every listener."""
+        with self._lock:
+            ev = Event(self._next_id, self._wall(), agent_id, str(from_state), str(to_state),
+                       reason, kind)
+            self._next_id += 1
+            self._ring.append(ev)
+            self.counts[ev.to_state if kind == "state" else kind] += 1
+        level = logging.WARNING if ev.to_state in _ALARMING or kind != "state" else logging.INFO
+        if kind == "state":
+            log.log(level, "agent %s: %s -> %s (%s)", agent_id, ev.from_state, ev.to_state, reason)
+        else:
+            log.log(level, "agent %s: %s: %s", agent_id, kind, reason)
+        for listener in self._listeners:
+            try:
+                listener(ev)
+            except Exception:  # a broken listener must not stop the others or the caller
+                log.exception("event listener %r failed", listener)
+        return ev
+
+    def query(self, since: Optional[float] = None, agent: Optional[str] = None,
+              after_id: int = 0, limit: int = 1000) -> List[Event]:
+        """The newest `limit` events after `since` (epoch) / `after_id`, oldest first."""
+        with self._lock:
+            events = list(self._ring)
+        out = [ev for ev in events
+               if (since is None or ev.time >= since) and ev.id > after_id
+               and (agent is None or ev.agent_id == agent)]
+        return out[-limit:] if limit else out

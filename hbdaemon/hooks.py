@@ -1,0 +1,182 @@
+"""Hooks: commands run on events, without a shell, with a timeout and restart-style backoff.
+
+Per hook and agent, runs are spaced by backoff_base * 2^n (capped at backoff_max); after
+max_retries runs without the agent becoming healthy in between, the hook is suspended for
+that agent and a `hook_suspended` event says so. A `healthy` event resets the count.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+from hbdaemon.config import HookConfig, RestartConfig
+from hbdaemon.events import Event
+
+log = logging.getLogger(__name__)
+
+MAX_PARALLEL = 8
+OUTPUT_LIMIT = 2000
+
+
+class _Slot:
+    """Backoff bookkeeping for one (hook, agent) pair."""
+
+    __slots__ = ("attempts", "next_at", "pending", "running", "suspended")
+
+    def __init__(self):
+        self.attempts = 0
+        self.next_at = 0.0
+        self.pending: Optional[Event] = None
+        self.running = False
+        self.suspended = False
+
+
+class HookRunner:
+    """Schedules and runs hooks in its own threads, so a slow hook never blocks intake.
+
+    on_event is thread-safe and returns at once.
+    """
+
+    def __init__(self, hooks: Tuple[HookConfig, ...], restart: RestartConfig,
+                 emit: Callable[..., Event], lookup: Callable[[str], Optional[dict]],
+                 clock: Callable[[], float] = time.monotonic):
+        self._hooks, self._restart = tuple(hooks), restart
+        self._emit, self._lookup, self._clock = emit, lookup, clock
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._slots: Dict[Tuple[int, str], _Slot] = {}
+        self._running = 0
+        self._thread: Optional[threading.Thread] = None
+        self.runs = 0
+        self.failures = 0
+
+    def configure(self, hooks: Tuple[HookConfig, ...], restart: RestartConfig) -> None:
+        """Replace the hooks (SIGHUP); backoff state starts afresh."""
+        with self._lock:
+            self._hooks, self._restart = tuple(hooks), restart
+            self._slots = {k: s for k, s in self._slots.items() if s.running}
+
+    def on_event(self, ev: Event) -> None:
+        """Event listener: queue the hooks this event triggers."""
+        trigger = ev.to_state if ev.kind == "state" else ev.kind
+        with self._lock:
+            if ev.kind == "state" and ev.to_state == "healthy":
+                for (_, agent), slot in self._slots.items():
+                    if agent == ev.agent_id:
+                        slot.attempts, slot.next_at, slot.suspended = 0, 0.0, False
+            for index, hook in enumerate(self._hooks):
+                if trigger in hook.on:
+                    slot = self._slots.setdefault((index, ev.agent_id), _Slot())
+                    if not slot.suspended:
+                        slot.pending = ev
+                        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hb-hooks", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop scheduling; hooks already running finish on their own (bounded by their timeout)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("hook scheduler did not stop within %.1fs", timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            delay = self._dispatch()
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def _dispatch(self) -> float:
+        """Start every due run; return how long to sleep."""
+        now = self._clock()
+        delay = 1.0
+        with self._lock:
+            for (index, agent), slot in self._slots.items():
+                if slot.pending is None or slot.running or slot.suspended:
+                    continue
+                if slot.next_at > now:
+                    delay = min(delay, slot.next_at - now)
+                    continue
+                if self._running >= MAX_PARALLEL:
+                    break
+                ev, slot.pending, slot.running = slot.pending, None, True
+                self._running += 1
+                threading.Thread(target=self._run, args=(index, self._hooks[index], agent, slot, ev),
+                                 name=f"hb-hook-{index}", daemon=True).start()
+        return max(delay, 0.01)
+
+    def _run(self, index: int, hook: HookConfig, agent: str, slot: _Slot, ev: Event) -> None:
+        record = self._lookup(agent) or {}
+        ok = self._execute(hook, ev, record)
+        suspended_after = None
+        current = (self._lookup(agent) or {}).get("state")  # not under our lock: see on_event
+        with self._lock:
+            self._running -= 1
+            self.runs += 1
+            self.failures += 0 if ok else 1
+            slot.running = False
+            slot.attempts += 1
+            rs = self._restart
+            slot.next_at = self._clock() + min(rs.backoff_base * 2 ** (slot.attempts - 1),
+                                               rs.backoff_max)
+            if not ok and slot.pending is None and current in hook.on:
+                slot.pending = ev  # retry after the backoff while the agent is still in that state
+            if slot.attempts >= rs.max_retries and current != "healthy" and not slot.suspended:
+                slot.suspended, slot.pending = True, None
+                suspended_after = slot.attempts
+            self._wake.set()
+        if suspended_after is not None:
+            self._emit(agent, current or ev.to_state, current or ev.to_state,
+                       f"hook {hook.label} suspended for this agent after {suspended_after} runs "
+                       f"without it becoming healthy", kind="hook_suspended")
+
+    def _execute(self, hook: HookConfig, ev: Event, record: dict) -> bool:
+        env = dict(os.environ, HB_AGENT_ID=ev.agent_id, HB_PID=str(record.get("pid", "")),
+                   HB_FROM=ev.from_state, HB_TO=ev.to_state, HB_REASON=ev.reason,
+                   HB_TIME=ev.to_dict()["time"], HB_EVENT_KIND=ev.kind, HB_EVENT_ID=str(ev.id))
+        started = self._clock()
+        try:
+            proc = subprocess.Popen(hook.command, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True)
+        except OSError as exc:
+            log.error("hook %s for %s: cannot run %s: %s", hook.label, ev.agent_id,
+                      hook.command[0], exc)
+            return False
+        try:
+            out, _ = proc.communicate(timeout=hook.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            log.error("hook %s for %s: killed after %.1fs timeout", hook.label, ev.agent_id,
+                      hook.timeout)
+            return False
+        text = out.decode("utf-8", "replace").strip()[-OUTPUT_LIMIT:]
+        took = self._clock() - started
+        if proc.returncode == 0:
+            log.info("hook %s for %s (%s) ran in %.2fs%s", hook.label, ev.agent_id, ev.to_state,
+                     took, f": {text}" if text else "")
+            return True
+        log.error("hook %s for %s (%s) failed with exit status %s in %.2fs%s", hook.label,
+                  ev.agent_id, ev.to_state, proc.returncode, took, f": {text}" if text else "")
+        return False
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the hook and anything it started (it runs in its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        log.warning("hook process %d: output still open after kill", proc.pid)

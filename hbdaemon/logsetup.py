@@ -1,0 +1,42 @@
+"""Logging set-up: stderr (journald) or a file that survives logrotate, text or JSON lines."""
+
+import json
+import logging
+import logging.handlers
+import sys
+
+from hbdaemon.protocol import format_rfc3339
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_handler = None
+_handler_key = None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": format_rfc3339(record.created), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def configure(level: str, file: str = "", fmt: str = "text") -> None:
+    """(Re)configure the root logger; a new file or format replaces the handler.
+
+    Raises OSError if the log file cannot be opened (the old handler is then kept).
+    """
+    global _handler, _handler_key
+    root = logging.getLogger()
+    key = (file, fmt)
+    if key != _handler_key:
+        handler = logging.handlers.WatchedFileHandler(file) if file else logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+        if _handler is not None:
+            root.removeHandler(_handler)
+            _handler.close()
+        root.addHandler(handler)
+        _handler, _handler_key = handler, key
+    root.setLevel(getattr(logging, level.upper()))

@@ -1,0 +1,168 @@
+"""Wire protocol v1: parse and validate one heartbeat, and RFC 3339 times."""
+
+import calendar
+import json
+import math
+import re
+import time
+from typing import Optional
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_PID = 2**31 - 1  # psutil and os.kill take a C int
+MAX_MEMORY = 2**63 - 1
+DEFAULT_STATUS = "running"
+
+_AGENT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}\Z")
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)\Z"
+)
+
+
+class ProtocolError(ValueError):
+    """A heartbeat that breaks the protocol; `field` names the culprit, or is None."""
+
+    def __init__(self, field: Optional[str], message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+    @property
+    def reason(self) -> str:
+        """A short label for counting rejects (`invalid_<field>` or `invalid_message`)."""
+        return f"invalid_{self.field}" if self.field else "invalid_message"
+
+
+class Heartbeat:
+    """One validated heartbeat. `timestamp` is the agent's clock (epoch seconds) or None."""
+
+    __slots__ = ("agent_id", "pid", "timestamp", "version", "status", "cpu", "memory")
+
+    def __init__(self, agent_id, pid, timestamp=None, version="", status=DEFAULT_STATUS,
+                 cpu=0.0, memory=0):
+        self.agent_id = agent_id
+        self.pid = pid
+        self.timestamp = timestamp
+        self.version = version
+        self.status = status
+        self.cpu = cpu
+        self.memory = memory
+
+    def __repr__(self) -> str:
+        return (f"Heartbeat(agent_id={self.agent_id!r}, pid={self.pid}, status={self.status!r}, "
+                f"cpu={self.cpu}, memory={self.memory})")
+
+
+def valid_agent_id(value) -> bool:
+    """True if `value` is a string the protocol accepts as an agent id."""
+    return isinstance(value, str) and _AGENT_ID.match(value) is not None
+
+
+def parse_heartbeat(data, require_agent_id: bool = True) -> Heartbeat:
+    """Parse bytes, str or an already-decoded dict into a Heartbeat, or raise ProtocolError.
+
+    Without an agent_id (allowed on the Unix socket) the heartbeat is keyed `pid-<pid>`.
+    """
+    obj = decode_json(data) if isinstance(data, (bytes, bytearray, str)) else data
+    if not isinstance(obj, dict):
+        raise ProtocolError(None, "expected a JSON object")
+    pid = obj.get("pid")
+    if type(pid) is not int:
+        raise ProtocolError("pid", "required, an integer > 0")
+    if not 0 < pid <= MAX_PID:
+        raise ProtocolError("pid", f"must be between 1 and {MAX_PID}")
+    agent_id = obj.get("agent_id")
+    if agent_id is None:
+        if require_agent_id:
+            raise ProtocolError("agent_id", "required, 1-128 characters of A-Z a-z 0-9 . _ : @ -")
+        agent_id = f"pid-{pid}"
+    elif not valid_agent_id(agent_id):
+        raise ProtocolError("agent_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
+    return Heartbeat(
+        agent_id, pid,
+        timestamp=_optional_time(obj.get("timestamp")),
+        version=_optional_str(obj, "version", 64, ""),
+        status=_optional_str(obj, "status", 32, DEFAULT_STATUS) or DEFAULT_STATUS,
+        cpu=_cpu(obj.get("cpu")),
+        memory=_memory(obj.get("memory")),
+    )
+
+
+def decode_json(data):
+    """Decode one JSON document from bytes or str, raising ProtocolError on anything wrong."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(None, f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(None, "message is not valid UTF-8") from None
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ProtocolError(None, "invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and ints over the digit limit
+        raise ProtocolError(None, f"invalid JSON: {exc}") from None
+
+
+def _optional_str(obj: dict, field: str, limit: int, default: str) -> str:
+    value = obj.get(field)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ProtocolError(field, f"must be a string of at most {limit} characters")
+    if len(value) > limit:
+        raise ProtocolError(field, f"longer than {limit} characters")
+    return value
+
+
+def _cpu(value) -> float:
+    if value is None:
+        return 0.0
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ProtocolError("cpu", "must be a finite number from 0 to 100")
+    if not 0 <= value <= 100:
+        raise ProtocolError("cpu", "must be between 0 and 100 (percent of the machine)")
+    return float(value)
+
+
+def _memory(value) -> int:
+    if value is None:
+        return 0
+    if type(value) is not int or not 0 <= value <= MAX_MEMORY:
+        raise ProtocolError("memory", "must be an integer number of bytes >= 0")
+    return value
+
+
+def _optional_time(value) -> Optional[float]:
+    # Informational only: anything unparsable means "use the server's time".
+    return parse_rfc3339(value) if isinstance(value, str) else None
+
+
+def parse_rfc3339(text: str) -> Optional[float]:
+    """Epoch seconds from an RFC 3339 time (any fraction length, Z or offset), else None."""
+    m = _RFC3339.match(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second <= 60):
+        return None
+    try:
+        base = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+    fraction = float(m.group(7)) if m.group(7) else 0.0
+    zone = m.group(8)
+    if zone not in ("Z", "z"):
+        sign = 1 if zone[0] == "+" else -1
+        base -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return base + fraction
+
+
+def format_rfc3339(epoch: Optional[float]) -> Optional[str]:
+    """`2026-11-27T20:35:24.456Z` for epoch seconds (None stays None)."""
+    if epoch is None:
+        return None
+    whole = int(epoch // 1)
+    millis = int(round((epoch - whole) * 1000))
+    if millis == 1000:
+        whole, millis = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"

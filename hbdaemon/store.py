@@ -1,0 +1,173 @@
+"""Persistent state: agent records and events in SQLite (WAL), written by one thread."""
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from hbdaemon.events import Event
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "hbdaemon.db"
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS agents (agent_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, agent_id TEXT NOT NULL,
+    from_state TEXT NOT NULL, to_state TEXT NOT NULL, reason TEXT NOT NULL, kind TEXT NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """The state directory cannot be used at all (not a recoverable bad file)."""
+
+
+class Store:
+    """Owns the database file. open() reads it back; then a writer thread persists changes.
+
+    add_event is thread-safe and never blocks on disk.
+    """
+
+    def __init__(self, state_dir: str, max_events: int, interval: float,
+                 take_dirty: Callable[[], List[Tuple[str, Optional[dict]]]] = lambda: []):
+        self.path = os.path.join(state_dir, DB_NAME)
+        self._state_dir = state_dir
+        self._max_events = max_events
+        self._interval = interval
+        self._take_dirty = take_dirty
+        self._pending: List[Event] = []
+        self._unsaved: Dict[str, Optional[dict]] = {}  # writer thread only
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.writes = 0
+        self.errors = 0
+
+    def open(self) -> Tuple[List[dict], List[Event]]:
+        """Prepare the database and return what it holds (agents, events oldest first).
+
+        A corrupt or unreadable file is moved aside and a fresh one started.
+        Raises StoreError if the state directory itself is unusable.
+        """
+        try:
+            os.makedirs(self._state_dir, mode=0o750, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create state_dir {self._state_dir}: {exc}") from None
+        if not os.access(self._state_dir, os.W_OK | os.X_OK):
+            raise StoreError(f"state_dir {self._state_dir} is not writable by this user")
+        try:
+            return self._read()
+        except sqlite3.Error as exc:
+            aside = self._move_aside()
+            log.error("state store %s is unreadable (%s): moved it to %s and starting with no "
+                      "remembered agents", self.path, exc, aside)
+            return self._read()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+        return db
+
+    def _read(self) -> Tuple[List[dict], List[Event]]:
+        db = self._connect()
+        try:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
+            agents = []
+            for agent_id, data in db.execute("SELECT agent_id, data FROM agents"):
+                try:
+                    agents.append(json.loads(data))
+                except ValueError:
+                    log.warning("state store: skipping unreadable record of agent %s", agent_id)
+            rows = db.execute("SELECT id, time, agent_id, from_state, to_state, reason, kind "
+                              "FROM events ORDER BY id DESC LIMIT ?", (self._max_events,))
+            events = [Event.from_row(r) for r in rows][::-1]
+            return agents, events
+        finally:
+            db.close()
+
+    def _move_aside(self) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = f"{self.path}.corrupt-{stamp}"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.replace(self.path + suffix, aside + suffix)
+        return aside
+
+    # -- writer ---------------------------------------------------------------------------
+
+    def add_event(self, ev: Event) -> None:
+        """Event listener: persist soon (the writer wakes at once)."""
+        with self._lock:
+            self._pending.append(ev)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hb-store", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Write everything still pending and stop. Blocks up to `timeout`."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("state store writer did not finish within %.1fs", timeout)
+
+    def _loop(self) -> None:
+        db = self._connect()
+        try:
+            while True:
+                self._wake.wait(self._interval)
+                stopping = self._stop.is_set()
+                # an event wakes us at once; let a burst of them gather for a moment
+                if not stopping and self._wake.is_set():
+                    time.sleep(0.02)
+                self._wake.clear()
+                self.flush(db)
+                if stopping:
+                    break
+        finally:
+            db.close()
+
+    def flush(self, db: sqlite3.Connection) -> None:
+        """Write pending events and changed agents in one transaction."""
+        with self._lock:
+            events, self._pending = self._pending, []
+        self._unsaved.update(self._take_dirty())
+        agents = list(self._unsaved.items())
+        if not events and not agents:
+            return
+        try:
+            with db:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?,?)",
+                               [ev.to_row() for ev in events])
+                db.executemany("INSERT OR REPLACE INTO agents VALUES (?, ?)",
+                               [(a, json.dumps(d)) for a, d in agents if d is not None])
+                db.executemany("DELETE FROM agents WHERE agent_id = ?",
+                               [(a,) for a, d in agents if d is None])
+                if events:
+                    db.execute("DELETE FROM events WHERE id <= ?",
+                               (events[-1].id - self._max_events,))
+            self._unsaved.clear()
+            self.writes += 1
+        except sqlite3.Error as exc:
+            self.errors += 1
+            log.error("state store: write failed (%s); will retry", exc)
+            with self._lock:
+                self._pending[:0] = events

@@ -1,0 +1,182 @@
+"""The Unix socket receiver: newline-delimited JSON heartbeats on persistent connections."""
+
+import errno
+import grp
+import itertools
+import logging
+import os
+import socket
+import socketserver
+import stat
+import struct
+import time
+
+from hbdaemon import process
+from hbdaemon.connlimit import ConnectionLimitMixIn
+from hbdaemon.protocol import MAX_MESSAGE_BYTES, ProtocolError, parse_heartbeat
+from hbdaemon.registry import Peer, Registry
+from hbdaemon.stats import ReceiverStats
+
+log = logging.getLogger(__name__)
+
+TRANSPORT = "unix"
+_PEERCRED = struct.Struct("3i")
+
+
+class SocketInUseError(Exception):
+    """Another live daemon answers on the socket path, or the path is not ours to take."""
+
+
+def claim_socket_path(path: str) -> None:
+    """Make `path` free for bind: remove a stale socket; refuse a live one or a non-socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketInUseError(f"{path} exists and is not a socket; not removing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except socket.timeout:
+        raise SocketInUseError(f"{path}: a process is listening but not accepting; "
+                               "is another hbdaemon running?") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise SocketInUseError(f"{path}: cannot probe the existing socket: {exc}") from None
+        log.info("removing stale socket %s", path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    else:
+        raise SocketInUseError(f"another daemon is listening on {path}; not starting a second one")
+    finally:
+        probe.close()
+
+
+def group_id(name: str) -> int:
+    """The gid of group `name`, or ValueError in words an operator can act on."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f'no group named {name!r} on this host (set unix.socket_group: "" '
+                         "to leave the socket's group as it is)") from None
+
+
+class UnixHeartbeatServer(ConnectionLimitMixIn, socketserver.ThreadingUnixStreamServer):
+    """Listens on the daemon socket; one thread per agent connection."""
+
+    daemon_threads = True    # a stuck connection must never keep the process alive
+    block_on_close = False   # close() shuts connections down itself, with a bound
+    request_queue_size = 256  # after a daemon restart every agent reconnects at once
+
+    def __init__(self, path: str, registry: Registry, stats: ReceiverStats, *, mode: int = 0o660,
+                 group: str = "", verify_peer_pid: bool = True, idle_timeout: float = 270.0,
+                 max_connections: int = 1024):
+        self.socket_path = path
+        self.registry = registry
+        self.stats = stats
+        self.mode = mode
+        self.gid = group_id(group) if group else -1
+        self.verify_peer_pid = verify_peer_pid
+        self.idle_timeout = idle_timeout or None
+        self.closing = False
+        self._conn_ids = itertools.count(1)
+        self._identity = None
+        self.init_connection_limit(max_connections)
+        super().__init__(path, UnixHeartbeatHandler)
+
+    def server_bind(self):
+        claim_socket_path(self.socket_path)
+        os.makedirs(os.path.dirname(self.socket_path), mode=0o755, exist_ok=True)
+        old_umask = os.umask(0o177)  # nobody else may connect before the mode below is set
+        try:
+            super().server_bind()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, self.mode)
+        if self.gid != -1:
+            os.chown(self.socket_path, -1, self.gid)
+        st = os.stat(self.socket_path)
+        self._identity = (st.st_dev, st.st_ino)
+
+    def next_conn_id(self) -> int:
+        return next(self._conn_ids)
+
+    def close(self) -> None:
+        """Stop listening, end every connection (no agent is judged by it), remove our socket."""
+        self.closing = True
+        self.server_close()
+        self.close_connections()
+        try:
+            st = os.stat(self.socket_path)
+            if (st.st_dev, st.st_ino) == self._identity:
+                os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+
+
+class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
+    """Reads heartbeats from one agent until EOF, error or idle timeout."""
+
+    def setup(self):
+        self.timeout = self.server.idle_timeout
+        super().setup()
+
+    def handle(self):
+        server = self.server
+        pid, uid, gid = _PEERCRED.unpack(self.connection.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        peer = Peer(server.next_conn_id(), pid, uid, gid, process.create_time(pid))
+        agent_id = None
+        warned = False
+        while True:
+            try:
+                line = self.rfile.readline(MAX_MESSAGE_BYTES + 1)
+            except socket.timeout:
+                log.info("unix: closing idle connection of %s (pid %d): nothing for %.0fs",
+                         agent_id or "an unnamed peer", pid, server.idle_timeout)
+                server.stats.note_rejected(TRANSPORT, "idle_timeout")
+                break
+            except OSError as exc:
+                log.debug("unix: connection of pid %d ended: %s", pid, exc)
+                break
+            if not line:
+                break
+            started = time.perf_counter()
+            server.stats.note_received(TRANSPORT)
+            if len(line) > MAX_MESSAGE_BYTES:
+                self._drop(peer, agent_id, "too_large",
+                           f"line longer than {MAX_MESSAGE_BYTES} bytes")
+                break
+            try:
+                hb = parse_heartbeat(line, require_agent_id=False)
+            except ProtocolError as exc:
+                if exc.field is None:  # not JSON at all: the stream cannot be trusted
+                    self._drop(peer, agent_id, exc.reason, str(exc))
+                    break
+                server.stats.note_rejected(TRANSPORT, exc.reason)
+                log.log(logging.DEBUG if warned else logging.WARNING,
+                        "unix: rejected heartbeat from pid %d: %s", pid, exc)
+                warned = True
+                continue
+            if server.verify_peer_pid and hb.pid != pid:
+                server.stats.note_rejected(TRANSPORT, "pid_mismatch")
+                log.log(logging.DEBUG if warned else logging.WARNING,
+                        "unix: rejected heartbeat of %s: it says pid %d but the peer is pid %d "
+                        "(set unix.verify_peer_pid: false for agents in other pid namespaces)",
+                        hb.agent_id, hb.pid, pid)
+                warned = True
+                continue
+            agent_id = hb.agent_id
+            server.registry.apply(hb, TRANSPORT, peer)
+            server.stats.note_processed(TRANSPORT, time.perf_counter() - started)
+        if agent_id is not None and not server.closing:
+            server.registry.connection_closed(agent_id, peer.conn_id)
+
+    def _drop(self, peer: Peer, agent_id, reason: str, message: str) -> None:
+        self.server.stats.note_rejected(TRANSPORT, reason)
+        log.warning("unix: closing connection of %s (pid %d): %s",
+                    agent_id or "an unnamed peer", peer.pid, message)

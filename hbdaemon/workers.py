@@ -1,0 +1,72 @@
+"""The worker pool behind HTTP intake: a bounded queue drained by N threads."""
+
+import logging
+import queue
+import threading
+import time
+from typing import Callable, List
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class PoolClosed(Exception):
+    """The pool no longer takes work (the daemon is shutting down)."""
+
+
+class WorkerPool:
+    """Runs `handle(item)` for submitted items on `workers` threads named hb-worker-N.
+
+    submit() is thread-safe and never blocks: a full queue raises queue.Full.
+    """
+
+    def __init__(self, handle: Callable[[object], None], workers: int, queue_size: int):
+        self._handle = handle
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._threads: List[threading.Thread] = []
+        self._size = workers
+        self._closed = False
+        self.capacity = queue_size
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        for n in range(self._size):
+            t = threading.Thread(target=self._work, name=f"hb-worker-{n + 1}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def submit(self, item) -> None:
+        """Queue one item; raises PoolClosed while stopping and queue.Full when full."""
+        if self._closed:
+            raise PoolClosed()
+        self._queue.put_nowait(item)
+
+    def stop(self, timeout: float) -> None:
+        """Refuse new work, let the workers drain the queue, then stop them (bounded)."""
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        for _ in self._threads:
+            try:
+                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                break
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("workers still busy after %.1fs, %d heartbeats dropped: %s",
+                        timeout, self._queue.qsize(), ", ".join(alive))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            try:
+                self._handle(item)
+            except Exception:  # one bad item must not kill the worker
+                log.exception("worker failed on %r", item)
