@@ -8,6 +8,7 @@ walks those declarations, so the key names, the environment names
 import dataclasses
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -19,6 +20,23 @@ DEFAULT_PATH = "/etc/hbdaemon/hbdaemon.yaml"
 ENV_PREFIX = "HBDAEMON_"
 STATES = ("unknown", "healthy", "over_threshold", "no_heartbeat", "dead", "stopped")
 _REQUIRED = object()
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so a hook's `on:` key stays "on"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "tTfF":
+    _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, (
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")))
+
+
+def yaml_load(text: str):
+    """Parse YAML as this program reads it (YAML 1.2 booleans)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(Exception):
@@ -189,8 +207,8 @@ def _read_yaml(path: str, required: bool):
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -245,7 +263,7 @@ def _put(raw: dict, dotted: str, value, origins: dict, origin: str) -> None:
     f = _scalar_paths(Config)[dotted]
     if "items" in f.metadata and isinstance(value, str):
         try:
-            value = yaml.safe_load(value)
+            value = yaml_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"{origin}: {dotted}: not valid YAML for a list") from None
     parts = dotted.split(".")

@@ -43,9 +43,13 @@ class HookRunner:
 
     def __init__(self, hooks: Tuple[HookConfig, ...], restart: RestartConfig,
                  emit: Callable[..., Event], lookup: Callable[[str], Optional[dict]],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 execute: Callable[[HookConfig, Event, dict], bool] = None,
+                 spawn: Callable[..., None] = None):
         self._hooks, self._restart = tuple(hooks), restart
         self._emit, self._lookup, self._clock = emit, lookup, clock
+        self._execute = execute or run_hook
+        self._spawn = spawn or _spawn_thread
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -99,6 +103,7 @@ class HookRunner:
         """Start every due run; return how long to sleep."""
         now = self._clock()
         delay = 1.0
+        due = []
         with self._lock:
             for (index, agent), slot in self._slots.items():
                 if slot.pending is None or slot.running or slot.suspended:
@@ -108,13 +113,14 @@ class HookRunner:
                     continue
                 if self._running >= MAX_PARALLEL:
                     break
-                ev, slot.pending, slot.running = slot.pending, None, True
+                due.append((index, self._hooks[index], agent, slot, slot.pending))
+                slot.pending, slot.running = None, True
                 self._running += 1
-                threading.Thread(target=self._run, args=(index, self._hooks[index], agent, slot, ev),
-                                 name=f"hb-hook-{index}", daemon=True).start()
+        for index, hook, agent, slot, ev in due:
+            self._spawn(f"hb-hook-{index}", self._run, hook, agent, slot, ev)
         return max(delay, 0.01)
 
-    def _run(self, index: int, hook: HookConfig, agent: str, slot: _Slot, ev: Event) -> None:
+    def _run(self, hook: HookConfig, agent: str, slot: _Slot, ev: Event) -> None:
         record = self._lookup(agent) or {}
         ok = self._execute(hook, ev, record)
         suspended_after = None
@@ -139,35 +145,41 @@ class HookRunner:
                        f"hook {hook.label} suspended for this agent after {suspended_after} runs "
                        f"without it becoming healthy", kind="hook_suspended")
 
-    def _execute(self, hook: HookConfig, ev: Event, record: dict) -> bool:
-        env = dict(os.environ, HB_AGENT_ID=ev.agent_id, HB_PID=str(record.get("pid", "")),
-                   HB_FROM=ev.from_state, HB_TO=ev.to_state, HB_REASON=ev.reason,
-                   HB_TIME=ev.to_dict()["time"], HB_EVENT_KIND=ev.kind, HB_EVENT_ID=str(ev.id))
-        started = self._clock()
-        try:
-            proc = subprocess.Popen(hook.command, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True)
-        except OSError as exc:
-            log.error("hook %s for %s: cannot run %s: %s", hook.label, ev.agent_id,
-                      hook.command[0], exc)
-            return False
-        try:
-            out, _ = proc.communicate(timeout=hook.timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            log.error("hook %s for %s: killed after %.1fs timeout", hook.label, ev.agent_id,
-                      hook.timeout)
-            return False
-        text = out.decode("utf-8", "replace").strip()[-OUTPUT_LIMIT:]
-        took = self._clock() - started
-        if proc.returncode == 0:
-            log.info("hook %s for %s (%s) ran in %.2fs%s", hook.label, ev.agent_id, ev.to_state,
-                     took, f": {text}" if text else "")
-            return True
-        log.error("hook %s for %s (%s) failed with exit status %s in %.2fs%s", hook.label,
-                  ev.agent_id, ev.to_state, proc.returncode, took, f": {text}" if text else "")
+
+def _spawn_thread(name: str, target, *args) -> None:
+    threading.Thread(target=target, args=args, name=name, daemon=True).start()
+
+
+def run_hook(hook: HookConfig, ev: Event, record: dict) -> bool:
+    """Run one hook to completion or timeout; True if it exited 0. Output goes to the log."""
+    env = dict(os.environ, HB_AGENT_ID=ev.agent_id, HB_PID=str(record.get("pid", "")),
+               HB_FROM=ev.from_state, HB_TO=ev.to_state, HB_REASON=ev.reason,
+               HB_TIME=ev.to_dict()["time"], HB_EVENT_KIND=ev.kind, HB_EVENT_ID=str(ev.id))
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(hook.command, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    except OSError as exc:
+        log.error("hook %s for %s: cannot run %s: %s", hook.label, ev.agent_id,
+                  hook.command[0], exc)
         return False
+    try:
+        out, _ = proc.communicate(timeout=hook.timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        log.error("hook %s for %s: killed after %.1fs timeout", hook.label, ev.agent_id,
+                  hook.timeout)
+        return False
+    text = out.decode("utf-8", "replace").strip()[-OUTPUT_LIMIT:]
+    took = time.monotonic() - started
+    if proc.returncode == 0:
+        log.info("hook %s for %s (%s) ran in %.2fs%s", hook.label, ev.agent_id, ev.to_state,
+                 took, f": {text}" if text else "")
+        return True
+    log.error("hook %s for %s (%s) failed with exit status %s in %.2fs%s", hook.label,
+              ev.agent_id, ev.to_state, proc.returncode, took, f": {text}" if text else "")
+    return False
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

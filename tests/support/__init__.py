@@ -1,0 +1,1 @@
+"""Test helpers: a real daemon process, a Unix agent client, a fake clock."""

@@ -1,0 +1,129 @@
+"""Configuration: DESIGN.md's keys and defaults, the environment rule, clear errors."""
+
+import os
+
+import pytest
+
+from hbdaemon import cli
+from hbdaemon.config import Config, ConfigError, load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write(tmp_path, text, name="hb.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_seed_defaults():
+    cfg = load_config("/nonexistent/hbdaemon.yaml", environ={})
+    hc = cfg.agent.health_check
+    assert (hc.heartbeat_timeout, hc.cpu_threshold, hc.memory_threshold, hc.threshold_duration) == \
+        (90.0, 50.0, 524288000, 60.0)
+    assert (cfg.manager.heartbeat_interval, cfg.manager.reconnect_interval, cfg.manager.timeout) == \
+        (60.0, 10.0, 30.0)
+    assert (cfg.http.host, cfg.http.port, cfg.http.workers, cfg.http.queue_size) == ("127.0.0.1", 8690, 8, 1000)
+    assert cfg.unix.socket_path == "/run/hbdaemon/hbdaemon.sock"
+    assert cfg.unix.socket_mode == 0o660 and cfg.unix.socket_group == "hbdaemon"
+    assert cfg.unix.max_connections == 1024 and cfg.unix_idle_timeout == 270.0
+    assert cfg.daemon.state_dir == "/var/lib/hbdaemon" and cfg.daemon.shutdown_timeout == 10.0
+    assert (cfg.agent.restart.max_retries, cfg.agent.restart.backoff_base, cfg.agent.restart.backoff_max) == (10, 10.0, 60.0)
+    assert cfg.agent.health_check.forget_after == 86400.0
+    assert cfg.log.level == "info" and cfg.log.file == "" and cfg.log.format == "text"
+
+
+def test_packaged_config_holds_exactly_the_defaults():
+    packaged = load_config(os.path.join(REPO, "etc/hbdaemon/hbdaemon.yaml"), environ={}, required=True)
+    assert packaged == Config()
+
+
+def test_empty_file_is_valid(tmp_path):
+    assert load_config(write(tmp_path, ""), environ={}) == Config()
+
+
+def test_file_values_and_units(tmp_path):
+    cfg = load_config(write(tmp_path, """
+agent:
+  health_check: {heartbeat_timeout: 1m30s, memory_threshold: 512MiB, threshold_duration: 500ms}
+unix: {socket_mode: "0600"}
+"""), environ={})
+    hc = cfg.agent.health_check
+    assert (hc.heartbeat_timeout, hc.memory_threshold, hc.threshold_duration) == (90.0, 512 * 2**20, 0.5)
+    assert cfg.unix.socket_mode == 0o600
+
+
+def test_environment_rule_and_precedence(tmp_path):
+    path = write(tmp_path, "http: {port: 9000}\nagent: {health_check: {heartbeat_timeout: 10s}}\n")
+    env = {"HBDAEMON_HTTP_PORT": "0", "HBDAEMON_AGENT_HEALTH_CHECK_HEARTBEAT_TIMEOUT": "30s",
+           "HBDAEMON_UNIX_VERIFY_PEER_PID": "false"}
+    cfg = load_config(path, environ=env)
+    assert cfg.http.port == 0 and cfg.agent.health_check.heartbeat_timeout == 30.0
+    assert cfg.unix.verify_peer_pid is False
+    cfg = load_config(path, environ=env, overrides={"http.port": "8123"})
+    assert cfg.http.port == 8123
+
+
+def test_hooks_and_overrides_from_environment_as_yaml():
+    cfg = load_config("/nonexistent", environ={
+        "HBDAEMON_HOOKS": '[{on: [dead], command: ["/bin/true"]}]',
+        "HBDAEMON_AGENT_OVERRIDES": '[{match: "db-*", heartbeat_timeout: 5s}]'})
+    assert cfg.hooks[0].command == ("/bin/true",) and cfg.hooks[0].on == ("dead",)
+    assert cfg.agent.overrides[0].heartbeat_timeout == 5.0
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("http:\n  prot: 1\n", "line 2: http.prot: unknown key"),
+    ("http:\n  port: abc\n", "line 2: http.port: 'abc' is not allowed; expected a whole number from 0 to 65535"),
+    ("agent:\n  health_check:\n    heartbeat_timeout: -5s\n", "line 3: agent.health_check.heartbeat_timeout"),
+    ("log: {level: loud}\n", "log.level: 'loud' is not allowed; expected one of debug, info, warning, error"),
+    ("http: [1, 2]\n", "http: must be a mapping"),
+    ("hooks:\n  - on: [dead]\n", "hooks[0].command: required"),
+    ("hooks:\n  - on: [sad]\n    command: [x]\n", "hooks[0].on"),
+    ("agent: {restart: {backoff_base: 2m, backoff_max: 1m}}\n", "must not exceed backoff_max"),
+    ("unix: {socket_path: /tmp/" + "x" * 120 + "}\n", "at most 107 bytes"),
+    ("- just a list\n", "top level must be a mapping"),
+])
+def test_errors_name_file_key_line_and_what_is_allowed(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert path in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_malformed_yaml_gives_line_and_column(tmp_path):
+    path = write(tmp_path, "http:\n  port: 1\n bad: [\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert f"{path}, line 3" in str(err.value) and "not valid YAML" in str(err.value)
+
+
+def test_environment_error_names_the_variable():
+    with pytest.raises(ConfigError) as err:
+        load_config("/nonexistent", environ={"HBDAEMON_HTTP_WORKERS": "lots"})
+    assert "environment HBDAEMON_HTTP_WORKERS: http.workers" in str(err.value)
+
+
+def test_named_file_must_exist():
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("/nonexistent/x.yaml", environ={}, required=True)
+
+
+def test_check_config_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HBDAEMON_CONFIG", raising=False)
+    good = write(tmp_path, "unix: {socket_group: ''}\n")
+    assert cli.main(["--check-config", "-c", good]) == 0
+    assert "configuration OK" in capsys.readouterr().out
+    bad = write(tmp_path, "http: {port: 70000}\n", "bad.yaml")
+    assert cli.main(["--check-config", "-c", bad]) == 2
+    assert "http.port" in capsys.readouterr().err
+    assert cli.main(["--check-config", "-c", good, "--set", "nope.key=1"]) == 2
+    assert cli.main(["--check-config", "-c", good, "--set",
+                     "http.auth_token_file=/nonexistent/token"]) == 2
+    assert "cannot read /nonexistent/token" in capsys.readouterr().err
+
+
+def test_missing_group_is_a_config_error(tmp_path):
+    path = write(tmp_path, "unix: {socket_group: no-such-group-hb}\n")
+    assert cli.main(["--check-config", "-c", path]) == 2

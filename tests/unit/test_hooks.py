@@ -1,0 +1,109 @@
+"""Hook scheduling: restart-style backoff, suspension, reset on healthy (fake clock, no threads)."""
+
+from hbdaemon.config import HookConfig, RestartConfig
+from hbdaemon.events import Event
+from hbdaemon.hooks import HookRunner, run_hook
+from support.clock import FakeClock
+
+
+class Harness:
+    def __init__(self, ok=True, max_retries=3, on=("dead",)):
+        self.clock = FakeClock()
+        self.ok = ok
+        self.ran = []
+        self.emitted = []
+        self.state = "dead"
+        self.runner = HookRunner(
+            (HookConfig(on=on, command=("x",)),),
+            RestartConfig(max_retries=max_retries, backoff_base=10.0, backoff_max=25.0),
+            emit=self.emit, lookup=lambda a: {"state": self.state, "pid": 42},
+            clock=self.clock, execute=self.execute, spawn=lambda name, fn, *args: fn(*args))
+        self.next_id = 1
+
+    def execute(self, hook, ev, record):
+        self.ran.append((self.clock.now, ev.to_state))
+        return self.ok
+
+    def emit(self, agent, old, new, reason, kind="state"):
+        self.emitted.append((agent, kind, reason))
+
+    def event(self, to="dead"):
+        self.state = to
+        ev = Event(self.next_id, 0.0, "a", "healthy", to, "r")
+        self.next_id += 1
+        self.runner.on_event(ev)
+        return self.runner._dispatch()
+
+
+def test_a_matching_event_runs_the_hook_at_once():
+    h = Harness()
+    h.event("dead")
+    assert h.ran == [(1000.0, "dead")]
+
+
+def test_other_states_do_not_run_it():
+    h = Harness()
+    h.event("no_heartbeat")
+    assert h.ran == []
+
+
+def test_runs_are_spaced_by_exponential_backoff_capped_at_max():
+    h = Harness(ok=False, max_retries=10)
+    h.event("dead")
+    times = []
+    for _ in range(80):
+        h.clock.advance(1)
+        h.runner._dispatch()
+    times = [t - 1000.0 for t, _ in h.ran]
+    assert times[:5] == [0, 10, 30, 55, 80]  # gaps 10, 20, 25 (capped), 25
+
+
+def test_suspended_after_max_retries_with_an_event_saying_so():
+    h = Harness(ok=True, max_retries=3)
+    for _ in range(5):
+        h.event("dead")
+        h.clock.advance(100)
+        h.runner._dispatch()
+    assert len(h.ran) == 3
+    assert h.emitted and h.emitted[0][1] == "hook_suspended"
+    assert "after 3 runs" in h.emitted[0][2]
+
+
+def test_healthy_resets_backoff_and_suspension():
+    h = Harness(ok=True, max_retries=2)
+    h.event("dead")
+    h.clock.advance(100)
+    h.event("dead")
+    assert len(h.ran) == 2 and h.emitted
+    h.event("healthy")
+    h.event("dead")
+    assert len(h.ran) == 3
+
+
+def test_events_during_backoff_coalesce_into_one_run():
+    h = Harness(ok=True, max_retries=10)
+    h.event("dead")
+    h.clock.advance(1)
+    h.event("dead")
+    h.event("dead")
+    h.clock.advance(20)
+    h.runner._dispatch()
+    assert len(h.ran) == 2
+
+
+def test_run_hook_passes_the_event_in_the_environment(tmp_path):
+    out = tmp_path / "env"
+    hook = HookConfig(on=("dead",), command=("/bin/sh", "-c", f'env | grep ^HB_ > "{out}"'))
+    ev = Event(7, 1795811724.0, "a-1", "healthy", "dead", "gone")
+    assert run_hook(hook, ev, {"pid": 99}) is True
+    env = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert env["HB_AGENT_ID"] == "a-1" and env["HB_PID"] == "99" and env["HB_TO"] == "dead"
+    assert env["HB_FROM"] == "healthy" and env["HB_REASON"] == "gone"
+    assert env["HB_TIME"] == "2026-11-27T20:35:24.000Z"
+
+
+def test_run_hook_failures_and_timeouts_are_false():
+    ev = Event(1, 0.0, "a", "healthy", "dead", "r")
+    assert run_hook(HookConfig(on=("dead",), command=("/bin/false",)), ev, {}) is False
+    assert run_hook(HookConfig(on=("dead",), command=("/nonexistent/hook",)), ev, {}) is False
+    assert run_hook(HookConfig(on=("dead",), command=("/bin/sleep", "30"), timeout=0.2), ev, {}) is False

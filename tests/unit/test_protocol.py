@@ -1,0 +1,150 @@
+"""The wire protocol parser: what it accepts, what it rejects, and that it never crashes."""
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339,
+                               parse_heartbeat, parse_rfc3339)
+
+GO_LINE = (b'{"pid":29512,"timestamp":"2026-11-27T20:35:24.456284565Z","version":"go-1.0.0",'
+           b'"status":"running","cpu":0,"memory":4980736}\n')
+
+
+def test_go_agent_line_is_accepted_and_keyed_by_pid_on_unix():
+    hb = parse_heartbeat(GO_LINE, require_agent_id=False)
+    assert hb.agent_id == "pid-29512"
+    assert (hb.pid, hb.version, hb.status, hb.cpu, hb.memory) == (29512, "go-1.0.0", "running", 0.0, 4980736)
+    assert hb.timestamp == pytest.approx(parse_rfc3339("2026-11-27T20:35:24.456284Z"))
+
+
+def test_http_requires_agent_id():
+    with pytest.raises(ProtocolError) as err:
+        parse_heartbeat(GO_LINE, require_agent_id=True)
+    assert err.value.field == "agent_id"
+
+
+def test_defaults_for_optional_fields():
+    hb = parse_heartbeat(b'{"agent_id":"a","pid":1}')
+    assert (hb.status, hb.cpu, hb.memory, hb.version, hb.timestamp) == ("running", 0.0, 0, "", None)
+
+
+def test_unknown_fields_are_ignored():
+    assert parse_heartbeat(b'{"agent_id":"a","pid":1,"future":[1,2]}').agent_id == "a"
+
+
+def test_unparsable_timestamp_means_server_time():
+    assert parse_heartbeat(b'{"agent_id":"a","pid":1,"timestamp":"yesterday"}').timestamp is None
+
+
+@pytest.mark.parametrize("doc,field", [
+    ({"agent_id": "a"}, "pid"),
+    ({"agent_id": "a", "pid": 0}, "pid"),
+    ({"agent_id": "a", "pid": -3}, "pid"),
+    ({"agent_id": "a", "pid": "12"}, "pid"),
+    ({"agent_id": "a", "pid": True}, "pid"),
+    ({"agent_id": "a", "pid": 2**40}, "pid"),
+    ({"agent_id": "", "pid": 1}, "agent_id"),
+    ({"agent_id": "a b", "pid": 1}, "agent_id"),
+    ({"agent_id": "x" * 129, "pid": 1}, "agent_id"),
+    ({"agent_id": 5, "pid": 1}, "agent_id"),
+    ({"agent_id": "a", "pid": 1, "cpu": 100.5}, "cpu"),
+    ({"agent_id": "a", "pid": 1, "cpu": -1}, "cpu"),
+    ({"agent_id": "a", "pid": 1, "cpu": "5"}, "cpu"),
+    ({"agent_id": "a", "pid": 1, "memory": -1}, "memory"),
+    ({"agent_id": "a", "pid": 1, "memory": 1.5}, "memory"),
+    ({"agent_id": "a", "pid": 1, "version": "v" * 65}, "version"),
+    ({"agent_id": "a", "pid": 1, "status": 7}, "status"),
+    ({"agent_id": "a", "pid": 1, "status": "s" * 33}, "status"),
+])
+def test_bad_fields_are_named(doc, field):
+    with pytest.raises(ProtocolError) as err:
+        parse_heartbeat(json.dumps(doc).encode())
+    assert err.value.field == field
+    assert str(err.value).startswith(field + ":")
+
+
+@pytest.mark.parametrize("raw", [b"", b"not json", b"[1,2]", b'"x"', b"\xff\xfe",
+                                 b'{"pid": 1e999999}', b"[" * 100000, b"1" * 5000])
+def test_garbage_is_a_clean_rejection(raw):
+    with pytest.raises(ProtocolError):
+        parse_heartbeat(raw)
+
+
+def test_nan_and_infinity_cpu_are_rejected():
+    for text in (b'{"agent_id":"a","pid":1,"cpu":NaN}', b'{"agent_id":"a","pid":1,"cpu":Infinity}'):
+        with pytest.raises(ProtocolError):
+            parse_heartbeat(text)
+
+
+def test_oversized_message_is_rejected():
+    big = b'{"agent_id":"a","pid":1,"pad":"' + b"x" * MAX_MESSAGE_BYTES + b'"}'
+    with pytest.raises(ProtocolError) as err:
+        parse_heartbeat(big)
+    assert "larger" in str(err.value)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2026-11-27T20:35:24Z", 1795811724.0),
+    ("2026-11-27T20:35:24.5Z", 1795811724.5),
+    ("2026-11-27T21:35:24+01:00", 1795811724.0),
+    ("2026-11-27t20:35:24z", 1795811724.0),
+])
+def test_rfc3339_forms(text, expected):
+    assert parse_rfc3339(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["2026-13-01T00:00:00Z", "2026-11-27", "20:35:24Z", "2026-11-27T25:00:00Z"])
+def test_rfc3339_rejects(text):
+    assert parse_rfc3339(text) is None
+
+
+def test_format_rfc3339_round_trips_to_the_millisecond():
+    assert format_rfc3339(1795811724.4567) == "2026-11-27T20:35:24.457Z"
+    assert format_rfc3339(1795811724.9999) == "2026-11-27T20:35:25.000Z"
+    assert parse_rfc3339(format_rfc3339(1795811724.25)) == 1795811724.25
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20)
+heartbeat_like = st.fixed_dictionaries({}, optional={
+    "agent_id": st.one_of(st.text(max_size=130), json_values),
+    "pid": st.one_of(st.integers(), json_values),
+    "timestamp": st.one_of(st.text(max_size=40), json_values),
+    "version": st.one_of(st.text(max_size=70), json_values),
+    "status": st.one_of(st.sampled_from(["starting", "running", "stopping"]), json_values),
+    "cpu": st.one_of(st.floats(), st.integers(), json_values),
+    "memory": st.one_of(st.integers(), json_values),
+})
+
+
+def _parse_cleanly(data, require):
+    try:
+        hb = parse_heartbeat(data, require_agent_id=require)
+    except ProtocolError as exc:
+        assert isinstance(exc.reason, str)
+        return None
+    assert 0 < hb.pid and 0 <= hb.cpu <= 100 and math.isfinite(hb.cpu) and hb.memory >= 0
+    return hb
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.booleans())
+def test_arbitrary_bytes_never_raise_anything_else(data, require):
+    _parse_cleanly(data, require)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values, st.booleans())
+def test_arbitrary_json_never_raises_anything_else(value, require):
+    _parse_cleanly(json.dumps(value).encode(), require)
+
+
+@settings(max_examples=400, deadline=None)
+@given(heartbeat_like, st.booleans())
+def test_heartbeat_shaped_json_never_raises_anything_else(doc, require):
+    _parse_cleanly(json.dumps(doc).encode(), require)

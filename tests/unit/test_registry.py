@@ -1,0 +1,237 @@
+"""The health state machine, driven by a fake clock and a fake process table."""
+
+import pytest
+
+from hbdaemon.checker import HealthChecker
+from hbdaemon.config import HealthCheckConfig, OverrideConfig
+from hbdaemon.health import PolicySet, State
+from hbdaemon.protocol import Heartbeat
+from hbdaemon.registry import Peer, Registry
+from support.clock import FakeClock
+
+
+class World:
+    """A registry with a fake clock, a fake set of dead pids and a list of events."""
+
+    def __init__(self, **health):
+        self.clock = FakeClock()
+        self.wall = FakeClock(1_800_000_000.0)
+        self.dead_pids = set()
+        self.events = []
+        hc = HealthCheckConfig(**{"heartbeat_timeout": 10.0, "threshold_duration": 5.0,
+                                  "recovery_count": 2, **health})
+        self.overrides = ()
+        self.registry = Registry(PolicySet(hc), self.on_event, clock=self.clock,
+                                 wallclock=self.wall, pid_gone=self.gone, wait_gone=self.gone)
+
+    def gone(self, pid, started=None, sleep=None):
+        return pid in self.dead_pids
+
+    def on_event(self, agent_id, old, new, reason):
+        self.events.append((agent_id, str(old), str(new), reason))
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+        self.wall.advance(seconds)
+
+    def beat(self, agent_id="a", pid=100, transport="unix", conn=1, **fields):
+        peer = Peer(conn, pid, 0, 0, None) if transport == "unix" else None
+        self.registry.apply(Heartbeat(agent_id, pid, **fields), transport, peer,
+                            local=transport == "http")
+
+    def state(self, agent_id="a"):
+        return self.registry.get(agent_id)["state"]
+
+
+def test_first_heartbeat_makes_an_agent_healthy():
+    w = World()
+    w.beat()
+    assert w.state() == "healthy"
+    assert w.events == [("a", "unknown", "healthy", "first heartbeat")]
+
+
+def test_silence_past_the_timeout_is_no_heartbeat_and_a_heartbeat_heals():
+    w = World()
+    w.beat()
+    w.advance(9.9)
+    assert w.registry.check() == pytest.approx(w.clock.now + 0.1)
+    assert w.state() == "healthy"
+    w.advance(0.2)
+    w.registry.check()
+    assert w.state() == "no_heartbeat"
+    assert w.events[-1][3].startswith("no heartbeat for 10.1s")
+    w.beat()
+    assert w.state() == "healthy"
+
+
+def test_silent_agent_whose_process_is_gone_is_dead_not_late():
+    w = World()
+    w.beat(transport="http")
+    w.dead_pids.add(100)
+    w.advance(11)
+    w.registry.check()
+    assert w.state() == "dead"
+
+
+def test_connection_closed_without_stopping_and_pid_gone_is_dead_at_once():
+    w = World()
+    w.beat(conn=7)
+    w.dead_pids.add(100)
+    w.registry.connection_closed("a", 7)
+    assert w.state() == "dead"
+    assert "connection closed without stopping" in w.events[-1][3]
+
+
+def test_connection_closed_with_pid_alive_waits_for_the_timeout():
+    w = World()
+    w.beat(conn=7)
+    w.registry.connection_closed("a", 7)
+    assert w.state() == "healthy"
+    assert w.registry.get("a")["connected"] is False
+    w.advance(10.5)
+    w.registry.check()
+    assert w.state() == "no_heartbeat"
+
+
+def test_close_of_an_old_connection_after_reconnect_is_ignored():
+    w = World()
+    w.beat(conn=1)
+    w.beat(conn=2)
+    w.dead_pids.add(100)
+    w.registry.connection_closed("a", 1)
+    assert w.state() == "healthy"
+
+
+def test_stopping_heartbeat_is_stopped_and_eof_keeps_it_stopped():
+    w = World()
+    w.beat(conn=3)
+    w.beat(conn=3, status="stopping")
+    assert w.state() == "stopped"
+    w.dead_pids.add(100)
+    w.registry.connection_closed("a", 3)
+    w.advance(100)
+    w.registry.check()
+    assert w.state() == "stopped"
+
+
+def test_over_threshold_needs_the_whole_duration_and_recovery_needs_the_count():
+    w = World()
+    w.beat(cpu=80.0)
+    assert w.state() == "healthy"
+    w.advance(3)
+    w.beat(cpu=80.0)
+    assert w.state() == "healthy"
+    w.advance(2)
+    w.beat(cpu=90.0)
+    assert w.state() == "over_threshold"
+    assert w.events[-1][3].startswith("cpu 90.0% > 50%")
+    w.advance(1)
+    w.beat(cpu=10.0)
+    assert w.state() == "over_threshold"
+    w.advance(1)
+    w.beat(cpu=10.0)
+    assert w.state() == "healthy"
+
+
+def test_a_dip_below_restarts_the_threshold_duration():
+    w = World()
+    w.beat(memory=600 * 2**20)
+    w.advance(4)
+    w.beat(memory=1)
+    w.advance(0.5)
+    w.beat(memory=600 * 2**20)
+    w.advance(4)
+    w.beat(memory=600 * 2**20)
+    assert w.state() == "healthy"
+    w.advance(1)
+    w.beat(memory=600 * 2**20)
+    assert w.state() == "over_threshold"
+    assert "memory 600.0MiB" in w.events[-1][3]
+
+
+def test_overrides_apply_by_glob_first_match_wins():
+    w = World()
+    hc = HealthCheckConfig(heartbeat_timeout=10.0)
+    w.registry.set_policies(PolicySet(hc, (OverrideConfig(match="db-*", heartbeat_timeout=2.0),
+                                           OverrideConfig(match="db-1", heartbeat_timeout=50.0))))
+    w.beat("db-1")
+    w.beat("web")
+    w.advance(3)
+    w.registry.check()
+    assert w.state("db-1") == "no_heartbeat" and w.state("web") == "healthy"
+    assert w.registry.get("db-1")["heartbeat_timeout"] == 2.0
+
+
+def test_flapping_is_reported_on_the_record():
+    w = World(flap_threshold=4, flap_window=60.0)
+    w.beat()
+    for _ in range(2):
+        w.advance(11)
+        w.registry.check()
+        w.beat()
+    assert w.registry.get("a")["flapping"] is True
+    assert w.registry.get("a")["recent_changes"] == 5
+
+
+def test_stalled_checker_grants_grace_instead_of_convicting_everyone():
+    w = World(stall_threshold=5.0)
+    checker = HealthChecker(w.registry, stall_threshold=5.0, clock=w.clock)
+    w.beat("a")
+    w.beat("b")
+    checker.run_once()
+    w.advance(60)  # e.g. SIGSTOP: the loop wakes a minute late
+    checker.run_once()
+    assert w.state("a") == w.state("b") == "healthy"
+    for _ in range(9):  # on time from now on: the fresh timeout runs out normally
+        w.advance(1.0)
+        checker.run_once()
+    assert w.state("a") == "healthy"
+    w.advance(1.5)
+    checker.run_once()
+    assert w.state("a") == "no_heartbeat"
+
+
+def test_checker_sleeps_until_the_next_deadline_at_most_a_second():
+    w = World(heartbeat_timeout=0.3)
+    checker = HealthChecker(w.registry, stall_threshold=5.0, clock=w.clock)
+    assert checker.run_once() == 1.0
+    w.beat()
+    assert checker.run_once() == pytest.approx(0.3)
+
+
+def test_ended_agents_are_forgotten_after_forget_after():
+    w = World(forget_after=100.0)
+    w.beat(status="stopping")
+    w.advance(99)
+    w.registry.check()
+    assert w.registry.get("a") is not None
+    w.advance(2)
+    w.registry.check()
+    assert w.registry.get("a") is None
+    assert ("a", None) in w.registry.take_dirty()
+
+
+def test_restart_brings_agents_back_as_unknown_with_grace():
+    w = World()
+    w.beat("a", version="1.2")
+    w.beat("s", status="stopping")
+    stored = [d for _, d in w.registry.take_dirty()]
+    w2 = World()
+    w2.registry.load(stored)
+    assert w2.state("a") == "unknown" and w2.registry.get("a")["version"] == "1.2"
+    assert w2.state("s") == "stopped"
+    assert w2.events == [("a", "healthy", "unknown", "daemon restarted; was healthy")]
+    w2.advance(9)
+    w2.registry.check()
+    assert w2.state("a") == "unknown"
+    w2.advance(2)
+    w2.registry.check()
+    assert w2.state("a") == "no_heartbeat"
+
+
+def test_forget_on_request():
+    w = World()
+    w.beat()
+    assert w.registry.forget("a") is True
+    assert w.registry.forget("a") is False
+    assert w.registry.counts()["healthy"] == 0

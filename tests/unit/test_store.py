@@ -1,0 +1,39 @@
+"""The SQLite store: round trip, pruning, and a corrupt file moved aside."""
+
+import os
+
+import pytest
+
+from hbdaemon.events import Event
+from hbdaemon.store import Store, StoreError
+
+
+def test_agents_and_events_survive_a_reopen(tmp_path):
+    dirty = [("a", {"agent_id": "a", "state": "healthy"}), ("b", {"agent_id": "b", "state": "dead"})]
+    s = Store(str(tmp_path), max_events=3, interval=1.0, take_dirty=lambda: dirty)
+    assert s.open() == ([], [])
+    db = s._connect()
+    for i in range(1, 6):
+        s.add_event(Event(i, float(i), "a", "unknown", "healthy", f"r{i}"))
+    s.flush(db)
+    dirty[:] = [("b", None)]
+    s.flush(db)
+    db.close()
+    agents, events = Store(str(tmp_path), 3, 1.0).open()
+    assert agents == [{"agent_id": "a", "state": "healthy"}]
+    assert [e.id for e in events] == [3, 4, 5]
+
+
+def test_a_corrupt_store_is_moved_aside_and_a_fresh_one_started(tmp_path, caplog):
+    path = tmp_path / "hbdaemon.db"
+    path.write_bytes(b"this is not a database" * 100)
+    assert Store(str(tmp_path), 10, 1.0).open() == ([], [])
+    aside = [n for n in os.listdir(tmp_path) if n.startswith("hbdaemon.db.corrupt-")]
+    assert aside and "moved it to" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_an_unwritable_state_dir_is_an_error(tmp_path):
+    tmp_path.chmod(0o500)
+    with pytest.raises(StoreError, match="not writable"):
+        Store(str(tmp_path), 10, 1.0).open()
