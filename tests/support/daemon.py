@@ -146,6 +146,7 @@ class DaemonProcess:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(5)
         s.connect(self.socket_path)
-        s.sendall(data)
+        if data:
+            s.sendall(data)
         time.sleep(wait)
         return s

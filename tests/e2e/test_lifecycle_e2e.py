@@ -1,0 +1,178 @@
+"""Start, signals, restart and hooks of the real daemon process."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import yaml
+
+from support.wait import wait_for
+
+
+def beat(agent_id, **fields):
+    return {"agent_id": agent_id, "pid": os.getpid(), **fields}
+
+
+def test_sigterm_drains_removes_the_socket_and_exits_0(daemon_factory):
+    d = daemon_factory().start()
+    agent = d.unix_agent("a", interval=0.1)
+    for i in range(20):
+        d.post(beat(f"h{i}"))
+    assert d.stop() == 0
+    assert not os.path.exists(d.socket_path)
+    log = d.log()
+    assert "stopping: draining" in log and "stopped" in log
+    agent.kill()
+    agent.wait(5)
+
+
+def test_sigint_also_stops_cleanly(daemon_factory):
+    d = daemon_factory().start()
+    d.signal(signal.SIGINT)
+    assert d.proc.wait(15) == 0
+    assert not os.path.exists(d.socket_path)
+
+
+def test_restart_after_kill_9_keeps_agents_and_events_as_unknown(daemon_factory):
+    d = daemon_factory().start()
+    d.post(beat("keep", version="7.1"))
+    d.post(beat("gone", status="stopping"))
+    d.wait_state("keep", "healthy")
+    d.wait_state("gone", "stopped")
+    before = d.events()
+    time.sleep(2.5)  # one store_interval: the records are written
+    d.proc.kill()
+    d.proc.wait(5)
+    assert os.path.exists(d.socket_path)  # left behind by kill -9: stale
+    d.start()
+    rec = d.agent("keep")
+    assert rec["state"] == "unknown" and rec["version"] == "7.1"
+    assert d.state("gone") == "stopped"
+    after = d.events()
+    assert [e["id"] for e in after[:len(before)]] == [e["id"] for e in before]
+    assert after[-1]["to"] == "unknown" and "daemon restarted" in after[-1]["reason"]
+    d.post(beat("keep"))
+    d.wait_state("keep", "healthy")
+
+
+def test_unknown_agents_get_one_timeout_of_grace_after_restart(daemon_factory):
+    d = daemon_factory(agent={"health_check": {"heartbeat_timeout": "1s"}}).start()
+    d.post(beat("later"))
+    d.wait_state("later", "healthy")
+    assert d.stop() == 0
+    d.start()
+    assert d.state("later") == "unknown"
+    d.wait_state("later", "no_heartbeat", timeout=5)
+
+
+def test_a_live_daemon_on_the_socket_is_not_displaced(daemon_factory):
+    first = daemon_factory("one").start()
+    second = daemon_factory("two")
+    second.config["unix"]["socket_path"] = first.socket_path
+    second.write_config()
+    second.start(wait=False)
+    assert second.proc.wait(15) == 1
+    assert "another daemon is listening" in second.log()
+    assert first.get("/healthz")[0] == 200 and os.path.exists(first.socket_path)
+
+
+def test_a_stale_socket_is_removed_and_a_non_socket_is_left_alone(daemon_factory):
+    d = daemon_factory()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(d.socket_path)
+    stale.close()
+    d.start()
+    assert "removing stale socket" in d.log()
+    assert d.stop() == 0
+    with open(d.socket_path, "w") as f:
+        f.write("precious")
+    d.start(wait=False)
+    assert d.proc.wait(15) == 1
+    assert "is not a socket; not removing it" in d.log()
+    with open(d.socket_path) as f:
+        assert f.read() == "precious"
+
+
+def test_port_in_use_is_a_clear_failure(daemon_factory):
+    d = daemon_factory()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", d.port))
+    blocker.listen()
+    d.start(wait=False)
+    assert d.proc.wait(15) == 1
+    assert f"cannot listen on http 127.0.0.1:{d.port}" in d.log()
+    assert not os.path.exists(d.socket_path)
+    blocker.close()
+
+
+def test_bad_config_exits_2_with_one_clear_line(daemon_factory):
+    d = daemon_factory(http={"port": "eighty"})
+    d.start(wait=False)
+    assert d.proc.wait(15) == 2
+    assert "http.port: 'eighty' is not allowed" in d.log()
+
+
+def test_check_config_as_a_process(daemon_factory):
+    d = daemon_factory()
+    run = subprocess.run([sys.executable, "-m", "hbdaemon", "--check-config", "-c", d.config_path],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and "configuration OK" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "hbdaemon", "--version"], capture_output=True,
+                         text=True, timeout=30)
+    assert run.returncode == 0 and run.stdout.startswith("hbdaemon ")
+
+
+def test_sighup_reloads_thresholds_and_refuses_a_bad_config(daemon_factory):
+    d = daemon_factory().start()
+    d.post(beat("r"))
+    assert d.wait_state("r", "healthy")["heartbeat_timeout"] == 30.0
+    conn = d.unix_agent("conn", interval=0.2)
+    d.config["agent"]["health_check"]["heartbeat_timeout"] = "12s"
+    d.write_config()
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: d.agent("r")["heartbeat_timeout"] == 12.0, what="new timeout applied")
+    with open(d.config_path, "w") as f:
+        f.write("agent: {health_check: {heartbeat_timeout: never}}\n")
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in d.log(), what="reload refused")
+    assert d.agent("r")["heartbeat_timeout"] == 12.0
+    assert d.agent("conn")["connected"] is True  # reloads never drop connections
+    beats = d.agent("conn")["heartbeats"]
+    wait_for(lambda: d.agent("conn")["heartbeats"] > beats, what="agent still beating")
+    conn.kill()
+    conn.wait(5)
+    assert d.stop() == 0
+
+
+def test_hooks_run_on_events_with_the_event_in_the_environment(daemon_factory, short_tmp):
+    out = os.path.join(short_tmp, "hook.out")
+    script = f'echo "$HB_AGENT_ID $HB_FROM $HB_TO $HB_PID" >> {out}'
+    d = daemon_factory(hooks=[{"on": ["dead"], "command": ["/bin/sh", "-c", script]},
+                              {"on": ["dead"], "command": ["/bin/sleep", "60"], "timeout": "0.5s"}]).start()
+    agent = d.unix_agent("crashy", interval=0.1)
+    agent.kill()
+    agent.wait(5)
+    d.wait_state("crashy", "dead")
+    wait_for(lambda: os.path.exists(out), what="hook output")
+    with open(out) as f:
+        assert f.read().split() == ["crashy", "healthy", "dead", str(agent.pid)]
+    wait_for(lambda: "killed after 0.5s timeout" in d.log(), what="hanging hook killed")
+    assert d.post(beat("still-serving"))[0] == 200
+    stats = d.get("/stats")[2]
+    assert stats["hook_runs"] == 2 and stats["hook_failures"] == 1
+
+
+def test_json_logs_to_a_file(daemon_factory, short_tmp):
+    log_file = os.path.join(short_tmp, "hb.log")
+    d = daemon_factory(log={"file": log_file, "format": "json", "level": "info"}).start()
+    d.post(beat("j"))
+    d.wait_state("j", "healthy")
+    assert d.stop() == 0
+    with open(log_file) as f:
+        lines = [json.loads(line) for line in f]
+    assert any("unknown -> healthy" in line["message"] for line in lines)
+    assert {"time", "level", "logger", "message"} <= set(lines[0])

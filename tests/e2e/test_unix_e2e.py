@@ -1,0 +1,135 @@
+"""The real daemon over its real Unix socket: formats, crash detection, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from support.tools import require_tool
+from support.wait import wait_for
+
+GO_LINES = [
+    '{{"pid":{pid},"timestamp":"2026-11-27T20:35:24.456284565Z","version":"go-1.0.0","status":"running","cpu":0,"memory":4980736}}\n',
+    '{{"pid":{pid},"timestamp":"2026-11-27T20:35:26.755979818Z","version":"go-1.0.0","status":"stopping","cpu":0,"memory":5394432}}\n',
+]
+
+
+def test_go_agent_format_is_keyed_by_pid_and_stopping_then_close_is_stopped(daemon_factory):
+    d = daemon_factory().start()
+    pid = os.getpid()
+    s = d.unix_send(GO_LINES[0].format(pid=pid).encode())
+    rec = d.wait_state(f"pid-{pid}", "healthy")
+    assert (rec["version"], rec["memory"], rec["transport"], rec["connected"]) == ("go-1.0.0", 4980736, "unix", True)
+    assert rec["agent_time"] == "2026-11-27T20:35:24.456Z"
+    s.sendall(GO_LINES[1].format(pid=pid).encode())
+    d.wait_state(f"pid-{pid}", "stopped")
+    s.close()
+    time.sleep(0.3)
+    assert d.state(f"pid-{pid}") == "stopped"
+
+
+def test_kill_9_of_a_connected_agent_is_dead_well_under_a_second(daemon_factory):
+    d = daemon_factory().start()
+    agent = d.unix_agent("victim", interval=0.2)
+    d.wait_state("victim", "healthy")
+    killed = time.monotonic()
+    agent.kill()
+    wait_for(lambda: d.state("victim") == "dead", timeout=5, interval=0.005)
+    took = time.monotonic() - killed
+    agent.wait(5)
+    assert took < 1.0, f"dead after {took:.3f}s"
+    ev = d.events("victim")[-1]
+    assert ev["from"] == "healthy" and ev["to"] == "dead" and "is gone" in ev["reason"]
+
+
+def test_sigterm_of_the_agent_is_stopped_not_dead(daemon_factory):
+    d = daemon_factory().start()
+    agent = d.unix_agent("polite", interval=0.2)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(5) == 0
+    d.wait_state("polite", "stopped")
+    time.sleep(0.3)
+    assert d.state("polite") == "stopped"
+
+
+def test_silence_is_no_heartbeat_after_the_timeout(daemon_factory):
+    d = daemon_factory(agent={"health_check": {"heartbeat_timeout": "0.5s"}}).start()
+    s = d.unix_send(json.dumps({"agent_id": "quiet", "pid": os.getpid()}).encode() + b"\n")
+    d.wait_state("quiet", "healthy")
+    rec = d.wait_state("quiet", "no_heartbeat", timeout=3)
+    assert rec["reason"].startswith("no heartbeat for")
+    s.close()
+
+
+def test_close_with_the_process_alive_keeps_the_record(daemon_factory):
+    d = daemon_factory().start()
+    s = d.unix_send(json.dumps({"agent_id": "alive", "pid": os.getpid()}).encode() + b"\n")
+    d.wait_state("alive", "healthy")
+    s.close()
+    wait_for(lambda: d.agent("alive")["connected"] is False, what="disconnect noticed")
+    assert d.state("alive") == "healthy"
+
+
+def test_pid_mismatch_is_rejected_and_counted(daemon_factory):
+    d = daemon_factory().start()
+    s = d.unix_send(json.dumps({"agent_id": "liar", "pid": 1}).encode() + b"\n", wait=0.3)
+    assert d.agent("liar") is None
+    assert d.get("/stats")[2]["errors_by_reason"]["pid_mismatch"] == 1
+    s.close()
+
+
+def test_pid_check_can_be_switched_off_for_other_pid_namespaces(daemon_factory):
+    d = daemon_factory(unix={"verify_peer_pid": False}).start()
+    s = d.unix_send(json.dumps({"agent_id": "container", "pid": 1}).encode() + b"\n")
+    rec = d.wait_state("container", "healthy")
+    assert rec["pid"] == 1 and rec["peer_uid"] == os.getuid()
+    s.close()
+
+
+def test_garbage_and_oversized_lines_close_only_that_connection(daemon_factory):
+    d = daemon_factory().start()
+    good = d.unix_agent("good", interval=0.1)
+    garbage = d.unix_send(b"this is not json\n", wait=0.2)
+    assert garbage.recv(1) == b""  # the daemon closed it
+    huge = d.unix_send(b"{" + b"x" * (70 * 1024), wait=0.2)
+    assert huge.recv(1) == b""
+    bad_field = d.unix_send(json.dumps({"agent_id": "bf", "pid": os.getpid(), "cpu": 500}).encode() + b"\n")
+    stats = d.get("/stats")[2]["errors_by_reason"]
+    assert stats["invalid_message"] >= 1 and stats["too_large"] == 1 and stats["invalid_cpu"] == 1
+    beats = d.agent("good")["heartbeats"]
+    wait_for(lambda: d.agent("good")["heartbeats"] > beats + 2, what="good agent keeps beating")
+    assert d.state("good") == "healthy"
+    for s in (garbage, huge, bad_field):
+        s.close()
+    good.kill()
+    good.wait(5)
+
+
+def test_idle_connections_are_closed(daemon_factory):
+    d = daemon_factory(unix={"idle_timeout": "0.3s"}).start()
+    s = d.unix_send(b"", wait=0.0)
+    s.settimeout(5)
+    assert s.recv(1) == b""
+    assert d.get("/stats")[2]["errors_by_reason"]["idle_timeout"] == 1
+
+
+def test_connection_limit_refuses_extra_connections(daemon_factory):
+    d = daemon_factory(unix={"max_connections": 2}).start()
+    conns = [d.unix_send(b"", wait=0.05) for _ in range(2)]
+    extra = d.unix_send(b"", wait=0.1)
+    assert extra.recv(1) == b""
+    assert d.get("/stats")[2]["unix_connections"] == 2
+    for s in conns + [extra]:
+        s.close()
+
+
+def test_a_plain_socat_client_works(daemon_factory):
+    socat = require_tool("socat")
+    d = daemon_factory().start()
+    # exec keeps the shell's pid, so the heartbeat's pid is the connecting process
+    script = ('exec %s - UNIX-CONNECT:%s <<EOF\n{"agent_id":"shell","pid":$$,"status":"stopping"}\nEOF\n'
+              % (socat, d.socket_path))
+    subprocess.run(["/bin/sh", "-c", script], check=True, timeout=10)
+    rec = d.wait_state("shell", "stopped")
+    assert rec["transport"] == "unix"

@@ -1,0 +1,126 @@
+"""Real servers in this process: queue-full answers, the worker pool, sd_notify, clean teardown."""
+
+import http.client
+import json
+import os
+import queue
+import socket
+import threading
+import time
+
+import pytest
+
+from hbdaemon.api import Api
+from hbdaemon.config import load_config
+from hbdaemon.daemon import Daemon
+from hbdaemon.events import EventLog
+from hbdaemon.health import PolicySet
+from hbdaemon.http_server import HeartbeatHTTPServer
+from hbdaemon.registry import Registry
+from hbdaemon.sdnotify import Notifier
+from hbdaemon.stats import ReceiverStats
+from hbdaemon.workers import PoolClosed, WorkerPool
+from support.wait import wait_for
+
+
+def hb_threads():
+    return {t.name for t in threading.enumerate() if t.name.startswith("hb-")}
+
+
+def serve_http(submit):
+    cfg = load_config("/nonexistent", environ={})
+    events = EventLog(10)
+    registry = Registry(PolicySet(cfg.agent.health_check), events.record)
+    api = Api(registry, events, ReceiverStats(), lambda: {}, lambda: "")
+    server = HeartbeatHTTPServer("127.0.0.1", 0, api, submit)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              name="test-http", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def post(port):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("POST", "/heartbeat", body=json.dumps({"agent_id": "a", "pid": 1}))
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    conn.close()
+    return resp.status, resp.getheader("Retry-After"), body
+
+
+@pytest.mark.parametrize("error,message", [(queue.Full, "queue full"), (PoolClosed, "shutting down")])
+def test_full_or_closed_queue_is_503_with_retry_after(error, message):
+    def submit(item):
+        raise error()
+    server, thread = serve_http(submit)
+    try:
+        status, retry, body = post(server.server_address[1])
+        assert (status, retry, body["success"]) == (503, "1", False)
+        assert message in body["message"]
+    finally:
+        server.shutdown()
+        server.close()
+        thread.join(5)
+
+
+def test_worker_pool_drains_its_queue_on_stop():
+    done = []
+    pool = WorkerPool(lambda item: (time.sleep(0.001), done.append(item)), workers=2, queue_size=500)
+    pool.start()
+    for i in range(300):
+        pool.submit(i)
+    pool.stop(timeout=10)
+    assert sorted(done) == list(range(300))
+    with pytest.raises(PoolClosed):
+        pool.submit(1)
+    assert not any(t.name.startswith("hb-worker") for t in threading.enumerate())
+
+
+def test_worker_pool_full_queue_raises_full():
+    gate = threading.Event()
+    pool = WorkerPool(lambda item: gate.wait(5), workers=1, queue_size=2)
+    pool.start()
+    pool.submit(1)
+    wait_for(lambda: pool.depth == 0, what="worker took the first item")
+    pool.submit(2)
+    pool.submit(3)
+    with pytest.raises(queue.Full):
+        pool.submit(4)
+    gate.set()
+    pool.stop(timeout=5)
+
+
+def test_daemon_notifies_systemd_and_leaves_no_thread_or_socket(short_tmp):
+    notify_path = os.path.join(short_tmp, "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.settimeout(5)
+    before = hb_threads()
+    cfg = load_config("/nonexistent", environ={}, overrides={
+        "daemon.state_dir": os.path.join(short_tmp, "state"),
+        "unix.socket_path": os.path.join(short_tmp, "hb.sock"), "unix.socket_group": "",
+        "http.port": "0"})
+    daemon = Daemon(cfg, notifier=Notifier({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"}))
+    daemon.start()
+    assert listener.recv(4096).startswith(b"READY=1")
+    runner = threading.Thread(target=daemon.run_forever, name="test-run", daemon=True)
+    runner.start()
+    assert listener.recv(4096) == b"WATCHDOG=1"
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(cfg.unix.socket_path)
+    client.sendall(json.dumps({"agent_id": "x", "pid": os.getpid()}).encode() + b"\n")
+    wait_for(lambda: daemon.registry.get("x"), what="heartbeat applied")
+    daemon.request_stop()
+    runner.join(5)
+    daemon.stop()
+    messages = []
+    while True:
+        msg = listener.recv(4096)
+        messages.append(msg)
+        if msg == b"STOPPING=1":
+            break
+    assert not os.path.exists(cfg.unix.socket_path)
+    assert client.recv(1) == b""
+    client.close()
+    wait_for(lambda: hb_threads() <= before, timeout=5, what=f"threads to end: {hb_threads() - before}")
+    listener.close()
