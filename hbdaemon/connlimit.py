@@ -2,6 +2,7 @@
 
 import logging
 import socket
+import sys
 import threading
 import time
 
@@ -42,6 +43,10 @@ class ConnectionLimitMixIn:
         super().shutdown_request(request)
 
     def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+            log.debug("%s: %s: %s", type(self).__name__, client_address or "a peer", exc)
+            return  # the peer went away: routine, not a bug
         log.exception("%s: error while serving %s", type(self).__name__, client_address or "a peer")
 
     def refuse_connection(self, request) -> None:

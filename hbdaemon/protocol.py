@@ -32,7 +32,7 @@ class ProtocolError(ValueError):
 
 
 class Heartbeat:
-    """One validated heartbeat. `timestamp` is the agent's clock (epoch seconds) or None."""
+    """One validated heartbeat. `timestamp` is the agent's clock as sent (RFC 3339 text) or None."""
 
     __slots__ = ("agent_id", "pid", "timestamp", "version", "status", "cpu", "memory")
 
@@ -132,9 +132,10 @@ def _memory(value) -> int:
     return value
 
 
-def _optional_time(value) -> Optional[float]:
-    # Informational only: anything unparsable means "use the server's time".
-    return parse_rfc3339(value) if isinstance(value, str) else None
+def _optional_time(value) -> Optional[str]:
+    # Informational only, so kept as sent and parsed when shown (off the intake path);
+    # anything unparsable is shown as null: "use the server's time".
+    return value if isinstance(value, str) and len(value) <= 64 else None
 
 
 def parse_rfc3339(text: str) -> Optional[float]:

@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from hbdaemon import process
 from hbdaemon.health import ENDED, WATCHED, PolicySet, State, judge_heartbeat
-from hbdaemon.protocol import Heartbeat, format_rfc3339
+from hbdaemon.protocol import Heartbeat, format_rfc3339, parse_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class AgentRecord:
             "pid": self.pid, "status": self.status, "version": self.version,
             "cpu": self.cpu, "memory": self.memory, "transport": self.transport,
             "last_seen": format_rfc3339(self.last_seen),
-            "agent_time": format_rfc3339(self.agent_time),
+            "agent_time": format_rfc3339(parse_rfc3339(self.agent_time)) if self.agent_time else None,
             "first_seen": format_rfc3339(self.first_seen), "heartbeats": self.heartbeats,
             "connected": self.connected, "remote": self.remote, "peer_uid": self.peer_uid,
             "flapping": self.flapping,

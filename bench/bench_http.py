@@ -1,0 +1,81 @@
+"""HTTP heartbeats/s with wrk -t2 -c32 (keep-alive), hbdaemon beside the floor server.
+
+python bench/bench_http.py [--seconds 10] [--rounds 2]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from common import REPO, cpu_seconds, free_port, hbdaemon, report, wait_until
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_wrk(url: str, seconds: int) -> dict:
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency",
+                          "-s", os.path.join(HERE, "post.lua"), url + "/heartbeat"],
+                         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    pct = {p: _ms(re.search(rf"^\s+{p}%\s+(\S+)", out, re.M).group(1)) for p in ("50", "99")}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rate": rate, "total": total, "p50": pct["50"], "p99": pct["99"],
+            "non2xx": int(bad.group(1)) if bad else 0}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def measure(pid: int, url: str, seconds: int) -> dict:
+    before = cpu_seconds(pid)
+    result = run_wrk(url, seconds)
+    result["cpu_us"] = (cpu_seconds(pid) - before) / max(1, result["total"]) * 1e6
+    return result
+
+
+def floor_run(seconds: int) -> dict:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "floor_servers.py"), "http", str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()
+        return measure(proc.pid, f"http://127.0.0.1:{port}", seconds)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def hbdaemon_run(seconds: int) -> dict:
+    with hbdaemon() as (proc, url, _):
+        return measure(proc.pid, url, seconds)
+
+
+def main(argv=None) -> list:
+    args = argparse.ArgumentParser()
+    args.add_argument("--seconds", type=int, default=10)
+    args.add_argument("--rounds", type=int, default=2)
+    opts = args.parse_args(argv)
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt install wrk")
+    rows = [("server", "round", "heartbeats/s", "p50 ms", "p99 ms", "server CPU µs/heartbeat", "non-2xx")]
+    totals = {"floor": [], "hbdaemon": []}
+    for rnd in range(1, opts.rounds + 1):
+        for name, fn in (("floor", floor_run), ("hbdaemon", hbdaemon_run)):
+            r = fn(opts.seconds)
+            totals[name].append(r["rate"])
+            rows.append((name, rnd, f"{r['rate']:.0f}", f"{r['p50']:.2f}", f"{r['p99']:.2f}",
+                         f"{r['cpu_us']:.0f}", r["non2xx"]))
+    ratio = sum(totals["hbdaemon"]) / sum(totals["floor"])
+    rows.append(("hbdaemon / floor", "", f"{ratio:.2f}", "", "", "", ""))
+    report(f"HTTP: wrk -t2 -c32 -d{opts.seconds}s, keep-alive", rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
