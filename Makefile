@@ -25,7 +25,7 @@ test: $(STAMP)
 
 ## bench: run the benchmarks in bench/ (needs wrk: apt install wrk)
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py 2>/dev/null
 
 clean:
 	rm -rf $(VENV) run build dist *.egg-info .pytest_cache

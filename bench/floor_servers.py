@@ -5,6 +5,8 @@ python bench/floor_servers.py http PORT   |   python bench/floor_servers.py unix
 
 import http.server
 import json
+import os
+import threading
 from datetime import datetime, timezone
 import socketserver
 import sys
@@ -32,14 +34,20 @@ class FloorHTTPHandler(http.server.BaseHTTPRequestHandler):
 
 class FloorUnixHandler(socketserver.StreamRequestHandler):
     def handle(self):
+        n = 0
         for line in self.rfile:
             json.loads(line)
-            self.server.count += 1
+            n += 1
+        with self.server.lock:  # at EOF: publish the running total for the benchmark
+            self.server.count += n
+            with open(os.environ["FLOOR_COUNT_FILE"], "w") as f:
+                f.write(str(self.server.count))
 
 
 class FloorUnixServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     count = 0
+    lock = threading.Lock()
 
 
 def main() -> None:

@@ -1,6 +1,5 @@
 """The registry: the single owner of agent records and of every change of state."""
 
-import collections
 import logging
 import threading
 import time
@@ -54,7 +53,7 @@ class AgentRecord:
         self.policy = policy
         self.over_since = None       # monotonic time the sample first went over a limit
         self.below_count = 0
-        self.changes = None          # deque of monotonic times of recent state changes
+        self.changes = None          # monotonic times of recent state changes (flap window)
         self.flapping = False
         self.conn_id = None
         self.connected = False
@@ -227,11 +226,8 @@ class Registry:
         if state not in WATCHED:
             rec.over_since, rec.below_count = None, 0
         window = self._policies.health.flap_window
-        if rec.changes is None:
-            rec.changes = collections.deque()
-        rec.changes.append(now)
-        while rec.changes and rec.changes[0] < now - window:
-            rec.changes.popleft()
+        # a short list, not a deque: 10,000 idle agents must stay small
+        rec.changes = [t for t in (rec.changes or ()) if t >= now - window] + [now]
         flapping = len(rec.changes) >= self._policies.health.flap_threshold
         if flapping and not rec.flapping:
             log.warning("agent %s: flapping (%d state changes in %.0fs)",
@@ -290,11 +286,16 @@ class Registry:
             for rec in self._records.values():
                 rec.policy = policies.for_agent(rec.agent_id)
 
-    def take_dirty(self) -> List[Tuple[str, Optional[dict]]]:
-        """Records changed since the last call: (agent_id, stored form or None if forgotten)."""
+    def take_dirty(self, limit: int = 1000) -> List[Tuple[str, Optional[dict]]]:
+        """Up to `limit` records changed since they were last taken: (agent_id, stored form
+        or None if forgotten). Call again until it returns nothing."""
         with self._lock:
-            dirty, self._dirty = self._dirty, set()
-            return [(a, self._records[a].to_store() if a in self._records else None) for a in dirty]
+            out = []
+            while self._dirty and len(out) < limit:
+                agent_id = self._dirty.pop()
+                rec = self._records.get(agent_id)
+                out.append((agent_id, rec.to_store() if rec else None))
+            return out
 
     def load(self, stored: List[dict]) -> None:
         """Bring back records from the store after a restart: watched ones become `unknown`."""

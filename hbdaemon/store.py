@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "hbdaemon.db"
 SCHEMA_VERSION = 1
+DIRTY_BATCH = 1000  # Registry.take_dirty's default limit: a full batch means more may wait
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS agents (agent_id TEXT PRIMARY KEY, data TEXT NOT NULL);
@@ -145,13 +146,19 @@ class Store:
             db.close()
 
     def flush(self, db: sqlite3.Connection) -> None:
-        """Write pending events and changed agents in one transaction."""
-        with self._lock:
-            events, self._pending = self._pending, []
-        self._unsaved.update(self._take_dirty())
+        """Write pending events and changed agents, a transaction per batch of agents."""
+        while True:
+            with self._lock:
+                events, self._pending = self._pending, []
+            batch = self._take_dirty()
+            self._unsaved.update(batch)
+            if not events and not self._unsaved:
+                return
+            if not self._write(db, events) or len(batch) < DIRTY_BATCH:
+                return
+
+    def _write(self, db: sqlite3.Connection, events: List[Event]) -> bool:
         agents = list(self._unsaved.items())
-        if not events and not agents:
-            return
         try:
             with db:
                 db.execute("BEGIN")
@@ -166,8 +173,10 @@ class Store:
                                (events[-1].id - self._max_events,))
             self._unsaved.clear()
             self.writes += 1
+            return True
         except sqlite3.Error as exc:
             self.errors += 1
             log.error("state store: write failed (%s); will retry", exc)
             with self._lock:
                 self._pending[:0] = events
+            return False

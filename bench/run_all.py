@@ -1,0 +1,24 @@
+"""Run every benchmark and print the tables for docs/PERFORMANCE.md (make bench)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_crash  # noqa: E402
+import bench_http  # noqa: E402
+import bench_memory  # noqa: E402
+import bench_unix  # noqa: E402
+from common import machine  # noqa: E402
+
+
+def main() -> None:
+    print(f"Machine: {machine()}")
+    bench_http.main(["--seconds", "10", "--rounds", "3"])
+    bench_unix.main([])
+    bench_crash.main([])
+    bench_memory.main([])
+
+
+if __name__ == "__main__":
+    main()
