@@ -145,14 +145,16 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
                 break
             if not line:
                 break
+            if line.isspace():
+                continue  # blank lines are harmless keep-alives
             started = time.perf_counter()
             server.stats.note_received(TRANSPORT)
-            if len(line) > MAX_MESSAGE_BYTES:
+            if len(line) > MAX_MESSAGE_BYTES and not line.endswith(b"\n"):
                 self._drop(peer, agent_id, "too_large",
                            f"line longer than {MAX_MESSAGE_BYTES} bytes")
                 break
             try:
-                hb = parse_heartbeat(line, require_agent_id=False)
+                hb = parse_heartbeat(line.rstrip(b"\r\n"), require_agent_id=False)
             except ProtocolError as exc:
                 if exc.field is None:  # not JSON at all: the stream cannot be trusted
                     self._drop(peer, agent_id, exc.reason, str(exc))

@@ -63,6 +63,10 @@ def test_oversized_body_is_413_without_reading_it(daemon_factory):
     conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=5)
     conn.request("POST", "/heartbeat", body=b"x" * 70000, headers={"Expect": "100-continue"})
     assert conn.getresponse().status == 413
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+    s.sendall(b"POST /heartbeat HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+    assert s.recv(4096).startswith(b"HTTP/1.1 413")
+    s.close()
     assert d.post(beat())[0] == 200  # still serving
 
 

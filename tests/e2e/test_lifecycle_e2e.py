@@ -176,3 +176,15 @@ def test_json_logs_to_a_file(daemon_factory, short_tmp):
         lines = [json.loads(line) for line in f]
     assert any("unknown -> healthy" in line["message"] for line in lines)
     assert {"time", "level", "logger", "message"} <= set(lines[0])
+
+
+def test_a_corrupt_store_is_moved_aside_and_the_daemon_starts_fresh(daemon_factory):
+    d = daemon_factory()
+    state = d.config["daemon"]["state_dir"]
+    os.makedirs(state)
+    with open(os.path.join(state, "hbdaemon.db"), "wb") as f:
+        f.write(b"garbage" * 1000)
+    d.start()
+    assert "is unreadable" in d.log() and "moved it to" in d.log()
+    assert any(n.startswith("hbdaemon.db.corrupt-") for n in os.listdir(state))
+    assert d.post(beat("fresh"))[0] == 200

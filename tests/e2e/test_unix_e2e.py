@@ -133,3 +133,20 @@ def test_a_plain_socat_client_works(daemon_factory):
     subprocess.run(["/bin/sh", "-c", script], check=True, timeout=10)
     rec = d.wait_state("shell", "stopped")
     assert rec["transport"] == "unix"
+
+
+def test_socket_gets_the_configured_mode(daemon_factory):
+    d = daemon_factory(unix={"socket_mode": "0600"}).start()
+    assert os.stat(d.socket_path).st_mode & 0o777 == 0o600
+
+
+def test_a_message_of_exactly_64_kib_is_accepted_and_blank_lines_ignored(daemon_factory):
+    d = daemon_factory().start()
+    doc = {"agent_id": "big", "pid": os.getpid(), "pad": ""}
+    doc["pad"] = "x" * (64 * 1024 - len(json.dumps(doc)))
+    line = json.dumps(doc).encode()
+    assert len(line) == 64 * 1024
+    s = d.unix_send(b"\n  \n" + line + b"\n")
+    d.wait_state("big", "healthy")
+    assert d.get("/stats")[2]["total_errors"] == 0
+    s.close()
