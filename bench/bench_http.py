@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-from common import REPO, cpu_seconds, free_port, hbdaemon, report, wait_until
+from common import cpu_seconds, free_port, hbdaemon, report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -27,10 +27,10 @@ def main(argv=None) -> list:
         s.sendall(lines)
         wait_until(lambda: get_json(url + "/stats")["agents"] >= opts.agents, timeout=120)
         time.sleep(3)  # a store flush and a few checker passes
-        get_json(url + "/metrics" if False else url + "/agents")  # one full API read too
+        get_json(url + "/agents")  # one full API read too
         loaded = rss_bytes(proc.pid)
         s.close()
-    rows = [("agents", "RSS idle MB", f"RSS with agents MB", "per agent KB"),
+    rows = [("agents", "RSS idle MB", "RSS with agents MB", "per agent KB"),
             (opts.agents, f"{idle / 1e6:.1f}", f"{loaded / 1e6:.1f}",
              f"{(loaded - idle) / opts.agents / 1e3:.2f}")]
     report(f"Daemon memory with {opts.agents} agents", rows)

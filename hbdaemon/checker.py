@@ -6,6 +6,7 @@ import time
 from typing import Callable, Optional
 
 from hbdaemon.registry import Registry
+from hbdaemon.threads import join, spawn
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,11 @@ class HealthChecker:
         self.last_pass = clock()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="hb-health", daemon=True)
-        self._thread.start()
+        self._thread = spawn("hb-health", self._loop)
 
     def stop(self, timeout: float) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("health checker did not stop within %.1fs", timeout)
+        join(self._thread, timeout)
 
     def run_once(self) -> float:
         """One pass; returns how long to sleep before the next."""

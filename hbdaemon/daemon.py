@@ -19,6 +19,7 @@ from hbdaemon.registry import Registry
 from hbdaemon.sdnotify import Notifier
 from hbdaemon.stats import ReceiverStats
 from hbdaemon.store import Store
+from hbdaemon.threads import join, spawn
 from hbdaemon.unix_server import UnixHeartbeatServer, group_id
 from hbdaemon.workers import WorkerPool
 
@@ -131,10 +132,7 @@ class Daemon:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def _serve(self, server, name: str) -> None:
-        t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                             name=name, daemon=True)
-        t.start()
-        self._threads.append((server, t))
+        self._threads.append((server, spawn(name, server.serve_forever, 0.5)))
 
     def _process_http(self, item) -> None:
         hb, started, host, local = item
@@ -231,7 +229,7 @@ class Daemon:
         deadline = time.monotonic() + self.cfg.daemon.shutdown_timeout
         for server, thread in self._threads:
             server.shutdown()
-            thread.join(1.0)
+            join(thread, 1.0)
         if self.unix:
             self.unix.closing = True
             self.unix.server_close()

@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from hbdaemon.config import HookConfig, RestartConfig
 from hbdaemon.events import Event
+from hbdaemon.threads import join, spawn
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,11 @@ class HookRunner:
                  emit: Callable[..., Event], lookup: Callable[[str], Optional[dict]],
                  clock: Callable[[], float] = time.monotonic,
                  execute: Callable[[HookConfig, Event, dict], bool] = None,
-                 spawn: Callable[..., None] = None):
+                 spawn_run: Callable[..., None] = None):
         self._hooks, self._restart = tuple(hooks), restart
         self._emit, self._lookup, self._clock = emit, lookup, clock
         self._execute = execute or run_hook
-        self._spawn = spawn or _spawn_thread
+        self._spawn = spawn_run or spawn
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -81,17 +82,13 @@ class HookRunner:
                         self._wake.set()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="hb-hooks", daemon=True)
-        self._thread.start()
+        self._thread = spawn("hb-hooks", self._loop)
 
     def stop(self, timeout: float) -> None:
         """Stop scheduling; hooks already running finish on their own (bounded by their timeout)."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("hook scheduler did not stop within %.1fs", timeout)
+        join(self._thread, timeout)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -144,10 +141,6 @@ class HookRunner:
             self._emit(agent, current or ev.to_state, current or ev.to_state,
                        f"hook {hook.label} suspended for this agent after {suspended_after} runs "
                        f"without it becoming healthy", kind="hook_suspended")
-
-
-def _spawn_thread(name: str, target, *args) -> None:
-    threading.Thread(target=target, args=args, name=name, daemon=True).start()
 
 
 def run_hook(hook: HookConfig, ev: Event, record: dict) -> bool:

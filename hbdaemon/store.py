@@ -9,6 +9,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from hbdaemon.events import Event
+from hbdaemon.threads import join, spawn
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,17 @@ class Store:
         try:
             return self._read()
         except sqlite3.Error as exc:
-            aside = self._move_aside()
+            try:
+                aside = self._move_aside()
+            except OSError as move_exc:
+                raise StoreError(f"state store {self.path} is unreadable ({exc}) and cannot be "
+                                 f"moved aside: {move_exc}") from None
             log.error("state store %s is unreadable (%s): moved it to %s and starting with no "
                       "remembered agents", self.path, exc, aside)
+        try:
             return self._read()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot create a state store at {self.path}: {exc}") from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -117,17 +125,13 @@ class Store:
         self._wake.set()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="hb-store", daemon=True)
-        self._thread.start()
+        self._thread = spawn("hb-store", self._loop)
 
     def stop(self, timeout: float) -> None:
         """Write everything still pending and stop. Blocks up to `timeout`."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("state store writer did not finish within %.1fs", timeout)
+        join(self._thread, timeout)
 
     def _loop(self) -> None:
         db = self._connect()

@@ -96,9 +96,13 @@ class UnixHeartbeatServer(ConnectionLimitMixIn, socketserver.ThreadingUnixStream
             super().server_bind()
         finally:
             os.umask(old_umask)
-        os.chmod(self.socket_path, self.mode)
-        if self.gid != -1:
-            os.chown(self.socket_path, -1, self.gid)
+        try:
+            os.chmod(self.socket_path, self.mode)
+            if self.gid != -1:
+                os.chown(self.socket_path, -1, self.gid)
+        except OSError as exc:
+            os.unlink(self.socket_path)
+            raise OSError(exc.errno, f"cannot set mode/group of the socket: {exc.strerror}") from None
         st = os.stat(self.socket_path)
         self._identity = (st.st_dev, st.st_ino)
 

@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Callable, List
 
+from hbdaemon.threads import spawn
+
 log = logging.getLogger(__name__)
 
 _STOP = object()
@@ -34,10 +36,7 @@ class WorkerPool:
         return self._queue.qsize()
 
     def start(self) -> None:
-        for n in range(self._size):
-            t = threading.Thread(target=self._work, name=f"hb-worker-{n + 1}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._threads = [spawn(f"hb-worker-{n + 1}", self._work) for n in range(self._size)]
 
     def submit(self, item) -> None:
         """Queue one item; raises PoolClosed while stopping and queue.Full when full."""

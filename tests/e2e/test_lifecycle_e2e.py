@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import yaml
 
 from support.wait import wait_for
 

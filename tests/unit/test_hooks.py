@@ -17,7 +17,7 @@ class Harness:
             (HookConfig(on=on, command=("x",)),),
             RestartConfig(max_retries=max_retries, backoff_base=10.0, backoff_max=25.0),
             emit=self.emit, lookup=lambda a: {"state": self.state, "pid": 42},
-            clock=self.clock, execute=self.execute, spawn=lambda name, fn, *args: fn(*args))
+            clock=self.clock, execute=self.execute, spawn_run=lambda name, fn, *args: fn(*args))
         self.next_id = 1
 
     def execute(self, hook, ev, record):

@@ -4,7 +4,7 @@ import pytest
 
 from hbdaemon.checker import HealthChecker
 from hbdaemon.config import HealthCheckConfig, OverrideConfig
-from hbdaemon.health import PolicySet, State
+from hbdaemon.health import PolicySet
 from hbdaemon.protocol import Heartbeat
 from hbdaemon.registry import Peer, Registry
 from support.clock import FakeClock
