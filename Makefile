@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean sync-copies
+SHARED  = configkit.py convert.py logsetup.py
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -26,6 +27,10 @@ test: $(STAMP)
 ## bench: run the benchmarks in bench/ (needs wrk: apt install wrk)
 bench: $(STAMP)
 	$(PY) bench/run_all.py 2>/dev/null
+
+## sync-copies: agentd carries copies of these hbdaemon modules (the packages never import each other)
+sync-copies:
+	for f in $(SHARED); do cp hbdaemon/$$f agentd/$$f; done
 
 clean:
 	rm -rf $(VENV) run build dist *.egg-info .pytest_cache

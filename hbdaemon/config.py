@@ -5,57 +5,17 @@ walks those declarations, so the key names, the environment names
 (HBDAEMON_ + path upper-cased, "." -> "_") and the checks cannot drift apart.
 """
 
-import dataclasses
 import fnmatch
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-import yaml
-
 from hbdaemon import convert as cv
+from hbdaemon.configkit import REQUIRED, ConfigError, items, key, load, section  # noqa: F401 (ConfigError is re-exported)
 
 DEFAULT_PATH = "/etc/hbdaemon/hbdaemon.yaml"
 ENV_PREFIX = "HBDAEMON_"
 STATES = ("unknown", "healthy", "over_threshold", "no_heartbeat", "dead", "stopped")
-_REQUIRED = object()
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false, so a hook's `on:` key stays "on"."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-for _first in "tTfF":
-    _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, (
-        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")))
-
-
-def yaml_load(text: str):
-    """Parse YAML as this program reads it (YAML 1.2 booleans)."""
-    return yaml.load(text, Loader=_Loader)
-
-
-class ConfigError(Exception):
-    """A configuration problem, worded for the operator: where, which key, what is allowed."""
-
-
-def key(default, convert, doc: str = ""):
-    """Declare a scalar key with its default and converter."""
-    return field(default=default, metadata={"convert": convert, "doc": doc})
-
-
-def section(cls):
-    """Declare a nested mapping of keys."""
-    return field(default_factory=cls, metadata={"section": cls})
-
-
-def items(cls):
-    """Declare a list of mappings, each read as `cls`."""
-    return field(default=(), metadata={"items": cls})
 
 
 @dataclass(frozen=True)
@@ -117,7 +77,7 @@ class HealthCheckConfig:
 
 @dataclass(frozen=True)
 class OverrideConfig:
-    match: str = key(_REQUIRED, cv.text)
+    match: str = key(REQUIRED, cv.text)
     heartbeat_timeout: Optional[float] = key(None, cv.positive_duration)
     cpu_threshold: Optional[float] = key(None, cv.percent)
     memory_threshold: Optional[int] = key(None, cv.byte_size)
@@ -144,8 +104,8 @@ class AgentConfig:
 
 @dataclass(frozen=True)
 class HookConfig:
-    on: Tuple[str, ...] = key(_REQUIRED, cv.word_list(*STATES, "hook_suspended"))
-    command: Tuple[str, ...] = key(_REQUIRED, cv.argv)
+    on: Tuple[str, ...] = key(REQUIRED, cv.word_list(*STATES, "hook_suspended"))
+    command: Tuple[str, ...] = key(REQUIRED, cv.argv)
     timeout: float = key(30.0, cv.positive_duration)
     name: str = key("", cv.text)
 
@@ -178,154 +138,11 @@ def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = 
     A missing default file means built-in defaults; a missing file named by the operator
     (`required`) is an error. Raises ConfigError.
     """
-    path = path or DEFAULT_PATH
-    raw, lines = _read_yaml(path, required)
-    origins = {}
-    for dotted, value in _environment(environ if environ is not None else os.environ):
-        _put(raw, dotted, value, origins, f"environment {ENV_PREFIX}{_env_suffix(dotted)}")
-    for dotted, value in (overrides or {}).items():
-        if dotted not in _scalar_paths(Config):
-            raise ConfigError(f"--set {dotted}: unknown key; see {DEFAULT_PATH} for the keys")
-        _put(raw, dotted, value, origins, f"--set {dotted}")
-    reader = _Reader(path if os.path.exists(path) else "(defaults)", lines, origins)
-    cfg = reader.build(Config, raw, "")
+    cfg, reader = load(Config, path or DEFAULT_PATH, env_prefix=ENV_PREFIX,
+                       environ=os.environ if environ is None else environ,
+                       overrides=overrides, required=required)
     rs = cfg.agent.restart
     if rs.backoff_base > rs.backoff_max:
-        raise ConfigError(f"{reader.where('agent.restart.backoff_base')}agent.restart.backoff_base: "
+        raise reader.fail("agent.restart.backoff_base",
                           f"must not exceed backoff_max ({rs.backoff_max:g}s)")
-    return dataclasses.replace(cfg, source=reader.source)
-
-
-def _read_yaml(path: str, required: bool):
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(f"{path}: no such file") from None
-        return {}, {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
-    if data is None:
-        return {}, {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys (daemon:, log:, ...)")
-    lines = {}
-    _key_lines(node, "", lines)
-    return data, lines
-
-
-def _key_lines(node, prefix: str, out: dict) -> None:
-    """Record the line of every key, so errors can point at it."""
-    if isinstance(node, yaml.MappingNode):
-        for knode, vnode in node.value:
-            dotted = f"{prefix}{knode.value}"
-            out[dotted] = knode.start_mark.line + 1
-            _key_lines(vnode, dotted + ".", out)
-    elif isinstance(node, yaml.SequenceNode):
-        base = prefix.rstrip(".")
-        for i, item in enumerate(node.value):
-            out[f"{base}[{i}]"] = item.start_mark.line + 1
-            _key_lines(item, f"{base}[{i}].", out)
-
-
-def _scalar_paths(cls, prefix: str = "") -> Dict[str, dataclasses.Field]:
-    """Every settable key path (sections flattened; lists count as one key)."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        if "section" in f.metadata:
-            out.update(_scalar_paths(f.metadata["section"], f"{prefix}{f.name}."))
-        elif f.metadata:
-            out[prefix + f.name] = f
-    return out
-
-
-def _env_suffix(dotted: str) -> str:
-    return dotted.upper().replace(".", "_")
-
-
-def _environment(environ):
-    for dotted, f in _scalar_paths(Config).items():
-        value = environ.get(ENV_PREFIX + _env_suffix(dotted))
-        if value is not None:
-            yield dotted, value
-
-
-def _put(raw: dict, dotted: str, value, origins: dict, origin: str) -> None:
-    f = _scalar_paths(Config)[dotted]
-    if "items" in f.metadata and isinstance(value, str):
-        try:
-            value = yaml_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"{origin}: {dotted}: not valid YAML for a list") from None
-    parts = dotted.split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
-    origins[dotted] = origin
-
-
-class _Reader:
-    """Walks the declarations, converting raw values and wording errors."""
-
-    def __init__(self, source: str, lines: dict, origins: dict):
-        self.source, self.lines, self.origins = source, lines, origins
-
-    def where(self, dotted: str) -> str:
-        if dotted in self.origins:
-            return self.origins[dotted] + ": "
-        line = self.lines.get(dotted)
-        return f"{self.source}, line {line}: " if line else f"{self.source}: "
-
-    def fail(self, dotted: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.where(dotted)}{dotted}: {message}")
-
-    def build(self, cls, data, prefix: str):
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise self.fail(prefix.rstrip(".") or "(top)", "must be a mapping of keys")
-        known = {f.name: f for f in dataclasses.fields(cls) if f.metadata}
-        for name in data:
-            if name not in known:
-                raise self.fail(f"{prefix}{name}",
-                                f"unknown key; allowed here: {', '.join(sorted(known))}")
-        values = {}
-        for name, f in known.items():
-            dotted = prefix + name
-            if "section" in f.metadata:
-                values[name] = self.build(f.metadata["section"], data.get(name), dotted + ".")
-            elif "items" in f.metadata:
-                values[name] = self.build_items(f.metadata["items"], data.get(name), dotted)
-            elif name in data:
-                values[name] = self.convert(f, data[name], dotted)
-            elif f.default is _REQUIRED:
-                raise self.fail(dotted, "required")
-        return cls(**values)
-
-    def build_items(self, cls, data, dotted: str) -> tuple:
-        if data is None:
-            return ()
-        if not isinstance(data, list):
-            raise self.fail(dotted, "must be a list")
-        return tuple(self.build(cls, item, f"{dotted}[{i}].") for i, item in enumerate(data))
-
-    def convert(self, f, value, dotted: str):
-        if f.default is None and (value is None or value == ""):
-            return None
-        try:
-            return f.metadata["convert"](value)
-        except ValueError as exc:
-            raise self.fail(dotted, f"{value!r} is not allowed; expected {exc}") from None
+    return cfg

@@ -1,7 +1,8 @@
 """Converters for config values: each takes YAML or environment input and returns a clean value.
 
 A converter raises ValueError whose text says what is allowed; the config loader adds
-the file and key.
+the file and key. Shared by hbdaemon and agentd: agentd/convert.py is a byte-identical
+copy (tests/unit/test_shared_copies.py keeps them equal; `make sync-copies` refreshes it).
 """
 
 import math

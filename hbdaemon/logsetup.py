@@ -1,11 +1,13 @@
-"""Logging set-up: stderr (journald) or a file that survives logrotate, text or JSON lines."""
+"""Logging set-up: stderr (journald) or a file that survives logrotate, text or JSON lines.
+
+Shared by hbdaemon and agentd: agentd/logsetup.py is a byte-identical copy
+(tests/unit/test_shared_copies.py keeps them equal; `make sync-copies` refreshes it).
+"""
 
 import json
 import logging
-import logging.handlers
 import sys
-
-from hbdaemon.protocol import format_rfc3339
+import time
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _handler = None
@@ -16,7 +18,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message (and exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"time": format_rfc3339(record.created), "level": record.levelname,
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        doc = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname,
                "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
@@ -32,7 +35,11 @@ def configure(level: str, file: str = "", fmt: str = "text") -> None:
     root = logging.getLogger()
     key = (file, fmt)
     if key != _handler_key:
-        handler = logging.handlers.WatchedFileHandler(file) if file else logging.StreamHandler(sys.stderr)
+        if file:
+            import logging.handlers  # only when needed: it costs the agent's memory
+            handler = logging.handlers.WatchedFileHandler(file)
+        else:
+            handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
         if _handler is not None:
             root.removeHandler(_handler)

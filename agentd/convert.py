@@ -1,0 +1,190 @@
+"""Converters for config values: each takes YAML or environment input and returns a clean value.
+
+A converter raises ValueError whose text says what is allowed; the config loader adds
+the file and key. Shared by hbdaemon and agentd: agentd/convert.py is a byte-identical
+copy (tests/unit/test_shared_copies.py keeps them equal; `make sync-copies` refreshes it).
+"""
+
+import math
+import os
+import re
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def duration(value) -> float:
+    """Seconds from `30s`, `1m30s`, `500ms`, `2h` or a plain number of seconds (>= 0)."""
+    expected = "a duration >= 0 such as 30s, 1m30s, 500ms or a number of seconds"
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos, seconds = 0, 0.0
+            for m in _DURATION_PART.finditer(text):
+                if m.start() != pos:
+                    raise ValueError(expected) from None
+                seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+                pos = m.end()
+            if pos != len(text):
+                raise ValueError(expected) from None
+    else:
+        raise ValueError(expected)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(expected)
+    return seconds
+
+
+def positive_duration(value) -> float:
+    """A duration that must be more than zero."""
+    seconds = duration(value)
+    if seconds <= 0:
+        raise ValueError("a duration > 0 such as 30s, 1m30s, 500ms or a number of seconds")
+    return seconds
+
+
+def byte_size(value) -> int:
+    """Bytes from an integer or `500MB`, `512MiB`, `1.5GB` (>= 0)."""
+    expected = "a size in bytes >= 0, or with a unit such as 500MB or 512MiB"
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, float) and value.is_integer():
+        size = int(value)
+    elif isinstance(value, str):
+        m = _SIZE.fullmatch(value.strip())
+        if m is None:
+            raise ValueError(expected)
+        size = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+    else:
+        raise ValueError(expected)
+    if size < 0:
+        raise ValueError(expected)
+    return size
+
+
+def integer(low: int, high: int):
+    """A converter for a whole number between `low` and `high`."""
+    def convert(value) -> int:
+        expected = f"a whole number from {low} to {high}"
+        if isinstance(value, bool):
+            raise ValueError(expected)
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError(expected) from None
+        if not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(expected)
+        return value
+    convert.__name__ = f"integer_{low}_{high}"
+    return convert
+
+
+port = integer(0, 65535)
+
+
+def percent(value) -> float:
+    """A number from 0 to 100."""
+    expected = "a number from 0 to 100 (percent of the machine)"
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().rstrip("%"))
+        except ValueError:
+            raise ValueError(expected) from None
+    if not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise ValueError(expected)
+    return float(value)
+
+
+def boolean(value) -> bool:
+    """true/false (also yes/no, on/off, 1/0 from the environment)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("true or false")
+
+
+def text(value) -> str:
+    """Any string (numbers are accepted and kept as written)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("a string")
+    return str(value)
+
+
+def choice(*allowed: str):
+    """A converter for one of a fixed set of words (case-insensitive)."""
+    def convert(value) -> str:
+        if isinstance(value, str) and value.strip().lower() in allowed:
+            return value.strip().lower()
+        raise ValueError("one of " + ", ".join(allowed))
+    convert.__name__ = "choice"
+    return convert
+
+
+def file_mode(value) -> int:
+    """An octal permission mode given as a string such as "0660"."""
+    expected = 'an octal mode in quotes, such as "0660"'
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # YAML reads an unquoted 660 as decimal digits; treat as octal text
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3,4}", value.strip()):
+        raise ValueError(expected)
+    return int(value.strip(), 8)
+
+
+def absolute_path(value) -> str:
+    """An absolute or relative filesystem path, made absolute."""
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValueError("a filesystem path")
+    return os.path.abspath(value.strip())
+
+
+def optional_path(value) -> str:
+    """A path, or empty for none."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ""
+    return absolute_path(value)
+
+
+def socket_path(value) -> str:
+    """A path for an AF_UNIX socket: the kernel takes at most 107 bytes."""
+    path = absolute_path(value)
+    if len(os.fsencode(path)) > 107:
+        raise ValueError(f"a socket path of at most 107 bytes ({path!r} is longer)")
+    return path
+
+
+def argv(value) -> tuple:
+    """A command as a non-empty list of strings (run without a shell)."""
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(isinstance(a, str) and a for a in value)):
+        raise ValueError('a list of strings, the program and its arguments, e.g. ["/usr/bin/logger", "-t", "hb"]')
+    return tuple(value)
+
+
+def word_list(*allowed: str):
+    """A converter for a list of words from `allowed` (a single word is taken as a list of one)."""
+    def convert(value) -> tuple:
+        items = [value] if isinstance(value, str) else value
+        if (not isinstance(items, (list, tuple)) or not items
+                or not all(isinstance(i, str) and i in allowed for i in items)):
+            raise ValueError("a list of: " + ", ".join(allowed))
+        return tuple(items)
+    convert.__name__ = "word_list"
+    return convert
