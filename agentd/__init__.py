@@ -1,3 +1,12 @@
-"""agentd: sends heartbeats to hbdaemon (built in a later step)."""
+"""agentd: sends heartbeats to hbdaemon; also usable as a library (HeartbeatSender)."""
 
 __version__ = "0.1.0"
+__all__ = ["HeartbeatSender", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy, so `agentd --version` and the config module do not load psutil and threads.
+    if name == "HeartbeatSender":
+        from agentd.agent import HeartbeatSender
+        return HeartbeatSender
+    raise AttributeError(name)

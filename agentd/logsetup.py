@@ -36,8 +36,8 @@ def configure(level: str, file: str = "", fmt: str = "text") -> None:
     key = (file, fmt)
     if key != _handler_key:
         if file:
-            import logging.handlers  # only when needed: it costs the agent's memory
-            handler = logging.handlers.WatchedFileHandler(file)
+            from logging.handlers import WatchedFileHandler  # only when needed: it costs memory
+            handler = WatchedFileHandler(file)
         else:
             handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))

@@ -1,0 +1,158 @@
+"""The agent: samples itself, sends heartbeats on a steady beat, reconnects, says goodbye."""
+
+import logging
+import os
+import threading
+import time
+from typing import Callable, Optional
+
+from agentd.config import AgentdConfig, HeartbeatConfig
+from agentd.protocol import encode_heartbeat
+from agentd.scheduler import Scheduler
+from agentd.stats import AgentStats, ProcessSampler
+from agentd.transport import Backoff, HttpTransport, TransportError, UnixTransport
+
+log = logging.getLogger(__name__)
+
+
+def read_token(path: str) -> Optional[str]:
+    """The bearer token from `path`, or None if no file is configured. Raises OSError."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip() or None
+
+
+def make_transport(hb: HeartbeatConfig):
+    if hb.transport == "http":
+        return HttpTransport(hb.url, hb.timeout, read_token(hb.auth_token_file))
+    return UnixTransport(hb.socket_path, hb.timeout)
+
+
+def _connection_keys(hb: HeartbeatConfig) -> tuple:
+    return (hb.transport, hb.socket_path, hb.url, hb.auth_token_file, hb.timeout)
+
+
+class Agent:
+    """Sends this process's heartbeats to hbdaemon until stop().
+
+    Starts even when the daemon is not up, and keeps trying with exponential backoff and
+    jitter; after each (re)connection a heartbeat goes out at once. on_success(stats) and
+    on_failure(error) are called after every attempt. Thread-safe.
+    """
+
+    def __init__(self, cfg: AgentdConfig, sampler: Optional[ProcessSampler] = None,
+                 on_success: Optional[Callable] = None, on_failure: Optional[Callable] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.agent_id = cfg.effective_agent_id
+        self.pid = os.getpid()
+        self.sampler = sampler or ProcessSampler()
+        self.transport = make_transport(cfg.heartbeat)
+        self.stats = AgentStats(self.agent_id, cfg.effective_version, self.transport.name, clock)
+        self.backoff = Backoff(cfg.heartbeat.reconnect_min, cfg.heartbeat.reconnect_max)
+        self.scheduler = Scheduler(cfg.heartbeat.interval, self._tick, clock)
+        self._on_success, self._on_failure = on_success, on_failure
+        self._lock = threading.Lock()  # one send at a time: the beat, a reload, the goodbye
+        self._failing = False
+        self._stopped = False
+        self._sent_any = False
+
+    def start(self) -> None:
+        log.info("agent %s: heartbeats every %.1fs over %s to %s", self.agent_id,
+                 self.cfg.heartbeat.interval, self.transport.name, self._target())
+        self.scheduler.start()
+
+    def _target(self) -> str:
+        hb = self.cfg.heartbeat
+        return hb.url if hb.transport == "http" else hb.socket_path
+
+    def _tick(self, due: bool) -> Optional[float]:
+        with self._lock:
+            if self._stopped or not (due or self._failing):
+                return None
+            return self._send("running" if self._sent_any else "starting")
+
+    def _send(self, status: str) -> Optional[float]:
+        """One heartbeat; returns the delay before a retry, or None to wait for the next slot."""
+        cpu, memory = self.sampler.sample()
+        line = encode_heartbeat(self.agent_id, self.pid, status, self.stats.version, cpu, memory)
+        try:
+            self.transport.send(line)
+        except TransportError as exc:
+            return self._failed(exc)
+        self._sent_any = True
+        if self._failing:
+            log.info("agent %s: reconnected to %s after %d attempts", self.agent_id,
+                     self._target(), self.backoff.attempts)
+        self._failing = False
+        self.backoff.reset()
+        self.stats.on_success(status, cpu, memory)
+        if self._on_success:
+            self._on_success(self.stats)
+        return None
+
+    def _failed(self, exc: TransportError) -> Optional[float]:
+        self.stats.on_failure(str(exc))
+        if self._on_failure:
+            self._on_failure(exc)
+        if exc.permanent:
+            log.error("agent %s: %s", self.agent_id, exc)
+            return None
+        if not self._failing:
+            log.warning("agent %s: lost connection to the daemon: %s (retrying with backoff)",
+                        self.agent_id, exc)
+        else:
+            log.debug("agent %s: attempt %d failed: %s", self.agent_id, self.backoff.attempts, exc)
+        self._failing = True
+        return exc.retry_after if exc.retry_after is not None else self.backoff.next_delay()
+
+    def reload(self, cfg: AgentdConfig) -> None:
+        """Apply a new configuration: interval now, a changed transport reconnects."""
+        old, new = self.cfg.heartbeat, cfg.heartbeat
+        transport = None
+        if _connection_keys(old) != _connection_keys(new):
+            transport = make_transport(new)  # may raise OSError (token file): nothing changed yet
+        with self._lock:
+            if transport is not None:
+                self.transport.close()
+                self.transport = transport
+                self.stats.transport = transport.name
+                log.info("agent %s: now sending over %s to %s", self.agent_id, transport.name,
+                         new.url if new.transport == "http" else new.socket_path)
+            self.backoff = Backoff(new.reconnect_min, new.reconnect_max)
+            self.scheduler.set_interval(new.interval)
+            self.cfg = cfg
+
+    def stop(self) -> None:
+        """Send a final `stopping` heartbeat (bounded by the send timeout) and disconnect."""
+        self.scheduler.stop()
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            if self._send("stopping") is None:
+                log.info("agent %s: said stopping to the daemon", self.agent_id)
+            self.transport.close()
+
+
+class HeartbeatSender(Agent):
+    """Report this Python program's liveness to hbdaemon in three lines:
+
+        sender = HeartbeatSender("billing-worker")   # Unix socket, every 30s
+        sender.start()
+        ...                                           # sender.stop() says "stopping"
+    """
+
+    def __init__(self, agent_id: str, *, transport: str = "unix",
+                 socket_path: str = "/run/hbdaemon/hbdaemon.sock",
+                 url: str = "http://127.0.0.1:8690/heartbeat", interval: float = 30.0,
+                 auth_token_file: str = "", version: str = "", timeout: float = 5.0,
+                 on_success: Optional[Callable] = None, on_failure: Optional[Callable] = None):
+        from agentd.config import load_config
+        overrides = {"agent_id": agent_id, "version": version,
+                     "heartbeat.transport": transport, "heartbeat.socket_path": socket_path,
+                     "heartbeat.url": url, "heartbeat.interval": str(interval),
+                     "heartbeat.timeout": str(timeout), "heartbeat.auth_token_file": auth_token_file}
+        cfg = load_config("/nonexistent/agentd.yaml", environ={}, overrides=overrides)
+        super().__init__(cfg, on_success=on_success, on_failure=on_failure)

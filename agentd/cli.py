@@ -1,0 +1,99 @@
+"""`agentd` command line: the one place that turns errors into exit codes."""
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from agentd import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_PATH = "/etc/agentd/agentd.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agentd",
+                                description="Send this host's heartbeat to hbdaemon.")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help=f"configuration file (default {DEFAULT_PATH}; env AGENTD_CONFIG; "
+                        "the Go agent's -config FILE works too)")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration and exit (0 ok, 2 bad)")
+    p.add_argument("--version", action="version", version=f"agentd {__version__}")
+    p.add_argument("--agent-id", help="override agent_id")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any key, e.g. --set heartbeat.interval=10s")
+    return p
+
+
+def _go_flags(argv: List[str]) -> List[str]:
+    """The Go agent's single-dash `-config FILE` / `-config=FILE` mean --config."""
+    out = []
+    for arg in argv:
+        if arg == "-config":
+            out.append("--config")
+        elif arg.startswith("-config="):
+            out.append("--config=" + arg[len("-config="):])
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(_go_flags(sys.argv[1:] if argv is None else argv))
+    from agentd import logsetup
+    from agentd.config import ConfigError, load_config
+    from agentd.service import AgentService
+
+    path = args.config or os.environ.get("AGENTD_CONFIG") or DEFAULT_PATH
+    named = bool(args.config or os.environ.get("AGENTD_CONFIG"))
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"agentd: --set {item}: expected KEY=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        overrides[name.strip()] = value
+    if args.agent_id is not None:
+        overrides["agent_id"] = args.agent_id
+    if args.log_level:
+        overrides["log.level"] = args.log_level
+
+    def load():
+        return load_config(path, overrides=overrides, required=named)
+
+    try:
+        cfg = load()
+        if cfg.heartbeat.auth_token_file:
+            from agentd.agent import read_token
+            read_token(cfg.heartbeat.auth_token_file)
+    except ConfigError as exc:
+        print(f"agentd: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"agentd: configuration error: heartbeat.auth_token_file: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.check_config:
+        target = cfg.heartbeat.url if cfg.heartbeat.transport == "http" else cfg.heartbeat.socket_path
+        print(f"{cfg.source}: configuration OK (agent {cfg.effective_agent_id}, "
+              f"{cfg.heartbeat.transport} {target}, every {cfg.heartbeat.interval:g}s)")
+        return EXIT_OK
+    try:
+        logsetup.configure(cfg.log.level, cfg.log.file, cfg.log.format)
+    except OSError as exc:
+        print(f"agentd: cannot open log file: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    service = AgentService(cfg, load)
+    service.install_signal_handlers()
+    try:
+        service.start()
+    except OSError as exc:
+        print(f"agentd: cannot listen on http {cfg.http.host}:{cfg.http.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        service.run_forever()
+    finally:
+        service.stop()
+    return EXIT_OK

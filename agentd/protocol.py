@@ -1,0 +1,22 @@
+"""Wire protocol v1, the sending side: one heartbeat as one JSON line."""
+
+import json
+import time
+from typing import Optional
+
+
+def format_rfc3339(epoch: float) -> str:
+    """`2026-11-27T20:35:24.456Z` (UTC, milliseconds)."""
+    whole = int(epoch)
+    millis = min(999, int((epoch - whole) * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def encode_heartbeat(agent_id: str, pid: int, status: str, version: str, cpu: float,
+                     memory: int, now: Optional[float] = None) -> bytes:
+    """The heartbeat as one line of JSON, newline included."""
+    doc = {"agent_id": agent_id, "pid": pid,
+           "timestamp": format_rfc3339(time.time() if now is None else now),
+           "version": version, "status": status,
+           "cpu": round(min(100.0, max(0.0, cpu)), 2), "memory": max(0, int(memory))}
+    return (json.dumps(doc, separators=(",", ":")) + "\n").encode()

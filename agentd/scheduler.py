@@ -1,0 +1,81 @@
+"""The heartbeat clock: a threading.Timer re-armed from a monotonic deadline."""
+
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+
+def next_due(due: float, interval: float, now: float) -> float:
+    """The slot after `due`; slots already past are skipped, never run late in a bunch."""
+    due += interval
+    if due <= now:
+        due += (int((now - due) // interval) + 1) * interval
+    return due
+
+
+class Scheduler:
+    """Calls tick(due) at every interval slot, and sooner when tick asks to be retried.
+
+    tick(True) runs at a heartbeat slot, tick(False) at a retry the previous tick asked
+    for by returning a delay in seconds. Slots are computed from a monotonic deadline
+    (next_due += interval), so the beat never drifts. Thread-safe.
+    """
+
+    def __init__(self, interval: float, tick: Callable[[bool], Optional[float]],
+                 clock: Callable[[], float] = time.monotonic, timer_factory=threading.Timer):
+        self.interval = interval
+        self._tick = tick
+        self._clock = clock
+        self._timer_factory = timer_factory
+        self._lock = threading.Lock()
+        self._timer = None
+        self._due = 0.0
+        self._stopped = False
+
+    def start(self) -> None:
+        """First tick at once."""
+        with self._lock:
+            self._stopped = False
+            self._due = self._clock()
+            self._arm(0.0)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def set_interval(self, interval: float) -> None:
+        """A new interval, counted from the next slot (SIGHUP)."""
+        with self._lock:
+            self.interval = interval
+
+    def _arm(self, delay: float) -> None:
+        self._timer = self._timer_factory(delay, self._fire)
+        self._timer.daemon = True
+        self._timer.name = "agentd-beat"
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            due = self._clock() >= self._due - 0.001
+        try:
+            retry = self._tick(due)
+        except Exception:  # the beat must go on
+            log.exception("heartbeat tick failed")
+            retry = None
+        with self._lock:
+            if self._stopped:
+                return
+            now = self._clock()
+            if due:
+                self._due = next_due(self._due, self.interval, now)
+            delay = self._due - now
+            if retry is not None:
+                delay = min(delay, retry)
+            self._arm(max(0.0, delay))
