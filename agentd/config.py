@@ -7,7 +7,7 @@ Environment: AGENTD_ + the key's path upper-cased ("." -> "_"); the Go agent's n
 import os
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from agentd import __version__, convert as cv
@@ -73,7 +73,7 @@ class AgentdConfig:
     heartbeat: HeartbeatConfig = section(HeartbeatConfig)
     http: ApiConfig = section(ApiConfig)
     log: LogConfig = section(LogConfig)
-    source: str = "(defaults)"
+    source: str = field(default="(defaults)", compare=False)
 
     @property
     def effective_agent_id(self) -> str:

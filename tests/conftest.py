@@ -5,6 +5,7 @@ import tempfile
 
 import pytest
 
+from support.agentd import AgentdProcess
 from support.daemon import DaemonProcess
 
 
@@ -29,3 +30,22 @@ def daemon_factory(short_tmp):
     yield make
     for d in started:
         d.kill()
+
+
+@pytest.fixture
+def agentd_factory(short_tmp):
+    """Start real agentd processes; every one still running is killed at teardown."""
+    started = []
+
+    def make(name="agent-1", daemon=None, **config):
+        if daemon is not None:
+            config.setdefault("heartbeat", {})
+            config["heartbeat"].setdefault("socket_path", daemon.socket_path)
+            config["heartbeat"].setdefault("url", f"http://127.0.0.1:{daemon.port}/heartbeat")
+        a = AgentdProcess(short_tmp, name, config)
+        started.append(a)
+        return a
+
+    yield make
+    for a in started:
+        a.kill()

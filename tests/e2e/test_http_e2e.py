@@ -4,7 +4,6 @@ import http.client
 import json
 import os
 import socket
-import time
 
 import pytest
 
@@ -154,8 +153,17 @@ def test_slow_client_times_out_without_holding_the_daemon(daemon_factory):
 
 def test_http_connection_limit_answers_503(daemon_factory):
     d = daemon_factory(http={"max_connections": 1}).start()
-    hold = socket.create_connection(("127.0.0.1", d.port), timeout=5)
-    time.sleep(0.3)  # let the daemon accept it
+
+    def take_the_only_slot():
+        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=5)
+        conn.request("GET", "/healthz")
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status == 200:  # served, and kept alive: it holds the slot
+            return conn
+        conn.close()  # the readiness probe's connection was still closing
+        return None
+    hold = wait_for(take_the_only_slot, what="a kept-alive connection")
     status, headers, doc = d.get("/healthz")
     assert status == 503 and headers["Retry-After"] == "1"
     hold.close()

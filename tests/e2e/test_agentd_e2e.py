@@ -1,0 +1,187 @@
+"""agentd and hbdaemon, both real processes: transports, outages, signals, the library."""
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from support.wait import wait_for
+
+
+def test_unix_agent_is_healthy_with_its_own_numbers(daemon_factory, agentd_factory):
+    d = daemon_factory().start()
+    a = agentd_factory("u1", d).start()
+    rec = d.wait_state("u1", "healthy")
+    assert rec["transport"] == "unix" and rec["pid"] == a.proc.pid and rec["memory"] > 1_000_000
+    assert rec["version"] == "0.1.0" and rec["status"] in ("starting", "running")
+    wait_for(lambda: d.agent("u1")["status"] == "running", what="second heartbeat says running")
+    status = a.api("/status")
+    assert status["connected"] is True and status["transport"] == "unix" and status["heartbeat_count"] >= 2
+    assert a.api("/health")["status"] == "healthy"
+
+
+def test_http_agent_with_a_token(daemon_factory, agentd_factory, short_tmp):
+    token = os.path.join(short_tmp, "token")
+    with open(token, "w") as f:
+        f.write("t0ken\n")
+    d = daemon_factory(http={"auth_token_file": token}).start()
+    a = agentd_factory("h1", d, heartbeat={"transport": "http", "auth_token_file": token}).start()
+    rec = d.wait_state("h1", "healthy")
+    assert rec["transport"] == "http" and rec["pid"] == a.proc.pid
+    wait_for(lambda: d.agent("h1")["heartbeats"] >= 3, what="keep-alive heartbeats")
+
+
+def test_wrong_token_is_a_clear_error(daemon_factory, agentd_factory, short_tmp):
+    good, bad = (os.path.join(short_tmp, n) for n in ("good", "bad"))
+    for path, text in ((good, "right"), (bad, "wrong")):
+        with open(path, "w") as f:
+            f.write(text)
+    d = daemon_factory(http={"auth_token_file": good}).start()
+    a = agentd_factory("h2", d, heartbeat={"transport": "http", "auth_token_file": bad}).start()
+    wait_for(lambda: "refused our token (401)" in a.log(), what="401 logged")
+    assert d.agent("h2") is None and a.api("/status")["last_error"].startswith("daemon refused our token")
+
+
+def test_agent_started_before_the_daemon_and_status_shows_the_outage(daemon_factory, agentd_factory):
+    d = daemon_factory()
+    a = agentd_factory("early", d).start()
+    wait_for(lambda: a.api("/status")["consecutive_failures"] >= 2, what="failures counted")
+    status = a.api("/status")
+    assert status["connected"] is False and "cannot connect" in status["last_error"]
+    assert a.api("/health")["status"] == "unhealthy"
+    d.start()
+    started = time.monotonic()
+    d.wait_state("early", "healthy", timeout=5)
+    assert time.monotonic() - started < 2.0  # within one backoff step (max 0.5 s here)
+    assert a.log().count("lost connection") == 1
+    assert "reconnected" in a.log()
+
+
+def test_daemon_restart_costs_at_most_one_interval(daemon_factory, agentd_factory):
+    d = daemon_factory().start()
+    a = agentd_factory("survivor", d).start()
+    d.wait_state("survivor", "healthy")
+    time.sleep(0.3)  # the new agent's record reaches the store
+    d.proc.kill()
+    d.proc.wait(5)
+    time.sleep(0.5)
+    d.start()
+    assert d.state("survivor") in ("unknown", "healthy")
+    d.wait_state("survivor", "healthy", timeout=3)
+    assert a.api("/status")["connected"] is True
+    assert a.proc.poll() is None
+
+
+def test_sigterm_of_the_agent_is_stopped(daemon_factory, agentd_factory):
+    d = daemon_factory().start()
+    a = agentd_factory("bye", d).start()
+    d.wait_state("bye", "healthy")
+    assert a.stop() == 0
+    rec = d.wait_state("bye", "stopped")
+    assert rec["status"] == "stopping"
+    time.sleep(0.3)
+    assert d.state("bye") == "stopped"
+
+
+def test_kill_9_of_a_unix_agent_is_dead_within_a_second(daemon_factory, agentd_factory):
+    d = daemon_factory().start()
+    a = agentd_factory("crash", d).start()
+    d.wait_state("crash", "healthy")
+    killed = time.monotonic()
+    a.proc.kill()
+    wait_for(lambda: d.state("crash") == "dead", timeout=5, interval=0.01)
+    assert time.monotonic() - killed < 1.0
+
+
+def test_kill_9_of_an_http_agent_is_noticed_when_its_heartbeat_is_late(daemon_factory, agentd_factory):
+    d = daemon_factory(agent={"health_check": {"heartbeat_timeout": "1.5s"}}).start()
+    a = agentd_factory("hcrash", d, heartbeat={"transport": "http"}).start()
+    d.wait_state("hcrash", "healthy")
+    a.proc.kill()
+    a.proc.wait(5)
+    time.sleep(0.8)
+    assert d.state("hcrash") == "healthy"  # HTTP has no connection to lose: wait for the timeout
+    rec = d.wait_state("hcrash", "dead", timeout=5)
+    # on this host the daemon can also see the pid is gone (DESIGN.md): dead, not just no_heartbeat
+    assert rec["reason"].startswith("no heartbeat for") and "is gone" in rec["reason"]
+
+
+class _BusyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    times = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        _BusyHandler.times.append(time.monotonic())
+        busy = len(_BusyHandler.times) <= 2
+        body = json.dumps({"success": not busy, "message": "busy" if busy else "ok",
+                           "timestamp": ""}).encode()
+        self.send_response(503 if busy else 200)
+        if busy:
+            self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_503_retry_after_is_honoured(agentd_factory):
+    _BusyHandler.times = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BusyHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        a = agentd_factory("patient", heartbeat={
+            "transport": "http", "interval": "5s",
+            "url": f"http://127.0.0.1:{server.server_address[1]}/heartbeat"}).start()
+        wait_for(lambda: len(_BusyHandler.times) >= 3, timeout=10, what="third attempt")
+        gaps = [b - a_ for a_, b in zip(_BusyHandler.times, _BusyHandler.times[1:])]
+        assert all(0.9 <= g < 2.5 for g in gaps[:2]), gaps  # not reconnect_min (0.1 s), not 5 s
+        assert "daemon busy (503)" in a.log()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_sighup_and_post_reload(daemon_factory, agentd_factory):
+    d = daemon_factory().start()
+    a = agentd_factory("reloader", d).start()
+    d.wait_state("reloader", "healthy")
+    a.config["heartbeat"]["interval"] = "0.1s"
+    a.write_config()
+    a.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in a.log(), what="reload")
+    before = d.agent("reloader")["heartbeats"]
+    time.sleep(1.0)
+    assert d.agent("reloader")["heartbeats"] - before >= 6  # ~10 a second now
+    with open(a.config_path, "w") as f:
+        f.write("heartbeat: {interval: soon}\n")
+    doc = a.api("/reload", "POST")
+    assert doc["success"] is False and "heartbeat.interval" in doc["message"]
+    assert d.state("reloader") == "healthy" and a.proc.poll() is None
+
+
+def test_heartbeat_sender_library_in_three_lines(daemon_factory):
+    d = daemon_factory().start()
+    program = (
+        "import sys, time\n"
+        "from agentd import HeartbeatSender\n"
+        f"sender = HeartbeatSender('lib-app', socket_path={d.socket_path!r}, interval=0.2)\n"
+        "sender.start()\n"
+        "print('started', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "sender.stop()\n")
+    proc = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    rec = d.wait_state("lib-app", "healthy")
+    assert rec["pid"] == proc.pid
+    proc.stdin.write("\n")
+    proc.stdin.close()
+    assert proc.wait(10) == 0
+    d.wait_state("lib-app", "stopped")
