@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import socketserver
+import threading
 import time
 from typing import Callable, Tuple
 
@@ -36,6 +37,21 @@ class StatusApiServer(socketserver.ThreadingTCPServer):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.agent, self.reload = agent, reload
         super().__init__((host, port), StatusApiHandler)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """shutdown() with a nudge: serve_forever polls rarely (idle CPU), so wake it up."""
+        stopper = threading.Thread(target=self.shutdown, name="agentd-api-stop", daemon=True)
+        stopper.start()
+        deadline = time.monotonic() + timeout
+        while stopper.is_alive() and time.monotonic() < deadline:
+            try:
+                socket.create_connection(self.server_address[:2], timeout=0.5).close()
+            except OSError:
+                pass
+            stopper.join(0.05)
+        self.server_close()
+        if stopper.is_alive():
+            log.warning("status API did not stop within %.1fs", timeout)
 
     def handle_error(self, request, client_address):
         log.exception("status API: error serving %s", client_address)

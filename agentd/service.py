@@ -12,6 +12,8 @@ from agentd.config import AgentdConfig, ConfigError
 
 log = logging.getLogger(__name__)
 
+API_POLL = 30.0
+
 
 class AgentService:
     """Runs one Agent with its API until SIGTERM/SIGINT; SIGHUP or POST /reload reloads."""
@@ -30,7 +32,8 @@ class AgentService:
         h = self.cfg.http
         if h.port:
             self.api = StatusApiServer(h.host, h.port, self.agent, self.reload)
-            self._api_thread = threading.Thread(target=self.api.serve_forever, args=(0.5,),
+            # a long poll keeps the idle agent's CPU near zero; stop() wakes it
+            self._api_thread = threading.Thread(target=self.api.serve_forever, args=(API_POLL,),
                                                 name="agentd-api", daemon=True)
             self._api_thread.start()
             log.info("status API on http://%s:%d", h.host, self.api.server_address[1])
@@ -51,7 +54,7 @@ class AgentService:
 
     def run_forever(self) -> None:
         while not self._stop_requested:
-            self._wakeup.wait(1.0)
+            self._wakeup.wait(5.0)  # signal handlers set it: the timeout is only a safety net
             self._wakeup.clear()
             if self._reload_requested and not self._stop_requested:
                 self._reload_requested = False
@@ -76,8 +79,4 @@ class AgentService:
         """Say stopping to the daemon, then close the API (bounded)."""
         self.agent.stop()
         if self.api is not None:
-            self.api.shutdown()
-            self.api.server_close()
-            self._api_thread.join(2.0)
-            if self._api_thread.is_alive():
-                log.warning("status API did not stop within 2s")
+            self.api.stop(2.0)

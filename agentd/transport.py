@@ -8,6 +8,10 @@ from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 
+MAX_LINE = 8192
+MAX_BODY = 64 * 1024
+
+
 class TransportError(Exception):
     """A heartbeat that did not get through.
 
@@ -87,7 +91,10 @@ class UnixTransport:
 
 
 class HttpTransport:
-    """POST /heartbeat over one reused keep-alive connection, with a bearer token if set."""
+    """POST /heartbeat over one reused keep-alive connection, with a bearer token if set.
+
+    A small HTTP/1.1 client of its own: http.client would cost the agent ~5 MB.
+    """
 
     name = "http"
 
@@ -96,45 +103,91 @@ class HttpTransport:
         self.url, self.timeout, self.token = url, timeout, token
         self._host, self._port = parts.hostname, parts.port or 80
         self._path = parts.path or "/heartbeat"
-        self._conn = None
+        self._sock: Optional[socket.socket] = None
+        self._rfile = None
         self.connected = False
 
     def send(self, line: bytes) -> None:
         """POST one heartbeat; raises TransportError (see its retry_after and permanent)."""
-        import http.client  # only agents that use HTTP pay for it (~5 MB)
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        for reused in (self._conn is not None, False):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        for reused in (self._sock is not None, False):
             try:
-                self._conn.request("POST", self._path, body=line, headers=headers)
-                resp = self._conn.getresponse()
-                body = resp.read()
+                if self._sock is None:
+                    self._open()
+                self._sock.sendall(self._request(line))
+                status, headers, body = self._read_response()
                 break
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ValueError) as exc:
                 self.close()
                 if not reused:  # a fresh connection failed too: the daemon is not there
                     raise TransportError(f"POST {self.url} failed: {exc}") from None
         self.connected = True
-        if 200 <= resp.status < 300:
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        if 200 <= status < 300:
             return
         message = _message(body)
-        if resp.status == 503:
+        if status == 503:
             raise TransportError(f"daemon busy (503): {message}",
-                                 retry_after=_seconds(resp.getheader("Retry-After")))
-        if resp.status == 400:
+                                 retry_after=_seconds(headers.get("retry-after")))
+        if status == 400:
             raise TransportError(f"daemon rejected our heartbeat (400): {message}", permanent=True)
-        if resp.status == 401:
+        if status == 401:
             raise TransportError("daemon refused our token (401): check heartbeat.auth_token_file",
                                  permanent=True)
-        raise TransportError(f"daemon answered {resp.status}: {message}")
+        raise TransportError(f"daemon answered {status}: {message}")
+
+    def _open(self) -> None:
+        self._sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
+        self._rfile = self._sock.makefile("rb")
+
+    def _request(self, body: bytes) -> bytes:
+        auth = f"Authorization: Bearer {self.token}\r\n" if self.token else ""
+        return (f"POST {self._path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{auth}\r\n"
+                ).encode("latin-1") + body
+
+    def _read_response(self):
+        """(status, lower-cased headers, body); ValueError on anything malformed."""
+        status_line = self._rfile.readline(MAX_LINE)
+        if not status_line:
+            raise ValueError("connection closed by the daemon")
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
+        headers = {}
+        for _ in range(100):
+            raw = self._rfile.readline(MAX_LINE)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = raw.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = self._read_chunked()
+        elif headers.get("content-length", "").isdigit():
+            body = self._rfile.read(min(int(headers["content-length"]), MAX_BODY))
+        else:
+            body = self._rfile.read(MAX_BODY)
+            headers["connection"] = "close"
+        return int(parts[1]), headers, body
+
+    def _read_chunked(self) -> bytes:
+        body = b""
+        while len(body) <= MAX_BODY:
+            size = int(self._rfile.readline(MAX_LINE).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                self._rfile.readline(MAX_LINE)
+                return body
+            body += self._rfile.read(size)
+            self._rfile.readline(MAX_LINE)
+        raise ValueError("answer too large")
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._sock is not None:
+            try:
+                self._rfile.close()
+                self._sock.close()
+            finally:
+                self._sock, self._rfile = None, None
         self.connected = False
 
 
