@@ -14,11 +14,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-## run: start hbdaemon in the foreground on etc/dev/hbdaemon.yaml (state and socket under ./run/)
+## run: start hbdaemon and one agentd in the foreground (dev configs under etc/dev/, state in ./run/)
 run: $(STAMP)
 	@mkdir -p run
-	@echo "hbdaemon: unix socket ./run/hbdaemon.sock, http http://127.0.0.1:8690 (Ctrl-C stops it)"
-	exec $(PY) -m hbdaemon -c etc/dev/hbdaemon.yaml
+	@echo "hbdaemon: unix socket ./run/hbdaemon.sock, http http://127.0.0.1:8690; agentd status: http://127.0.0.1:8691"
+	@echo "try: curl -s localhost:8690/agents   (Ctrl-C stops both)"
+	@$(PY) -m hbdaemon -c etc/dev/hbdaemon.yaml & daemon=$$!; \
+	  trap 'kill -TERM $$daemon 2>/dev/null; wait $$daemon' EXIT; \
+	  trap 'exit 0' INT TERM; \
+	  sleep 1; $(PY) -m agentd -c etc/dev/agentd.yaml
 
 ## test: run the whole test suite
 test: $(STAMP)

@@ -12,6 +12,7 @@ from typing import Dict, Optional
 
 from agentd import __version__, convert as cv
 from agentd.configkit import ConfigError, key, load, section  # noqa: F401 (ConfigError is re-exported)
+from agentd.logsetup import LogConfig
 
 DEFAULT_PATH = "/etc/agentd/agentd.yaml"
 ENV_PREFIX = "AGENTD_"
@@ -57,13 +58,6 @@ class HeartbeatConfig:
 class ApiConfig:
     host: str = key("127.0.0.1", cv.text)
     port: int = key(8691, cv.port)
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    level: str = key("info", cv.choice("debug", "info", "warning", "error"))
-    file: str = key("", cv.optional_path)
-    format: str = key("text", cv.choice("text", "json"))
 
 
 @dataclass(frozen=True)

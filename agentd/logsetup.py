@@ -8,6 +8,19 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
+
+from . import convert as cv
+from .configkit import key
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The `log:` section, the same in both programs."""
+
+    level: str = key("info", cv.choice("debug", "info", "warning", "error"))
+    file: str = key("", cv.optional_path)
+    format: str = key("text", cv.choice("text", "json"))
+
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _handler = None

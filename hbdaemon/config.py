@@ -12,6 +12,7 @@ from typing import Dict, Optional, Tuple
 
 from hbdaemon import convert as cv
 from hbdaemon.configkit import REQUIRED, ConfigError, items, key, load, section  # noqa: F401 (ConfigError is re-exported)
+from hbdaemon.logsetup import LogConfig
 
 DEFAULT_PATH = "/etc/hbdaemon/hbdaemon.yaml"
 ENV_PREFIX = "HBDAEMON_"
@@ -24,13 +25,6 @@ class DaemonConfig:
     shutdown_timeout: float = key(10.0, cv.duration)
     max_events: int = key(10000, cv.integer(10, 10_000_000))
     store_interval: float = key(2.0, cv.positive_duration)
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    level: str = key("info", cv.choice("debug", "info", "warning", "error"))
-    file: str = key("", cv.optional_path)
-    format: str = key("text", cv.choice("text", "json"))
 
 
 @dataclass(frozen=True)

@@ -17,35 +17,32 @@ def short_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _factory(make):
+    """Yield `make`, then kill every process it started."""
+    started = []
+
+    def tracked(*args, **kwargs):
+        started.append(make(*args, **kwargs))
+        return started[-1]
+
+    yield tracked
+    for proc in started:
+        proc.kill()
+
+
 @pytest.fixture
 def daemon_factory(short_tmp):
     """Start real hbdaemon processes; every one still running is killed at teardown."""
-    started = []
-
-    def make(name="d", **config):
-        d = DaemonProcess(short_tmp, name, config)
-        started.append(d)
-        return d
-
-    yield make
-    for d in started:
-        d.kill()
+    yield from _factory(lambda name="d", **config: DaemonProcess(short_tmp, name, config))
 
 
 @pytest.fixture
 def agentd_factory(short_tmp):
-    """Start real agentd processes; every one still running is killed at teardown."""
-    started = []
-
+    """Start real agentd processes (pointed at `daemon` if given); killed at teardown."""
     def make(name="agent-1", daemon=None, **config):
         if daemon is not None:
-            config.setdefault("heartbeat", {})
-            config["heartbeat"].setdefault("socket_path", daemon.socket_path)
-            config["heartbeat"].setdefault("url", f"http://127.0.0.1:{daemon.port}/heartbeat")
-        a = AgentdProcess(short_tmp, name, config)
-        started.append(a)
-        return a
-
-    yield make
-    for a in started:
-        a.kill()
+            hb = config.setdefault("heartbeat", {})
+            hb.setdefault("socket_path", daemon.socket_path)
+            hb.setdefault("url", f"http://127.0.0.1:{daemon.port}/heartbeat")
+        return AgentdProcess(short_tmp, name, config)
+    yield from _factory(make)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -11,10 +10,11 @@ import urllib.request
 import yaml
 
 from support.daemon import free_port, merge
+from support.process import ManagedProcess
 from support.wait import wait_for
 
 
-class AgentdProcess:
+class AgentdProcess(ManagedProcess):
     """Owns one agentd's config, API port and log file."""
 
     def __init__(self, tmp: str, name: str, config: dict):
@@ -59,15 +59,3 @@ class AgentdProcess:
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read())
 
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def stop(self, timeout: float = 15.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)

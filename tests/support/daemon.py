@@ -3,7 +3,6 @@
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import time
 
 import yaml
 
+from support.process import ManagedProcess
 from support.wait import wait_for
 
 BASE_CONFIG = {
@@ -34,7 +34,7 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-class DaemonProcess:
+class DaemonProcess(ManagedProcess):
     """Owns one daemon's config, state dir, socket and log file."""
 
     def __init__(self, tmp: str, name: str, config: dict):
@@ -77,22 +77,6 @@ class DaemonProcess:
             except OSError:
                 return False
         wait_for(ready, timeout, what="hbdaemon to become ready")
-
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def signal(self, signum) -> None:
-        self.proc.send_signal(signum)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
     # -- HTTP ----------------------------------------------------------------------------
 
