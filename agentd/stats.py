@@ -1,35 +1,53 @@
 """What the agent knows of itself: its process's CPU and memory, and its heartbeat record."""
 
+import os
 import threading
 import time
 from typing import Callable, Optional, Tuple
 
-import psutil
-
 
 class ProcessSampler:
-    """CPU as a percent of the whole machine, and RSS, of one process (default: this one).
+    """This process's CPU as a percent of the whole machine, and its RSS.
 
-    Primed at creation, so the first sample is a real reading; the last values are cached.
+    The same numbers as psutil's cpu_percent() / cpu_count() and memory_info().rss, read
+    the cheap way: the process CPU clock and one pread of /proc/self/statm. psutil's
+    /proc parsing cost ~0.35 ms a heartbeat, a third of the agent's budget. Primed at
+    creation, so the first sample is a real reading; the last values are cached.
     """
 
-    def __init__(self, process=None, cpu_count: Optional[int] = None):
-        self._proc = process or psutil.Process()
-        self._cpus = cpu_count or psutil.cpu_count() or 1
-        self._proc.cpu_percent(None)
+    def __init__(self, cpu_time: Callable[[], float] = time.process_time,
+                 rss: Optional[Callable[[], int]] = None,
+                 clock: Callable[[], float] = time.monotonic, cpu_count: Optional[int] = None):
+        self._cpu_time, self._clock = cpu_time, clock
+        self._rss = rss or StatmReader().rss
+        self._cpus = cpu_count or os.cpu_count() or 1
+        self._last = (clock(), cpu_time())
         self.cpu = 0.0
         self.memory = 0
 
     def sample(self) -> Tuple[float, int]:
-        """(cpu percent of the machine 0-100, rss bytes); the last good values if psutil fails."""
+        """(cpu percent of the machine 0-100 since the last sample, rss bytes)."""
+        now, used = self._clock(), self._cpu_time()
+        then, before = self._last
+        self._last = (now, used)
+        if now > then:
+            self.cpu = min(100.0, max(0.0, (used - before) / (now - then) * 100.0 / self._cpus))
         try:
-            with self._proc.oneshot():
-                cpu = self._proc.cpu_percent(None) / self._cpus
-                memory = self._proc.memory_info().rss
-        except psutil.Error:
-            return self.cpu, self.memory
-        self.cpu, self.memory = min(100.0, max(0.0, cpu)), memory
+            self.memory = self._rss()
+        except OSError:
+            pass  # keep the last value
         return self.cpu, self.memory
+
+
+class StatmReader:
+    """Resident set size from /proc/self/statm through one descriptor kept open."""
+
+    def __init__(self):
+        self._fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        return int(os.pread(self._fd, 128, 0).split()[1]) * self._page
 
 
 class AgentStats:

@@ -146,30 +146,20 @@ def test_backoff_doubles_with_jitter_within_bounds():
     assert highs.next_delay() == pytest.approx(1.2)
 
 
-class FakeProcess:
-    def __init__(self):
-        self.primed = False
-
-    def cpu_percent(self, interval):
-        if not self.primed:
-            self.primed = True
-            return 0.0
-        return 150.0
-
-    def memory_info(self):
-        return type("mem", (), {"rss": 4096})()
-
-    def oneshot(self):
-        import contextlib
-        return contextlib.nullcontext()
-
-
 def test_sampler_primes_and_reports_percent_of_the_whole_machine():
-    proc = FakeProcess()
-    sampler = ProcessSampler(process=proc, cpu_count=4)
-    assert proc.primed
+    clock, cpu_used = FakeClock(0.0), FakeClock(5.0)
+    sampler = ProcessSampler(cpu_time=cpu_used, rss=lambda: 4096, clock=clock, cpu_count=4)
+    clock.advance(2.0)
+    cpu_used.advance(3.0)  # 1.5 cores busy out of 4
     assert sampler.sample() == (37.5, 4096)
     assert (sampler.cpu, sampler.memory) == (37.5, 4096)
+
+
+def test_sampler_reads_this_process_for_real():
+    sampler = ProcessSampler()
+    sum(i * i for i in range(200000))
+    cpu, rss = sampler.sample()
+    assert 0 < cpu <= 100 and 5_000_000 < rss < 500_000_000
 
 
 def test_encoded_heartbeat_round_trips_through_the_daemons_parser():
