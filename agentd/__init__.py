@@ -5,7 +5,7 @@ __all__ = ["HeartbeatSender", "__version__"]
 
 
 def __getattr__(name):
-    # Lazy, so `agentd --version` and the config module do not load psutil and threads.
+    # Lazy, so `agentd --version` and the config module load no more than they need.
     if name == "HeartbeatSender":
         from agentd.agent import HeartbeatSender
         return HeartbeatSender

@@ -24,6 +24,7 @@ class AgentService:
         self.api = None
         self._api_thread = None
         self._wakeup = threading.Event()
+        self._reload_lock = threading.Lock()  # SIGHUP and POST /reload may coincide
         self._stop_requested = False
         self._reload_requested = False
 
@@ -61,7 +62,11 @@ class AgentService:
                 self.reload()
 
     def reload(self) -> Tuple[bool, str]:
-        """Re-read the config; a bad one is refused and the running one kept."""
+        """Re-read the config; a bad one is refused and the running one kept. Thread-safe."""
+        with self._reload_lock:
+            return self._reload()
+
+    def _reload(self) -> Tuple[bool, str]:
         try:
             new = self._load()
             logsetup.configure(new.log.level, new.log.file, new.log.format)
