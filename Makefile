@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean sync-copies
+.PHONY: run test bench clean sync-copies deb
 SHARED  = configkit.py convert.py logsetup.py
 
 $(STAMP): setup.cfg pyproject.toml
@@ -31,6 +31,10 @@ test: $(STAMP)
 ## bench: run the benchmarks in bench/ (needs wrk: apt install wrk)
 bench: $(STAMP)
 	$(PY) bench/run_all.py 2>/dev/null
+
+## deb: build dist/hbdaemon_*.deb and dist/agentd_*.deb (Debian build tools: see README)
+deb:
+	bash packaging/build-deb.sh
 
 ## sync-copies: agentd carries copies of these hbdaemon modules (the packages never import each other)
 sync-copies:

@@ -1,0 +1,29 @@
+#!/bin/bash
+# Build hbdaemon_*.deb and agentd_*.deb into dist/ (make deb). Needs: debhelper,
+# dh-python, pybuild-plugin-pyproject, python3-all, python3-setuptools, git.
+set -euo pipefail
+# pyenv's python3 comes first on the developers' PATH; Debian builds need Debian's own.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+top=$(cd "$(dirname "$0")/.." && pwd)
+version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$top/hbdaemon/__init__.py")
+work=$(mktemp -d)
+[ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
+src="$work/hbdaemon-$version"
+mkdir -p "$src"
+
+# The source tree as git sees it (tracked and new files, nothing ignored), links
+# dereferenced: a symlinked unit or init script would otherwise drop out silently.
+(cd "$top" && git ls-files -z --cached --others --exclude-standard |
+    xargs -0 -I{} sh -c 'test -e "$1" && cp --parents -L "$1" "$2"' _ {} "$src")
+rm -rf "$src/debian"
+cp -rL "$top/packaging/debian" "$src/debian"
+for pkg in hbdaemon agentd; do
+    cp -L "$top/packaging/systemd/$pkg.service" "$src/debian/$pkg.service"
+    cp -L "$top/packaging/init.d/$pkg" "$src/debian/$pkg.init"
+    cp -L "$top/packaging/default/$pkg" "$src/debian/$pkg.default"
+done
+
+(cd "$src" && dpkg-buildpackage -us -uc -b --no-sign)
+mkdir -p "$top/dist"
+cp "$work"/*.deb "$top/dist/"
+ls -1 "$top"/dist/*.deb
