@@ -98,7 +98,8 @@ class UnixHeartbeatServer(ConnectionLimitMixIn, socketserver.ThreadingUnixStream
             os.umask(old_umask)
         try:
             os.chmod(self.socket_path, self.mode)
-            if self.gid != -1:
+            # a daemon running as its own group already created it right; chown only if not
+            if self.gid != -1 and os.stat(self.socket_path).st_gid != self.gid:
                 os.chown(self.socket_path, -1, self.gid)
         except OSError as exc:
             os.unlink(self.socket_path)

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Runs inside the booted Debian root (systemd-nspawn -b) as a oneshot unit after
+# multi-user.target: drives both packages through systemctl, prints one
+# "check NAME ok|fail DETAIL" line each, then powers the container off.
+agent=$(hostname | cut -d. -f1)-agentd
+
+check() {
+    if [ "$2" = "$3" ]; then echo "check $1 ok"; else echo "check $1 fail (expected $2, got $3)"; fi
+}
+state() {
+    python3 -c "import json,urllib.request as u
+try: print(json.load(u.urlopen('http://127.0.0.1:8690/agents/$1', timeout=2))['state'])
+except Exception: print('none')"
+}
+wait_state() {
+    for _ in $(seq 1 50); do [ "$(state "$1")" = "$2" ] && break; sleep 0.2; done
+    state "$1"
+}
+user_of() {
+    ps -o user= -p "$(systemctl show -P MainPID "$1")"
+}
+
+check daemon-active active "$(systemctl is-active hbdaemon)"
+check agent-active active "$(systemctl is-active agentd)"
+check daemon-ready "receiving heartbeats" "$(systemctl show -P StatusText hbdaemon)"
+check daemon-user hbdaemon "$(user_of hbdaemon)"
+check agent-user agentd "$(user_of agentd)"
+check agent-healthy healthy "$(wait_state "$agent" healthy)"
+check socket "srw-rw---- hbdaemon" "$(stat -c '%A %G' /run/hbdaemon/hbdaemon.sock)"
+systemctl reload hbdaemon; check daemon-reload 0 $?
+systemctl reload agentd; check agent-reload 0 $?
+sleep 0.5
+check daemon-active-after-reload active "$(systemctl is-active hbdaemon)"
+check daemon-logged-reload 1 "$(journalctl -u hbdaemon -q --no-pager | grep -c 'configuration reloaded')"
+systemctl stop agentd; check agent-stop 0 $?
+check agent-stopped stopped "$(wait_state "$agent" stopped)"
+systemctl stop hbdaemon; check daemon-stop 0 $?
+test -e /run/hbdaemon/hbdaemon.sock; check socket-removed 1 $?
+check daemon-inactive inactive "$(systemctl is-active hbdaemon)"
+systemctl start agentd; check agent-starts-without-daemon 0 $?
+sleep 1
+check agent-runs-without-daemon active "$(systemctl is-active agentd)"
+systemctl start hbdaemon; check daemon-start 0 $?
+check agent-back healthy "$(wait_state "$agent" healthy)"
+echo done
