@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean sync-copies deb
+.PHONY: run test bench clean sync-copies deb rpm
 SHARED  = configkit.py convert.py logsetup.py
 
 $(STAMP): setup.cfg pyproject.toml
@@ -35,6 +35,10 @@ bench: $(STAMP)
 ## deb: build dist/hbdaemon_*.deb and dist/agentd_*.deb (Debian build tools: see README)
 deb:
 	bash packaging/build-deb.sh
+
+## rpm: build dist/hbdaemon-*.noarch.rpm and dist/agentd-*.noarch.rpm (PYTHON3_VERSION=3.9 by default)
+rpm:
+	bash packaging/build-rpm.sh
 
 ## sync-copies: agentd carries copies of these hbdaemon modules (the packages never import each other)
 sync-copies:

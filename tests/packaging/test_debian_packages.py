@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 
-from support.tools import in_ci
+from support.tools import require_root_for_packaging
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,11 +34,7 @@ ExecStopPost=/bin/systemctl poweroff --no-block
 
 pytestmark = pytest.mark.timeout(900)
 
-if os.geteuid() != 0:
-    if in_ci():
-        raise RuntimeError("CI=true but not root: the packaging tests need root")
-    pytest.skip("packaging tests need root (debootstrap, chroot, namespaces); "
-                "CI runs them as root", allow_module_level=True)
+require_root_for_packaging()
 
 
 def run(cmd, **kwargs):

@@ -19,3 +19,13 @@ def require_tool(name: str, package: str = "") -> str:
     if in_ci():
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def require_root_for_packaging() -> None:
+    """Module-level gate: packaging tests skip for a non-root newcomer, never in CI."""
+    if os.geteuid() == 0:
+        return
+    if in_ci():
+        raise RuntimeError("CI=true but not root: the packaging tests need root")
+    pytest.skip("packaging tests need root (debootstrap, chroot, namespaces, rpmbuild's "
+                "file owners); CI runs them as root", allow_module_level=True)
