@@ -9,12 +9,8 @@ version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$top/hbdaemon/__init__.py")
 work=$(mktemp -d)
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 src="$work/hbdaemon-$version"
-mkdir -p "$src"
 
-# The source tree as git sees it (tracked and new files, nothing ignored), links
-# dereferenced: a symlinked unit or init script would otherwise drop out silently.
-(cd "$top" && git ls-files -z --cached --others --exclude-standard |
-    xargs -0 -I{} sh -c 'test -e "$1" && cp --parents -L "$1" "$2"' _ {} "$src")
+bash "$top/packaging/copy-source.sh" "$src"
 rm -rf "$src/debian"
 cp -rL "$top/packaging/debian" "$src/debian"
 for pkg in hbdaemon agentd; do

@@ -7,9 +7,8 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$top/hbdaemon/__init__.py")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work"/{SOURCES,BUILD,RPMS,SRPMS,SPECS,src/hbdaemon-$version}
-(cd "$top" && git ls-files -z --cached --others --exclude-standard |
-    xargs -0 -I{} sh -c 'test -e "$1" && cp --parents -L "$1" "$2"' _ {} "$work/src/hbdaemon-$version")
+mkdir -p "$work"/{SOURCES,BUILD,RPMS,SRPMS,SPECS}
+bash "$top/packaging/copy-source.sh" "$work/src/hbdaemon-$version"
 tar -C "$work/src" -czf "$work/SOURCES/hbdaemon-$version.tar.gz" "hbdaemon-$version"
 rpmbuild -bb --define "_topdir $work" --define "python3_version ${PYTHON3_VERSION:-3.9}" \
     "$top/packaging/rpm/hbdaemon.spec"
