@@ -80,6 +80,8 @@ class AgentRecord:
             "flapping": self.flapping,
             "recent_changes": len(self.changes) if self.changes else 0,
             "heartbeat_timeout": self.policy.heartbeat_timeout,
+            "cpu_threshold": self.policy.cpu_threshold,
+            "memory_threshold": self.policy.memory_threshold,
             "deadline_in": round(self.deadline() - now, 3) if self.state in WATCHED else None,
         }
 

@@ -26,6 +26,8 @@ check daemon-ready "receiving heartbeats" "$(systemctl show -P StatusText hbdaem
 check daemon-user hbdaemon "$(user_of hbdaemon)"
 check agent-user agentd "$(user_of agentd)"
 check agent-healthy healthy "$(wait_state "$agent" healthy)"
+hbctl status >/dev/null; check hbctl-status 0 $?
+hbctl check "$agent" >/dev/null; check hbctl-check-ok 0 $?
 check socket "srw-rw---- hbdaemon" "$(stat -c '%A %G' /run/hbdaemon/hbdaemon.sock)"
 systemctl reload hbdaemon; check daemon-reload 0 $?
 systemctl reload agentd; check agent-reload 0 $?
@@ -37,6 +39,7 @@ check agent-stopped stopped "$(wait_state "$agent" stopped)"
 systemctl stop hbdaemon; check daemon-stop 0 $?
 test -e /run/hbdaemon/hbdaemon.sock; check socket-removed 1 $?
 check daemon-inactive inactive "$(systemctl is-active hbdaemon)"
+hbctl status >/dev/null 2>&1; check hbctl-status-down 3 $?
 systemctl start agentd; check agent-starts-without-daemon 0 $?
 sleep 1
 check agent-runs-without-daemon active "$(systemctl is-active agentd)"

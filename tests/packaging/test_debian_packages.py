@@ -69,7 +69,7 @@ def test_lintian_is_clean(debs):
 
 
 @pytest.mark.parametrize("pkg,expected", [
-    ("hbdaemon", ["./usr/bin/hbdaemon", "./usr/lib/python3/dist-packages/hbdaemon/daemon.py",
+    ("hbdaemon", ["./usr/bin/hbdaemon", "./usr/bin/hbctl", "./usr/share/man/man1/hbctl.1.gz", "./usr/lib/python3/dist-packages/hbdaemon/daemon.py",
                   "./etc/hbdaemon/hbdaemon.yaml", "./etc/default/hbdaemon", "./etc/init.d/hbdaemon",
                   "./lib/systemd/system/hbdaemon.service", "./usr/share/man/man8/hbdaemon.8.gz"]),
     ("agentd", ["./usr/bin/agentd", "./usr/lib/python3/dist-packages/agentd/agent.py",

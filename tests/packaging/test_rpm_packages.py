@@ -49,6 +49,8 @@ def test_files_config_and_target_python(rpms, pkg, extra):
                  f"/etc/{pkg}/{pkg}.yaml", f"/etc/sysconfig/{pkg}",
                  f"/usr/lib/systemd/system/{pkg}.service", f"/usr/share/man/man8/{pkg}.8.gz"):
         assert path in files, f"{path} missing from {pkg}"
+    if pkg == "hbdaemon":
+        assert "/usr/bin/hbctl" in files and "/usr/share/man/man1/hbctl.1.gz" in files
     config = must(["rpm", "-qcp", rpms[pkg]]).split()
     assert f"/etc/{pkg}/{pkg}.yaml" in config
     requires = must(["rpm", "-qp", "--requires", rpms[pkg]])

@@ -1,0 +1,81 @@
+"""hbctl's way to the daemon: its HTTP API, found through the daemon's own config."""
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from typing import Optional
+
+from hbdaemon.config import ConfigError, load_config
+
+
+class DaemonDown(Exception):
+    """The daemon does not answer (LSB: not running)."""
+
+
+class ApiError(Exception):
+    """The daemon answered with an error; `status` is the HTTP code."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def default_url(config_path: Optional[str]) -> tuple:
+    """(base URL, token or None, note) from the daemon's config; defaults if unreadable."""
+    try:
+        cfg = load_config(config_path, required=bool(config_path))
+    except ConfigError as exc:
+        return "http://127.0.0.1:8690", None, f"using the default URL: {exc}"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.http.host, cfg.http.host)
+    url = f"http://[{host}]:{cfg.http.port}" if ":" in host else f"http://{host}:{cfg.http.port}"
+    token, note = None, ""
+    if cfg.http.auth_token_file:
+        try:
+            with open(cfg.http.auth_token_file, "rb") as f:
+                token = f.read().strip().decode() or None
+        except OSError as exc:
+            note = f"cannot read the token file {cfg.http.auth_token_file}: {exc.strerror}"
+    return url, token, note
+
+
+class Client:
+    """A few JSON calls with a timeout; raises DaemonDown or ApiError."""
+
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 5.0):
+        self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
+
+    def get(self, path: str):
+        return self._call("GET", path)
+
+    def delete(self, path: str):
+        return self._call("DELETE", path)
+
+    def post(self, path: str, doc: dict):
+        return self._call("POST", path, json.dumps(doc).encode())
+
+    def text(self, path: str) -> str:
+        return self._call("GET", path, raw=True)
+
+    def _call(self, method: str, path: str, body: Optional[bytes] = None, raw: bool = False):
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                data = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise ApiError(exc.code, _message(exc.read(), exc.code)) from None
+        except (urllib.error.URLError, socket.timeout, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DaemonDown(f"cannot reach hbdaemon at {self.url}: {reason}") from None
+        return data.decode() if raw else json.loads(data)
+
+
+def _message(body: bytes, code: int) -> str:
+    try:
+        return json.loads(body).get("message") or f"HTTP {code}"
+    except (ValueError, AttributeError):
+        return f"HTTP {code}"
