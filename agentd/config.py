@@ -34,19 +34,11 @@ def agent_id(value) -> str:
     return text
 
 
-def http_url(value) -> str:
-    """An http:// URL."""
-    text = cv.text(value).strip()
-    if not re.match(r"http://[^/\s]+(/\S*)?\Z", text):
-        raise ValueError("an http:// URL such as http://127.0.0.1:8690/heartbeat")
-    return text
-
-
 @dataclass(frozen=True)
 class HeartbeatConfig:
     transport: str = key("unix", cv.choice("unix", "http"))
     socket_path: str = key("/run/hbdaemon/hbdaemon.sock", cv.socket_path)
-    url: str = key("http://127.0.0.1:8690/heartbeat", http_url)
+    url: str = key("http://127.0.0.1:8690/heartbeat", cv.http_url)
     auth_token_file: str = key("", cv.optional_path)
     interval: float = key(30.0, cv.positive_duration)
     timeout: float = key(5.0, cv.positive_duration)

@@ -50,10 +50,12 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class ManagerConfig:
-    url: str = key("", cv.text)
+    url: str = key("", cv.optional_http_url)
     heartbeat_interval: float = key(60.0, cv.positive_duration)
     reconnect_interval: float = key(10.0, cv.positive_duration)
     timeout: float = key(30.0, cv.positive_duration)
+    agent_id: str = key("", cv.text)
+    auth_token_file: str = key("", cv.optional_path)
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,19 @@ def socket_path(value) -> str:
     return path
 
 
+def http_url(value) -> str:
+    """An http:// URL."""
+    url = text(value).strip()
+    if not re.fullmatch(r"http://[^/\s]+(/\S*)?", url):
+        raise ValueError("an http:// URL such as http://127.0.0.1:8690/heartbeat")
+    return url
+
+
+def optional_http_url(value) -> str:
+    """An http:// URL, or empty for none."""
+    return http_url(value) if text(value).strip() else ""
+
+
 def argv(value) -> tuple:
     """A command as a non-empty list of strings (run without a shell)."""
     if (not isinstance(value, (list, tuple)) or not value

@@ -62,16 +62,25 @@ def cmd_status(client: Client, args) -> int:
     if not agents:
         print("no agents known")
         return EXIT_OK
-    rows = [["AGENT", "STATE", "SINCE", "LAST HEARTBEAT", "PID", "CPU", "MEMORY", "VERSION", "TRANSPORT"]]
+    fleet = any(a.get("summary") for a in agents)  # downstream daemons report their agents
+    rows = [["AGENT", "STATE", "SINCE", "LAST HEARTBEAT", "PID", "CPU", "MEMORY", "VERSION",
+             "TRANSPORT"] + (["ITS AGENTS"] if fleet else [])]
     for a in agents:
         rows.append([a["agent_id"], a["state"] + ("*" if a.get("flapping") else ""),
                      age(a["state_since"]), age(a["last_seen"]), str(a["pid"]),
                      f"{a['cpu']:.1f}%", human_bytes(a["memory"]), a["version"] or "-",
-                     a["transport"] or "-"])
+                     a["transport"] or "-"] + ([_summary(a.get("summary"))] if fleet else []))
     print(table(rows, [a["state"] for a in agents], _colour()))
     if any(a.get("flapping") for a in agents):
         print("* flapping: changing state too often")
     return EXIT_OK
+
+
+def _summary(counts: Optional[dict]) -> str:
+    """'3 healthy, 1 dead' from a downstream daemon's summary ('-' for a plain agent)."""
+    if not counts:
+        return "-"
+    return ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "none"
 
 
 def cmd_show(client: Client, args) -> int:

@@ -21,6 +21,7 @@ from hbdaemon.stats import ReceiverStats
 from hbdaemon.store import Store
 from hbdaemon.threads import join, spawn
 from hbdaemon.unix_server import UnixHeartbeatServer, group_id
+from hbdaemon.upstream import UpstreamReporter
 from hbdaemon.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,17 @@ class StartupError(Exception):
 
 
 def preflight(cfg: Config) -> Optional[bytes]:
-    """Checks that need the host (group, token file); returns the token. Raises ConfigError."""
+    """Checks that need the host (group, token files); returns the token. Raises ConfigError."""
     if cfg.unix.socket_group:
         try:
             group_id(cfg.unix.socket_group)
         except ValueError as exc:
             raise ConfigError(f"{cfg.source}: unix.socket_group: {exc}") from None
+    read_token(cfg.manager.auth_token_file, cfg.source, "manager.auth_token_file")
     return read_token(cfg.http.auth_token_file, cfg.source)
 
 
-def read_token(path: str, source: str) -> Optional[bytes]:
+def read_token(path: str, source: str, key: str = "http.auth_token_file") -> Optional[bytes]:
     """The bearer token from `path` (surrounding whitespace stripped), or None if unset."""
     if not path:
         return None
@@ -48,10 +50,9 @@ def read_token(path: str, source: str) -> Optional[bytes]:
         with open(path, "rb") as f:
             token = f.read().strip()
     except OSError as exc:
-        raise ConfigError(f"{source}: http.auth_token_file: cannot read {path}: "
-                          f"{exc.strerror}") from None
+        raise ConfigError(f"{source}: {key}: cannot read {path}: {exc.strerror}") from None
     if not token:
-        raise ConfigError(f"{source}: http.auth_token_file: {path} is empty")
+        raise ConfigError(f"{source}: {key}: {path} is empty")
     return token
 
 
@@ -74,6 +75,7 @@ class Daemon:
         self.checker = HealthChecker(self.registry, hc.stall_threshold)
         self.pool = WorkerPool(self._process_http, cfg.http.workers, cfg.http.queue_size)
         self.api = Api(self.registry, self.events, self.stats, self.extra_stats, self.render_metrics)
+        self.upstream: Optional[UpstreamReporter] = None
         self.unix: Optional[UnixHeartbeatServer] = None
         self.http: Optional[HeartbeatHTTPServer] = None
         self._threads = []
@@ -118,8 +120,11 @@ class Daemon:
         if self.http:
             self._serve(self.http, "hb-http")
         if self.cfg.manager.url:
-            log.warning("manager.url is set, but upstream reporting is not available in "
-                        "this version; ignoring it")
+            token = read_token(self.cfg.manager.auth_token_file, self.cfg.source,
+                               "manager.auth_token_file")
+            self.upstream = UpstreamReporter(self.cfg.manager, self.registry.counts,
+                                             token.decode() if token else None)
+            self.upstream.start()
         log.info("hbdaemon %s ready: unix socket %s, http %s", __version__, u.socket_path,
                  self.http_url or "off")
         self.notifier.notify(f"READY=1\nSTATUS=receiving heartbeats\nMAINPID={os.getpid()}")
@@ -205,10 +210,10 @@ class Daemon:
         for name in ("state_dir", "max_events", "store_interval"):
             if getattr(new.daemon, name) != getattr(self.cfg.daemon, name):
                 log.warning("daemon.%s changed: takes effect after a restart", name)
-        for section in ("unix", "http"):
+        for section in ("unix", "http", "manager"):
             if getattr(new, section) != getattr(self.cfg, section):
-                log.warning("%s settings changed: listeners keep their old settings until "
-                            "a restart (thresholds, hooks and logging were reloaded)", section)
+                log.warning("%s settings changed: they take effect after a restart "
+                            "(thresholds, hooks and logging were reloaded)", section)
         hc = new.agent.health_check
         self.registry.set_policies(PolicySet(hc, new.agent.overrides))
         self.checker.stall_threshold = hc.stall_threshold
@@ -239,6 +244,8 @@ class Daemon:
         self.pool.stop(max(0.1, deadline - time.monotonic()))
         self.checker.stop(1.0)
         self.registry.check()
+        if self.upstream:
+            self.upstream.stop(2.0)
         self.hooks.stop(1.0)
         self.store.stop(max(1.0, deadline - time.monotonic()))
         if self.unix:

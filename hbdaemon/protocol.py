@@ -34,10 +34,10 @@ class ProtocolError(ValueError):
 class Heartbeat:
     """One validated heartbeat. `timestamp` is the agent's clock as sent (RFC 3339 text) or None."""
 
-    __slots__ = ("agent_id", "pid", "timestamp", "version", "status", "cpu", "memory")
+    __slots__ = ("agent_id", "pid", "timestamp", "version", "status", "cpu", "memory", "summary")
 
     def __init__(self, agent_id, pid, timestamp=None, version="", status=DEFAULT_STATUS,
-                 cpu=0.0, memory=0):
+                 cpu=0.0, memory=0, summary=None):
         self.agent_id = agent_id
         self.pid = pid
         self.timestamp = timestamp
@@ -45,6 +45,7 @@ class Heartbeat:
         self.status = status
         self.cpu = cpu
         self.memory = memory
+        self.summary = summary  # a downstream hbdaemon's agents per state, or None
 
     def __repr__(self) -> str:
         return (f"Heartbeat(agent_id={self.agent_id!r}, pid={self.pid}, status={self.status!r}, "
@@ -83,6 +84,7 @@ def parse_heartbeat(data, require_agent_id: bool = True) -> Heartbeat:
         status=_optional_str(obj, "status", 32, DEFAULT_STATUS) or DEFAULT_STATUS,
         cpu=_cpu(obj.get("cpu")),
         memory=_memory(obj.get("memory")),
+        summary=_summary(obj.get("summary")),
     )
 
 
@@ -129,6 +131,17 @@ def _memory(value) -> int:
         return 0
     if type(value) is not int or not 0 <= value <= MAX_MEMORY:
         raise ProtocolError("memory", "must be an integer number of bytes >= 0")
+    return value
+
+
+def _summary(value) -> Optional[dict]:
+    """An upstream report's `summary`: up to 16 counts by name (e.g. agents per state)."""
+    if value is None:
+        return None
+    if (not isinstance(value, dict) or len(value) > 16
+            or not all(isinstance(k, str) and 0 < len(k) <= 32 and type(v) is int and 0 <= v < 2**31
+                       for k, v in value.items())):
+        raise ProtocolError("summary", "must be an object of at most 16 names with counts >= 0")
     return value
 
 

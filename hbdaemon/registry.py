@@ -32,7 +32,7 @@ class AgentRecord:
                  "memory", "transport", "last_seen", "agent_time", "first_seen", "heartbeats",
                  "due_from", "policy", "over_since", "below_count", "changes", "flapping",
                  "conn_id", "connected", "local", "check_pid", "check_started", "remote",
-                 "peer_uid")
+                 "peer_uid", "summary")
 
     def __init__(self, agent_id: str, wall: float, now: float, policy):
         self.agent_id = agent_id
@@ -62,6 +62,7 @@ class AgentRecord:
         self.check_started = None
         self.remote = ""
         self.peer_uid = None
+        self.summary = None          # set when the agent is a downstream hbdaemon
 
     def deadline(self) -> float:
         return self.due_from + self.policy.heartbeat_timeout
@@ -77,7 +78,7 @@ class AgentRecord:
             "agent_time": format_rfc3339(parse_rfc3339(self.agent_time)) if self.agent_time else None,
             "first_seen": format_rfc3339(self.first_seen), "heartbeats": self.heartbeats,
             "connected": self.connected, "remote": self.remote, "peer_uid": self.peer_uid,
-            "flapping": self.flapping,
+            "flapping": self.flapping, "summary": self.summary,
             "recent_changes": len(self.changes) if self.changes else 0,
             "heartbeat_timeout": self.policy.heartbeat_timeout,
             "cpu_threshold": self.policy.cpu_threshold,
@@ -95,7 +96,7 @@ class AgentRecord:
                 "first_seen": self.first_seen, "heartbeats": self.heartbeats,
                 "local": self.local, "check_pid": self.check_pid,
                 "check_started": self.check_started, "remote": self.remote,
-                "peer_uid": self.peer_uid}
+                "peer_uid": self.peer_uid, "summary": self.summary}
 
 
 class Registry:
@@ -129,6 +130,7 @@ class Registry:
                 self._records[hb.agent_id] = rec
             rec.pid, rec.status, rec.version = hb.pid, hb.status, hb.version
             rec.cpu, rec.memory, rec.agent_time = hb.cpu, hb.memory, hb.timestamp
+            rec.summary = hb.summary
             rec.last_seen, rec.due_from, rec.transport = wall, now, transport
             rec.heartbeats += 1
             if peer is not None:

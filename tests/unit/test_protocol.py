@@ -31,6 +31,11 @@ def test_defaults_for_optional_fields():
     assert (hb.status, hb.cpu, hb.memory, hb.version, hb.timestamp) == ("running", 0.0, 0, "", None)
 
 
+def test_a_downstream_daemons_summary_is_kept():
+    hb = parse_heartbeat(b'{"agent_id":"host-b","pid":1,"summary":{"healthy":3,"dead":1}}')
+    assert hb.summary == {"healthy": 3, "dead": 1}
+
+
 def test_unknown_fields_are_ignored():
     assert parse_heartbeat(b'{"agent_id":"a","pid":1,"future":[1,2]}').agent_id == "a"
 
@@ -60,6 +65,9 @@ def test_unparsable_timestamp_is_not_an_error():
     ({"agent_id": "a", "pid": 1, "version": "v" * 65}, "version"),
     ({"agent_id": "a", "pid": 1, "status": 7}, "status"),
     ({"agent_id": "a", "pid": 1, "status": "s" * 33}, "status"),
+    ({"agent_id": "a", "pid": 1, "summary": {"healthy": -1}}, "summary"),
+    ({"agent_id": "a", "pid": 1, "summary": [1]}, "summary"),
+    ({"agent_id": "a", "pid": 1, "summary": {str(i): 1 for i in range(17)}}, "summary"),
 ])
 def test_bad_fields_are_named(doc, field):
     with pytest.raises(ProtocolError) as err:

@@ -1,0 +1,114 @@
+"""Reporting upward: this daemon's own heartbeat, with a summary, to a central hbdaemon.
+
+With manager.url set, the daemon POSTs to the upstream's /heartbeat every
+heartbeat_interval, and every reconnect_interval while that fails; the summary
+(agents per state) travels in the protocol's `summary` field, which the upstream keeps
+and shows. On a clean stop it says `stopping`, so the upstream shows it stopped.
+"""
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Callable, Dict, Optional
+from urllib.parse import urlsplit
+
+from hbdaemon import __version__
+from hbdaemon.config import ManagerConfig
+from hbdaemon.protocol import format_rfc3339
+from hbdaemon.threads import join, spawn
+
+log = logging.getLogger(__name__)
+
+
+def heartbeat_url(url: str) -> str:
+    """The upstream's POST /heartbeat: a bare base URL gets the path added."""
+    return url.rstrip("/") + "/heartbeat" if urlsplit(url).path in ("", "/") else url
+
+
+class UpstreamReporter:
+    """The hb-upstream thread. start()/stop(timeout) from the main thread."""
+
+    def __init__(self, cfg: ManagerConfig, summary: Callable[[], Dict[str, int]],
+                 token: Optional[str] = None):
+        self.cfg = cfg
+        self.url = heartbeat_url(cfg.url)
+        self.agent_id = cfg.agent_id or f"{socket.gethostname().split('.')[0]}-hbdaemon"[:128]
+        self._summary = summary
+        self._token = token
+        self._stop = threading.Event()
+        self._thread = None
+        self._failing = False
+        self._failures = 0
+        self._cpu_mark = (time.monotonic(), time.process_time())
+        self.sent = 0
+
+    def start(self) -> None:
+        log.info("reporting to upstream %s as %s every %.0fs", self.url, self.agent_id,
+                 self.cfg.heartbeat_interval)
+        self._thread = spawn("hb-upstream", self._loop)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the loop, then say `stopping` upstream (bounded by manager.timeout)."""
+        self._stop.set()
+        join(self._thread, timeout)
+        try:
+            self.send("stopping", timeout=min(timeout, self.cfg.timeout))
+        except OSError as exc:
+            log.debug("upstream: could not say stopping: %s", exc)
+
+    def _loop(self) -> None:
+        delay = 0.0
+        while not self._stop.wait(delay):
+            try:
+                self.send("running")
+            except OSError as exc:
+                self._failures += 1
+                if not self._failing:
+                    log.warning("upstream %s: lost: %s (retrying every %.0fs)", self.url, exc,
+                                self.cfg.reconnect_interval)
+                self._failing = True
+                delay = self.cfg.reconnect_interval
+                continue
+            if self._failing:
+                log.info("upstream %s: reconnected after %d failed attempts", self.url,
+                         self._failures)
+            self._failing, self._failures = False, 0
+            delay = self.cfg.heartbeat_interval
+
+    def send(self, status: str, timeout: Optional[float] = None) -> None:
+        """POST one heartbeat; raises OSError (urllib's errors are OSErrors) on failure."""
+        doc = {"agent_id": self.agent_id, "pid": os.getpid(), "status": status,
+               "timestamp": format_rfc3339(time.time()), "version": f"hbdaemon-{__version__}",
+               "summary": self._summary(), "memory": _rss(), "cpu": self._cpu()}
+        req = urllib.request.Request(self.url, data=json.dumps(doc).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        if self._token:
+            req.add_header("Authorization", f"Bearer {self._token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.cfg.timeout) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            raise OSError(f"upstream answered {exc.code}: {exc.read()[:200]!r}") from None
+        self.sent += 1
+
+    def _cpu(self) -> float:
+        """This daemon's CPU since the last report, as a percent of the machine."""
+        now, used = time.monotonic(), time.process_time()
+        then, before = self._cpu_mark
+        self._cpu_mark = (now, used)
+        if now <= then:
+            return 0.0
+        return round(min(100.0, (used - before) / (now - then) * 100 / (os.cpu_count() or 1)), 2)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0

@@ -1,0 +1,64 @@
+"""Fleet reporting: a downstream hbdaemon reports itself and its agents to an upstream one."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from support.wait import wait_for
+
+
+def fleet(daemon_factory, **upstream_health):
+    up = daemon_factory("up", agent={"health_check": {"heartbeat_timeout": "1.5s", **upstream_health}}).start()
+    down = daemon_factory("down", manager={"url": f"http://127.0.0.1:{up.port}", "agent_id": "host-b",
+                                           "heartbeat_interval": "0.3s", "reconnect_interval": "0.2s",
+                                           "timeout": "2s"}).start()
+    return up, down
+
+
+def test_upstream_sees_the_downstream_and_its_summary(daemon_factory):
+    up, down = fleet(daemon_factory)
+    assert down.post({"agent_id": "app-1", "pid": os.getpid()})[0] == 200
+    rec = up.wait_state("host-b", "healthy")
+    assert rec["pid"] == down.proc.pid and rec["version"].startswith("hbdaemon-")
+    wait_for(lambda: (up.agent("host-b")["summary"] or {}).get("healthy") == 1, what="summary")
+    out = subprocess.run([sys.executable, "-m", "hbdaemon.ctl", "--url", f"http://127.0.0.1:{up.port}",
+                          "status"], capture_output=True, text=True, timeout=30).stdout
+    assert "ITS AGENTS" in out and "1 healthy" in out
+
+
+def test_downstream_reconnects_after_the_upstream_restarts(daemon_factory):
+    up, down = fleet(daemon_factory)
+    up.wait_state("host-b", "healthy")
+    up.proc.kill()
+    up.proc.wait(5)
+    wait_for(lambda: "upstream" in down.log() and "lost" in down.log(), what="loss logged")
+    up.start()
+    up.wait_state("host-b", "healthy", timeout=5)
+    wait_for(lambda: "reconnected after" in down.log(), what="reconnect logged")
+    assert down.log().count("lost:") == 1
+
+
+def test_a_silent_downstream_is_no_heartbeat_and_a_stopped_one_stopped(daemon_factory):
+    up, down = fleet(daemon_factory)
+    up.wait_state("host-b", "healthy")
+    down.signal(signal.SIGSTOP)  # hung: alive but silent
+    try:
+        up.wait_state("host-b", "no_heartbeat", timeout=5)
+    finally:
+        down.signal(signal.SIGCONT)
+    up.wait_state("host-b", "healthy", timeout=5)
+    assert down.stop() == 0
+    up.wait_state("host-b", "stopped", timeout=5)
+
+
+def test_a_killed_downstream_on_this_host_is_dead_after_the_timeout(daemon_factory):
+    up, down = fleet(daemon_factory)
+    up.wait_state("host-b", "healthy")
+    down.proc.kill()
+    down.proc.wait(5)
+    time.sleep(0.5)
+    assert up.state("host-b") == "healthy"
+    rec = up.wait_state("host-b", "dead", timeout=5)  # same host: its pid is seen gone
+    assert rec["reason"].startswith("no heartbeat for")
