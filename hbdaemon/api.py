@@ -7,14 +7,16 @@ from hbdaemon import convert
 from hbdaemon.events import EventLog
 from hbdaemon.protocol import parse_rfc3339, valid_agent_id
 from hbdaemon.registry import Registry
+from hbdaemon.status_page import STATUS_PAGE
 from hbdaemon.stats import ReceiverStats
 
 JSON = "application/json"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_EVENTS_PER_QUERY = 10000
 
-_ROUTES = {"/healthz": "GET", "/stats": "GET", "/agents": "GET", "/events": "GET",
-           "/metrics": "GET", "/heartbeat": "POST"}
+_ROUTES = {"/": "GET", "/healthz": "GET", "/stats": "GET", "/agents": "GET", "/events": "GET",
+           "/history": "GET", "/metrics": "GET", "/heartbeat": "POST"}
+HTML = "text/html; charset=utf-8"
 
 
 class ApiError(Exception):
@@ -38,12 +40,14 @@ class Api:
         """(status, JSON-able document or text, content type); raises ApiError."""
         if path.startswith("/agents/"):
             return self._agent(method, path[len("/agents/"):])
-        allowed = _ROUTES.get(path.rstrip("/") or path)
+        path = path.rstrip("/") or "/"
+        allowed = _ROUTES.get(path)
         if allowed is None:
             raise ApiError(404, f"no such path: {path}")
         if method != allowed:
             raise ApiError(405, f"{method} is not allowed on {path}; use {allowed}", allow=allowed)
-        path = path.rstrip("/")
+        if path == "/":
+            return 200, STATUS_PAGE, HTML
         if path == "/healthz":
             return 200, {"status": "ok"}, JSON
         if path == "/stats":
@@ -54,6 +58,8 @@ class Api:
             return 200, {"agents": self.registry.snapshot()}, JSON
         if path == "/events":
             return 200, {"events": self._events(query)}, JSON
+        if path == "/history":
+            return 200, {"step": self.registry.history_step, "agents": self.registry.history()}, JSON
         return 200, self._metrics(), METRICS_TYPE
 
     def _agent(self, method: str, agent_id: str) -> Tuple[int, object, str]:

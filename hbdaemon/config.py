@@ -25,6 +25,7 @@ class DaemonConfig:
     shutdown_timeout: float = key(10.0, cv.duration)
     max_events: int = key(10000, cv.integer(10, 10_000_000))
     store_interval: float = key(2.0, cv.positive_duration)
+    history_step: float = key(10.0, cv.positive_duration)
 
 
 @dataclass(frozen=True)

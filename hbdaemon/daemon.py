@@ -68,7 +68,8 @@ class Daemon:
         hc = cfg.agent.health_check
         self.stats = ReceiverStats()
         self.events = EventLog(cfg.daemon.max_events)
-        self.registry = Registry(PolicySet(hc, cfg.agent.overrides), self.events.record)
+        self.registry = Registry(PolicySet(hc, cfg.agent.overrides), self.events.record,
+                                 history_step=cfg.daemon.history_step)
         self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
                            self.registry.take_dirty)
         self.hooks = HookRunner(cfg.hooks, cfg.agent.restart, self.events.record, self.registry.get)

@@ -90,7 +90,7 @@ def judge_heartbeat(rec, policy: HealthPolicy, now: float) -> Tuple[State, str]:
         held = now - rec.over_since
         if rec.state is State.OVER_THRESHOLD or held >= policy.threshold_duration:
             return State.OVER_THRESHOLD, f"{over} for {held:.0f}s"
-        return State.HEALTHY, "heartbeat received"
+        return State.HEALTHY, "first heartbeat" if rec.heartbeats <= 1 else "heartbeat received"
     rec.over_since = None
     if rec.state is State.OVER_THRESHOLD:
         rec.below_count += 1

@@ -20,6 +20,10 @@ from hbdaemon.workers import PoolClosed
 log = logging.getLogger(__name__)
 
 TRANSPORT = "http"
+# the status page loads nothing from elsewhere and only talks to this daemon
+_PAGE_HEADERS = (("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
+                  "style-src 'unsafe-inline'; connect-src 'self'; img-src data:"),
+                 ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store"))
 
 
 def is_loopback(host: str) -> bool:
@@ -207,11 +211,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         except ApiError as exc:
             headers = (("Allow", exc.allow),) if exc.allow else ()
             return self._reply(exc.code, _json_body(False, exc.message), headers=headers)
-        if isinstance(doc, str):
-            body = doc.encode()
-        else:
-            body = json.dumps(doc).encode()
-        self._reply(code, body, content_type)
+        body = doc.encode() if isinstance(doc, str) else json.dumps(doc).encode()
+        headers = _PAGE_HEADERS if content_type.startswith("text/html") else ()
+        self._reply(code, body, content_type, headers=headers)
 
     def _reply(self, code: int, body: bytes, content_type: str = "application/json",
                headers=()) -> None:

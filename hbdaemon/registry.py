@@ -3,6 +3,7 @@
 import logging
 import threading
 import time
+from array import array
 from typing import Callable, Dict, List, Optional, Tuple
 
 from hbdaemon import process
@@ -10,6 +11,8 @@ from hbdaemon.health import ENDED, WATCHED, PolicySet, State, judge_heartbeat
 from hbdaemon.protocol import Heartbeat, format_rfc3339, parse_rfc3339
 
 log = logging.getLogger(__name__)
+
+HISTORY_LEN = 60  # samples kept per agent for the status page's sparklines
 
 # on_event(agent_id, from_state, to_state, reason); called with the registry lock held,
 # so events of one agent arrive in order. It must be quick and must not call back in.
@@ -32,7 +35,7 @@ class AgentRecord:
                  "memory", "transport", "last_seen", "agent_time", "first_seen", "heartbeats",
                  "due_from", "policy", "over_since", "below_count", "changes", "flapping",
                  "conn_id", "connected", "local", "check_pid", "check_started", "remote",
-                 "peer_uid", "summary")
+                 "peer_uid", "summary", "hist_at", "hist_cpu", "hist_mem")
 
     def __init__(self, agent_id: str, wall: float, now: float, policy):
         self.agent_id = agent_id
@@ -63,6 +66,9 @@ class AgentRecord:
         self.remote = ""
         self.peer_uid = None
         self.summary = None          # set when the agent is a downstream hbdaemon
+        self.hist_at = 0.0           # wall time of the last history sample
+        self.hist_cpu = None         # array('f') of recent cpu samples (float32: small)
+        self.hist_mem = None
 
     def deadline(self) -> float:
         return self.due_from + self.policy.heartbeat_timeout
@@ -99,6 +105,18 @@ class AgentRecord:
                 "peer_uid": self.peer_uid, "summary": self.summary}
 
 
+def _remember(rec: AgentRecord, wall: float) -> None:
+    """Add one history sample (at most one per history_step) and drop the oldest."""
+    rec.hist_at = wall
+    if rec.hist_cpu is None:
+        rec.hist_cpu, rec.hist_mem = array("f"), array("f")
+    rec.hist_cpu.append(rec.cpu)
+    rec.hist_mem.append(rec.memory)
+    if len(rec.hist_cpu) > HISTORY_LEN:
+        del rec.hist_cpu[0]
+        del rec.hist_mem[0]
+
+
 class Registry:
     """Agent records, keyed by agent_id. Thread-safe: every method takes the one lock."""
 
@@ -106,13 +124,15 @@ class Registry:
                  clock: Callable[[], float] = time.monotonic,
                  wallclock: Callable[[], float] = time.time,
                  pid_gone: Callable[..., bool] = process.pid_gone,
-                 wait_gone: Callable[..., bool] = process.wait_gone):
+                 wait_gone: Callable[..., bool] = process.wait_gone,
+                 history_step: float = 10.0):
         self._policies = policies
         self._on_event = on_event
         self._clock = clock
         self._wall = wallclock
         self._pid_gone = pid_gone
         self._wait_gone = wait_gone
+        self.history_step = history_step
         self._lock = threading.Lock()
         self._records: Dict[str, AgentRecord] = {}
         self._dirty: set = set()
@@ -133,6 +153,8 @@ class Registry:
             rec.summary = hb.summary
             rec.last_seen, rec.due_from, rec.transport = wall, now, transport
             rec.heartbeats += 1
+            if wall - rec.hist_at >= self.history_step:
+                _remember(rec, wall)
             if peer is not None:
                 rec.conn_id, rec.connected, rec.local = peer.conn_id, True, True
                 rec.check_pid, rec.check_started, rec.peer_uid = peer.pid, peer.started, peer.uid
@@ -261,6 +283,13 @@ class Registry:
         with self._lock:
             return sorted((r.agent_id, r.state.value, r.last_seen, r.cpu, r.memory, r.heartbeats,
                            r.flapping) for r in self._records.values())
+
+    def history(self) -> Dict[str, dict]:
+        """Recent cpu/memory samples per agent, oldest first, history_step apart."""
+        with self._lock:
+            return {r.agent_id: {"cpu": [round(v, 2) for v in r.hist_cpu],
+                                 "memory": [int(v) for v in r.hist_mem]}
+                    for r in self._records.values() if r.hist_cpu}
 
     def counts(self) -> Dict[str, int]:
         """How many agents are in each state."""

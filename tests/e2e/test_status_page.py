@@ -1,0 +1,55 @@
+"""The status page in a real headless Chromium: rendered DOM, state colours, escaping."""
+
+import os
+import re
+import subprocess
+import tempfile
+import time
+
+from support.tools import require_tool
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=5000"]
+EVIL = "<script>document.title='x'</script><img src=x onerror=alert(1)>"  # 63 chars
+
+
+def chromium(url: str, *extra) -> str:
+    binary = require_tool("chromium")
+    with tempfile.TemporaryDirectory(prefix="hbchrome") as profile:
+        proc = subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, url],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_page_renders_agents_states_sparklines_and_escapes_what_agents_send(daemon_factory, short_tmp):
+    d = daemon_factory(daemon={"history_step": "0.1s"}).start()
+    for cpu in (5.0, 20.0, 10.0):
+        assert d.post({"agent_id": "web-1", "pid": os.getpid(), "cpu": cpu, "memory": 40 << 20,
+                       "version": EVIL, "status": "<b>bold</b>"})[0] == 200
+        time.sleep(0.15)  # one history sample each
+    crashy = d.unix_agent("db-1", interval=0.1)
+    crashy.kill()
+    crashy.wait(5)
+    d.wait_state("db-1", "dead")
+    assert len(d.get("/history")[2]["agents"]["web-1"]["cpu"]) >= 2
+    status, headers, _ = d.get("/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+
+    dom = chromium(f"http://127.0.0.1:{d.port}/", "--dump-dom")
+    assert 'data-loaded="yes"' in dom, dom[-2000:]
+    rows = dict(re.findall(r'<tr data-agent="([^"]+)" data-state="([^"]+)">', dom))
+    assert rows == {"web-1": "healthy", "db-1": "dead"}
+    assert 'class="state s-healthy">healthy<' in dom and 'class="state s-dead">dead<' in dom
+    assert "&lt;script&gt;document.title='x'&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in dom
+    assert dom.count("<script") == 1 and "<img" not in dom  # only the page's own script
+    assert "<title>hbdaemon</title>" in dom  # the agent's script did not run
+    assert re.search(r'<polyline points="[\d., ]+"', dom)  # a sparkline was drawn
+    assert "healthy -&gt; dead" not in dom and "db-1 </strong>" in dom  # events listed as text
+
+    shot = os.path.join(short_tmp, "page.png")
+    chromium(f"http://127.0.0.1:{d.port}/", f"--screenshot={shot}", "--window-size=420,800")
+    with open(shot, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"  # a phone-sized render
