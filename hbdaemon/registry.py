@@ -35,7 +35,7 @@ class AgentRecord:
                  "memory", "transport", "last_seen", "agent_time", "first_seen", "heartbeats",
                  "due_from", "policy", "over_since", "below_count", "changes", "flapping",
                  "conn_id", "connected", "local", "check_pid", "check_started", "remote",
-                 "peer_uid", "summary", "hist_at", "hist_cpu", "hist_mem")
+                 "peer_uid", "summary", "hist_at", "hist")
 
     def __init__(self, agent_id: str, wall: float, now: float, policy):
         self.agent_id = agent_id
@@ -67,8 +67,7 @@ class AgentRecord:
         self.peer_uid = None
         self.summary = None          # set when the agent is a downstream hbdaemon
         self.hist_at = 0.0           # wall time of the last history sample
-        self.hist_cpu = None         # array('f') of recent cpu samples (float32: small)
-        self.hist_mem = None
+        self.hist = None             # array('f'): cpu, memory, cpu, memory, ... (one small object)
 
     def deadline(self) -> float:
         return self.due_from + self.policy.heartbeat_timeout
@@ -108,13 +107,11 @@ class AgentRecord:
 def _remember(rec: AgentRecord, wall: float) -> None:
     """Add one history sample (at most one per history_step) and drop the oldest."""
     rec.hist_at = wall
-    if rec.hist_cpu is None:
-        rec.hist_cpu, rec.hist_mem = array("f"), array("f")
-    rec.hist_cpu.append(rec.cpu)
-    rec.hist_mem.append(rec.memory)
-    if len(rec.hist_cpu) > HISTORY_LEN:
-        del rec.hist_cpu[0]
-        del rec.hist_mem[0]
+    if rec.hist is None:
+        rec.hist = array("f")
+    rec.hist.extend((rec.cpu, rec.memory))
+    if len(rec.hist) > 2 * HISTORY_LEN:
+        del rec.hist[:2]
 
 
 class Registry:
@@ -287,9 +284,9 @@ class Registry:
     def history(self) -> Dict[str, dict]:
         """Recent cpu/memory samples per agent, oldest first, history_step apart."""
         with self._lock:
-            return {r.agent_id: {"cpu": [round(v, 2) for v in r.hist_cpu],
-                                 "memory": [int(v) for v in r.hist_mem]}
-                    for r in self._records.values() if r.hist_cpu}
+            return {r.agent_id: {"cpu": [round(v, 2) for v in r.hist[0::2]],
+                                 "memory": [int(v) for v in r.hist[1::2]]}
+                    for r in self._records.values() if r.hist}
 
     def counts(self) -> Dict[str, int]:
         """How many agents are in each state."""

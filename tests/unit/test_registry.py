@@ -235,3 +235,17 @@ def test_forget_on_request():
     assert w.registry.forget("a") is True
     assert w.registry.forget("a") is False
     assert w.registry.counts()["healthy"] == 0
+
+
+def test_history_keeps_one_sample_per_step_and_the_last_sixty():
+    w = World()
+    w.registry.history_step = 10.0
+    for i in range(70):
+        w.beat(cpu=float(i), memory=i * 1000)
+        w.advance(5.0)  # two heartbeats per step: one sample
+    hist = w.registry.history()["a"]
+    assert len(hist["cpu"]) == 35 and hist["cpu"][-1] == 68.0 and hist["memory"][-1] == 68000
+    for i in range(200):
+        w.beat(cpu=1.0)
+        w.advance(10.0)
+    assert len(w.registry.history()["a"]["cpu"]) == 60
