@@ -60,7 +60,9 @@ class Api:
             return 200, {"events": self._events(query)}, JSON
         if path == "/history":
             return 200, {"step": self.registry.history_step, "agents": self.registry.history()}, JSON
-        return 200, self._metrics(), METRICS_TYPE
+        if path == "/metrics":
+            return 200, self._metrics(), METRICS_TYPE
+        raise ApiError(405, f"{method} {path} is served by the receiver, not the API", allow=allowed)
 
     def _agent(self, method: str, agent_id: str) -> Tuple[int, object, str]:
         if method not in ("GET", "DELETE"):

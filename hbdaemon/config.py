@@ -13,6 +13,7 @@ from typing import Dict, Optional, Tuple
 from hbdaemon import convert as cv
 from hbdaemon.configkit import REQUIRED, ConfigError, items, key, load, section  # noqa: F401 (ConfigError is re-exported)
 from hbdaemon.logsetup import LogConfig
+from hbdaemon.protocol import valid_agent_id
 
 DEFAULT_PATH = "/etc/hbdaemon/hbdaemon.yaml"
 ENV_PREFIX = "HBDAEMON_"
@@ -49,13 +50,21 @@ class HttpConfig:
     max_connections: int = key(256, cv.integer(1, 100_000))
 
 
+def _agent_id(value) -> str:
+    """Empty, or an id the upstream's protocol accepts."""
+    text = cv.text(value).strip()
+    if text and not valid_agent_id(text):
+        raise ValueError("1-128 characters of A-Z a-z 0-9 . _ : @ - (or empty for <hostname>-hbdaemon)")
+    return text
+
+
 @dataclass(frozen=True)
 class ManagerConfig:
     url: str = key("", cv.optional_http_url)
     heartbeat_interval: float = key(60.0, cv.positive_duration)
     reconnect_interval: float = key(10.0, cv.positive_duration)
     timeout: float = key(30.0, cv.positive_duration)
-    agent_id: str = key("", cv.text)
+    agent_id: str = key("", _agent_id)
     auth_token_file: str = key("", cv.optional_path)
 
 

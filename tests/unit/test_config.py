@@ -84,6 +84,7 @@ def test_hooks_and_overrides_from_environment_as_yaml():
     ("unix: {socket_path: /tmp/" + "x" * 120 + "}\n", "at most 107 bytes"),
     ("- just a list\n", "top level must be a mapping"),
     ("manager: {url: 'central:8690'}\n", "manager.url: 'central:8690' is not allowed"),
+    ("manager: {agent_id: 'my host'}\n", "manager.agent_id: 'my host' is not allowed"),
 ])
 def test_errors_name_file_key_line_and_what_is_allowed(tmp_path, text, needle):
     path = write(tmp_path, text)
