@@ -43,7 +43,13 @@ def paint(state: str, text: str, colour: bool) -> str:
     return f"\033[{COLOURS.get(state, '0')}m{text}\033[0m" if colour else text
 
 
+def printable(value) -> str:
+    """Agents choose their version and status: no control characters reach the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
+
+
 def table(rows: List[List[str]], states: List[str], colour: bool) -> str:
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
@@ -91,11 +97,11 @@ def cmd_show(client: Client, args) -> int:
         return EXIT_OK
     width = max(len(k) for k in rec)
     for key, value in rec.items():
-        shown = paint(value, value, _colour()) if key == "state" else value
+        shown = paint(value, value, _colour()) if key == "state" else printable(value)
         print(f"{key.ljust(width)}  {'-' if value in (None, '') else shown}")
     print("\nrecent events:" if events else "\nno events")
     for ev in events:
-        print(f"  {ev['time']}  {ev['from']} -> {ev['to']}  {ev['reason']}")
+        print(printable(f"  {ev['time']}  {ev['from']} -> {ev['to']}  {ev['reason']}"))
     return EXIT_OK
 
 
@@ -103,6 +109,9 @@ def cmd_events(client: Client, args) -> int:
     query = "&".join(f"{k}={quote(v)}" for k, v in (("since", args.since), ("agent", args.agent)) if v)
     events = client.get("/events" + ("?" + query if query else ""))["events"]
     last = _print_events(events, args.json)
+    if args.follow and not events:  # follow from the newest event, whatever it is
+        newest = client.get("/events?limit=1")["events"]
+        last = newest[-1]["id"] if newest else 0
     while args.follow:
         try:
             time.sleep(1.0)
@@ -119,7 +128,7 @@ def _print_events(events: list, as_json: bool) -> int:
         if as_json:
             print(json.dumps(ev))
         else:
-            print(f"{ev['time']}  {ev['agent_id']}  {ev['from']} -> {ev['to']}  {ev['reason']}")
+            print(printable(f"{ev['time']}  {ev['agent_id']}  {ev['from']} -> {ev['to']}  {ev['reason']}"))
     sys.stdout.flush()
     return events[-1]["id"] if events else 0
 
@@ -132,7 +141,7 @@ def cmd_stats(client: Client, args) -> int:
     width = max(len(k) for k in stats)
     for key, value in stats.items():
         shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
-        print(f"{key.ljust(width)}  {shown if shown not in ('', None) else '-'}")
+        print(f"{key.ljust(width)}  {printable(shown) if shown not in ('', None) else '-'}")
     return EXIT_OK
 
 

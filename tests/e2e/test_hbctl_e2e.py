@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 
 def hbctl(d, *args, token_file=None):
@@ -33,6 +34,30 @@ def test_status_table_json_and_exit_3_when_down(daemon_factory):
     assert d.stop() == 0
     rc, out, err = hbctl(d, "status")
     assert rc == 3 and "is hbdaemon running?" in err
+
+
+def test_control_characters_from_agents_do_not_reach_the_terminal(daemon_factory):
+    d = daemon_factory().start()
+    beat(d, "tricky", version="\x1b[2J\x1b]0;owned\x07v1")
+    d.wait_state("tricky", "healthy")
+    for args in (("status",), ("show", "tricky")):
+        rc, out, _ = hbctl(d, *args)
+        assert rc == 0 and "\x1b" not in out and "\x07" not in out and "?[2J" in out
+
+
+def test_follow_starts_after_the_newest_event(daemon_factory):
+    d = daemon_factory().start()
+    beat(d, "old")
+    d.wait_state("old", "healthy")
+    proc = subprocess.Popen([sys.executable, "-m", "hbdaemon.ctl", "-c", d.config_path, "events",
+                             "--since", "2999-01-01T00:00:00Z", "--follow"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # a poll or two with nothing new
+        beat(d, "new")
+        assert " new " in proc.stdout.readline()  # not the old event first
+    finally:
+        proc.kill()
+        proc.wait(5)
 
 
 def test_show_events_stats_and_forget(daemon_factory):
