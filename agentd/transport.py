@@ -142,7 +142,8 @@ class HttpTransport:
 
     def _request(self, body: bytes) -> bytes:
         auth = f"Authorization: Bearer {self.token}\r\n" if self.token else ""
-        return (f"POST {self._path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return (f"POST {self._path} HTTP/1.1\r\nHost: {host}:{self._port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{auth}\r\n"
                 ).encode("latin-1") + body
 
