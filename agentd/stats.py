@@ -5,6 +5,8 @@ import threading
 import time
 from typing import Callable, Optional, Tuple
 
+from agentd.protocol import format_rfc3339
+
 
 class ProcessSampler:
     """This process's CPU as a percent of the whole machine, and its RSS.
@@ -95,7 +97,6 @@ class AgentStats:
 
     def snapshot(self) -> dict:
         """The Go agent's metrics document, plus connection details."""
-        from agentd.protocol import format_rfc3339
         with self._lock:
             return {
                 "agent_id": self.agent_id, "version": self.version,

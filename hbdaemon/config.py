@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from hbdaemon import convert as cv
-from hbdaemon.configkit import REQUIRED, ConfigError, items, key, load, section  # noqa: F401 (ConfigError is re-exported)
+from hbdaemon.configkit import REQUIRED, ConfigError, items, key, load, section
 from hbdaemon.logsetup import LogConfig
 from hbdaemon.protocol import valid_agent_id
 
@@ -152,3 +152,17 @@ def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = 
         raise reader.fail("agent.restart.backoff_base",
                           f"must not exceed backoff_max ({rs.backoff_max:g}s)")
     return cfg
+
+
+def read_token(path: str, source: str, key: str = "http.auth_token_file") -> Optional[bytes]:
+    """The bearer token from `path` (surrounding whitespace stripped), or None if unset."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{source}: {key}: cannot read {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"{source}: {key}: {path} is empty")
+    return token

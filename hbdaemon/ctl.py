@@ -156,10 +156,7 @@ def cmd_check(client: Client, args) -> int:
         if args.all:
             return _check_all(client.get("/agents")["agents"])
         rec = client.get(f"/agents/{quote(args.agent)}")
-    except DaemonDown as exc:
-        print(f"UNKNOWN - {exc}")
-        return 3
-    except ApiError as exc:
+    except (DaemonDown, ApiError) as exc:
         print(f"UNKNOWN - {exc}")
         return 3
     code = NAGIOS.get(rec["state"], 3)

@@ -6,7 +6,7 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
-from hbdaemon.config import ConfigError, load_config
+from hbdaemon.config import ConfigError, load_config, read_token
 
 
 class DaemonDown(Exception):
@@ -29,14 +29,11 @@ def default_url(config_path: Optional[str]) -> tuple:
         return "http://127.0.0.1:8690", None, f"using the default URL: {exc}"
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.http.host, cfg.http.host)
     url = f"http://[{host}]:{cfg.http.port}" if ":" in host else f"http://{host}:{cfg.http.port}"
-    token, note = None, ""
-    if cfg.http.auth_token_file:
-        try:
-            with open(cfg.http.auth_token_file, "rb") as f:
-                token = f.read().strip().decode() or None
-        except OSError as exc:
-            note = f"cannot read the token file {cfg.http.auth_token_file}: {exc.strerror}"
-    return url, token, note
+    try:
+        token = read_token(cfg.http.auth_token_file, cfg.source)
+    except ConfigError as exc:  # e.g. a token file only the daemon's user may read
+        return url, None, str(exc)
+    return url, token.decode() if token else None, ""
 
 
 class Client:

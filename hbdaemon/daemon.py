@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from hbdaemon import __version__, logsetup, metrics
 from hbdaemon.api import Api
 from hbdaemon.checker import HealthChecker
-from hbdaemon.config import Config, ConfigError
+from hbdaemon.config import Config, ConfigError, read_token
 from hbdaemon.events import EventLog
 from hbdaemon.health import PolicySet
 from hbdaemon.hooks import HookRunner
@@ -40,20 +40,6 @@ def preflight(cfg: Config) -> Optional[bytes]:
             raise ConfigError(f"{cfg.source}: unix.socket_group: {exc}") from None
     read_token(cfg.manager.auth_token_file, cfg.source, "manager.auth_token_file")
     return read_token(cfg.http.auth_token_file, cfg.source)
-
-
-def read_token(path: str, source: str, key: str = "http.auth_token_file") -> Optional[bytes]:
-    """The bearer token from `path` (surrounding whitespace stripped), or None if unset."""
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            token = f.read().strip()
-    except OSError as exc:
-        raise ConfigError(f"{source}: {key}: cannot read {path}: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(f"{source}: {key}: {path} is empty")
-    return token
 
 
 class Daemon:
@@ -111,6 +97,7 @@ class Daemon:
                                                 max_connections=h.max_connections)
             except OSError as exc:
                 self.unix.close()
+                self.unix.remove_socket()
                 raise StartupError(f"cannot listen on http {h.host}:{h.port}: "
                                    f"{exc.strerror or exc}") from None
         self.pool.start()
@@ -153,6 +140,7 @@ class Daemon:
             "queue_depth": self.pool.depth, "queue_capacity": self.pool.capacity,
             "unix_connections": self.unix.active_connections if self.unix else 0,
             "http_connections": self.http.active_connections if self.http else 0,
+            "connections_refused": sum(s.refused_total for s in (self.unix, self.http) if s),
             "agents": len(self.registry), "agents_by_state": self.registry.counts(),
             "hook_runs": self.hooks.runs, "hook_failures": self.hooks.failures,
             "store_writes": self.store.writes, "store_errors": self.store.errors,
@@ -237,9 +225,7 @@ class Daemon:
             server.shutdown()
             join(thread, 1.0)
         if self.unix:
-            self.unix.closing = True
-            self.unix.server_close()
-            self.unix.close_connections()
+            self.unix.close()
         if self.http:
             self.http.close()
         self.pool.stop(max(0.1, deadline - time.monotonic()))
@@ -250,5 +236,5 @@ class Daemon:
         self.hooks.stop(1.0)
         self.store.stop(max(1.0, deadline - time.monotonic()))
         if self.unix:
-            self.unix.close()
+            self.unix.remove_socket()
         log.info("stopped")

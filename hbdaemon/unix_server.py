@@ -111,10 +111,13 @@ class UnixHeartbeatServer(ConnectionLimitMixIn, socketserver.ThreadingUnixStream
         return next(self._conn_ids)
 
     def close(self) -> None:
-        """Stop listening, end every connection (no agent is judged by it), remove our socket."""
+        """Stop listening and end every connection (no agent is judged by it)."""
         self.closing = True
         self.server_close()
         self.close_connections()
+
+    def remove_socket(self) -> None:
+        """Unlink the socket path if it is still the socket we bound."""
         try:
             st = os.stat(self.socket_path)
             if (st.st_dev, st.st_ino) == self._identity:

@@ -45,7 +45,6 @@ class UpstreamReporter:
         self._failing = False
         self._failures = 0
         self._cpu_mark = (time.monotonic(), time.process_time())
-        self.sent = 0
 
     def start(self) -> None:
         log.info("reporting to upstream %s as %s every %.0fs", self.url, self.agent_id,
@@ -94,7 +93,6 @@ class UpstreamReporter:
                 resp.read()
         except urllib.error.HTTPError as exc:
             raise OSError(f"upstream answered {exc.code}: {exc.read()[:200]!r}") from None
-        self.sent += 1
 
     def _cpu(self) -> float:
         """This daemon's CPU since the last report, as a percent of the machine."""

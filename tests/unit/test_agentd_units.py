@@ -1,6 +1,5 @@
 """agentd in pieces: config, scheduler (fake clock and timer), backoff, sampler, encoder, API."""
 
-import json
 
 import pytest
 
@@ -218,4 +217,5 @@ def test_reload_route_and_wrong_methods():
     assert code == 200 and doc["success"] is True and doc["reloaded_at"].endswith("Z")
     assert route(agent, None, "GET", "/reload", {})[0] == 405
     assert route(agent, None, "GET", "/nope", {})[0] == 404
-    assert json.dumps(route(agent, lambda: (False, "bad"), "POST", "/reload", {})[2])
+    code, _, doc = route(agent, lambda: (False, "bad"), "POST", "/reload", {})
+    assert code == 500 and doc["success"] is False and doc["message"] == "bad"
