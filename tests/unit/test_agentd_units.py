@@ -1,6 +1,5 @@
 """agentd in pieces: config, scheduler (fake clock and timer), backoff, sampler, encoder, API."""
 
-
 import pytest
 
 from agentd import cli as agentd_cli
