@@ -1,7 +1,7 @@
 """The daemon's read/administer API: routes to JSON documents (transport-free, testable)."""
 
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from hbdaemon import convert
 from hbdaemon.events import EventLog
@@ -14,9 +14,57 @@ JSON = "application/json"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_EVENTS_PER_QUERY = 10000
 
-_ROUTES = {"/": "GET", "/healthz": "GET", "/stats": "GET", "/agents": "GET", "/events": "GET",
-           "/history": "GET", "/metrics": "GET", "/heartbeat": "POST"}
 HTML = "text/html; charset=utf-8"
+AGENT_PATH = "/agents/<id>"  # one path segment: the agent id
+
+
+class Route(NamedTuple):
+    """One entry of the route table."""
+
+    method: str
+    path: str
+    action: str        # Api.serve_<action> (or "heartbeat": the receiver's intake)
+    credential: bool   # needs a bearer token when tokens are configured
+
+
+# Every route the HTTP listener serves: one table for the router, the 405 Allow header and
+# the credential rule. HEAD is served wherever GET is.
+ROUTES = (
+    Route("GET", "/", "page", False),
+    Route("GET", "/healthz", "healthz", False),
+    Route("GET", "/stats", "stats", False),
+    Route("GET", "/agents", "agents", False),
+    Route("GET", AGENT_PATH, "agent", False),
+    Route("DELETE", AGENT_PATH, "forget", True),
+    Route("GET", "/events", "events", False),
+    Route("GET", "/history", "history", False),
+    Route("GET", "/metrics", "metrics", False),
+    Route("POST", "/heartbeat", "heartbeat", True),
+)
+_TABLE: Dict[str, Dict[str, Route]] = {}
+for _route in ROUTES:
+    _TABLE.setdefault(_route.path, {})[_route.method] = _route
+
+
+def resolve(method: str, path: str) -> Tuple[Route, Optional[str]]:
+    """The route for `method` on a decoded path, and the agent id it names (or None).
+
+    Raises ApiError: 404 for an unknown path, 405 (with Allow) for a method it does not take.
+    """
+    agent_id = None
+    if path.startswith("/agents/"):
+        path, agent_id = AGENT_PATH, path[len("/agents/"):]
+        if "/" in agent_id:
+            raise ApiError(404, "no such path")
+    routes = _TABLE.get(path)
+    if routes is None:
+        raise ApiError(404, "no such path")
+    route = routes.get("GET" if method == "HEAD" else method)
+    if route is None:
+        allow = sorted(routes) + (["HEAD"] if "GET" in routes else [])
+        raise ApiError(405, f"this method is not allowed here; use {' or '.join(allow)}",
+                       allow=", ".join(allow))
+    return route, agent_id
 
 
 class ApiError(Exception):
@@ -28,7 +76,7 @@ class ApiError(Exception):
 
 
 class Api:
-    """Answers GET/DELETE requests from the registry, events and statistics. Thread-safe."""
+    """Answers the API's routes from the registry, events and statistics. Thread-safe."""
 
     def __init__(self, registry: Registry, events: EventLog, stats: ReceiverStats,
                  extra_stats: Callable[[], dict], metrics: Callable[[], str],
@@ -36,48 +84,45 @@ class Api:
         self.registry, self.events, self.stats = registry, events, stats
         self._extra_stats, self._metrics, self._wall = extra_stats, metrics, wallclock
 
-    def handle(self, method: str, path: str, query: Dict[str, List[str]]) -> Tuple[int, object, str]:
-        """(status, JSON-able document or text, content type); raises ApiError."""
-        if path.startswith("/agents/"):
-            return self._agent(method, path[len("/agents/"):])
-        path = path.rstrip("/") or "/"
-        allowed = _ROUTES.get(path)
-        if allowed is None:
-            raise ApiError(404, f"no such path: {path}")
-        if method != allowed:
-            raise ApiError(405, f"{method} is not allowed on {path}; use {allowed}", allow=allowed)
-        if path == "/":
-            return 200, STATUS_PAGE, HTML
-        if path == "/healthz":
-            return 200, {"status": "ok"}, JSON
-        if path == "/stats":
-            doc = self.stats.snapshot()
-            doc.update(self._extra_stats())
-            return 200, doc, JSON
-        if path == "/agents":
-            return 200, {"agents": self.registry.snapshot()}, JSON
-        if path == "/events":
-            return 200, {"events": self._events(query)}, JSON
-        if path == "/history":
-            return 200, {"step": self.registry.history_step, "agents": self.registry.history()}, JSON
-        if path == "/metrics":
-            return 200, self._metrics(), METRICS_TYPE
-        raise ApiError(405, f"{method} {path} is served by the receiver, not the API", allow=allowed)
+    def handle(self, route: Route, agent_id: Optional[str], query: Dict[str, List[str]],
+               by: str = "") -> Tuple[int, object, str]:
+        """(status, JSON-able document or text, content type) for a resolved route; raises
+        ApiError. `by` names the client, for the record of who forgot an agent."""
+        return getattr(self, "serve_" + route.action)(query, agent_id, by)
 
-    def _agent(self, method: str, agent_id: str) -> Tuple[int, object, str]:
-        if method not in ("GET", "DELETE"):
-            raise ApiError(405, f"{method} is not allowed on /agents/<id>; use GET or DELETE",
-                           allow="GET, DELETE")
-        if not valid_agent_id(agent_id):
-            raise ApiError(404, f"no agent {agent_id!r}")
-        if method == "DELETE":
-            if not self.registry.forget(agent_id):
-                raise ApiError(404, f"no agent {agent_id!r}")
-            return 200, {"success": True, "message": f"agent {agent_id} forgotten"}, JSON
-        record = self.registry.get(agent_id)
+    def serve_page(self, query, agent_id, by) -> Tuple[int, object, str]:
+        return 200, STATUS_PAGE, HTML
+
+    def serve_healthz(self, query, agent_id, by) -> Tuple[int, object, str]:
+        return 200, {"status": "ok"}, JSON
+
+    def serve_stats(self, query, agent_id, by) -> Tuple[int, object, str]:
+        doc = self.stats.snapshot()
+        doc.update(self._extra_stats())
+        return 200, doc, JSON
+
+    def serve_agents(self, query, agent_id, by) -> Tuple[int, object, str]:
+        return 200, {"agents": self.registry.snapshot()}, JSON
+
+    def serve_agent(self, query, agent_id, by) -> Tuple[int, object, str]:
+        record = self.registry.get(agent_id) if valid_agent_id(agent_id) else None
         if record is None:
             raise ApiError(404, f"no agent {agent_id!r}")
         return 200, record, JSON
+
+    def serve_forget(self, query, agent_id, by) -> Tuple[int, object, str]:
+        if not (valid_agent_id(agent_id) and self.registry.forget(agent_id, by)):
+            raise ApiError(404, f"no agent {agent_id!r}")
+        return 200, {"success": True, "message": f"agent {agent_id} forgotten"}, JSON
+
+    def serve_events(self, query, agent_id, by) -> Tuple[int, object, str]:
+        return 200, {"events": self._events(query)}, JSON
+
+    def serve_history(self, query, agent_id, by) -> Tuple[int, object, str]:
+        return 200, {"step": self.registry.history_step, "agents": self.registry.history()}, JSON
+
+    def serve_metrics(self, query, agent_id, by) -> Tuple[int, object, str]:
+        return 200, self._metrics(), METRICS_TYPE
 
     def _events(self, query: Dict[str, List[str]]) -> list:
         since = self._since(query.get("since", [""])[-1])

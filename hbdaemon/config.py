@@ -40,12 +40,21 @@ class UnixConfig:
 
 
 @dataclass(frozen=True)
+class TokenConfig:
+    """A credential that speaks only for the agent ids matching its globs."""
+
+    token_file: str = key(REQUIRED, cv.absolute_path)
+    agents: Tuple[str, ...] = key(REQUIRED, cv.glob_list)
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     host: str = key("127.0.0.1", cv.text)
     port: int = key(8690, cv.port)
     workers: int = key(8, cv.integer(1, 256))
     queue_size: int = key(1000, cv.integer(1, 1_000_000))
     auth_token_file: str = key("", cv.optional_path)
+    tokens: Tuple[TokenConfig, ...] = items(TokenConfig)
     idle_timeout: float = key(30.0, cv.positive_duration)
     max_connections: int = key(256, cv.integer(1, 100_000))
 
@@ -79,6 +88,7 @@ class HealthCheckConfig:
     flap_threshold: int = key(5, cv.integer(2, 1000))
     stall_threshold: float = key(5.0, cv.positive_duration)
     forget_after: float = key(86400.0, cv.positive_duration)
+    forget_silent_after: float = key(7 * 86400.0, cv.positive_duration)
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,8 @@ class RestartConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
+    max_agents: int = key(50_000, cv.integer(1, 10_000_000))
+    new_agents_per_minute: int = key(1000, cv.integer(0, 10_000_000))  # per uid / address
     health_check: HealthCheckConfig = section(HealthCheckConfig)
     overrides: Tuple[OverrideConfig, ...] = items(OverrideConfig)
     restart: RestartConfig = section(RestartConfig)

@@ -201,3 +201,12 @@ def word_list(*allowed: str):
         return tuple(items)
     convert.__name__ = "word_list"
     return convert
+
+
+def glob_list(value) -> tuple:
+    """A non-empty list of shell-style globs (a single glob is taken as a list of one)."""
+    items = [value] if isinstance(value, str) else value
+    if (not isinstance(items, (list, tuple)) or not items
+            or not all(isinstance(i, str) and i.strip() for i in items)):
+        raise ValueError('a list of globs matched against agent ids, e.g. ["db-*", "web-?"]')
+    return tuple(i.strip() for i in items)

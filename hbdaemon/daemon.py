@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 from hbdaemon import __version__, logsetup, metrics
 from hbdaemon.api import Api
+from hbdaemon.auth import Credentials
 from hbdaemon.checker import HealthChecker
 from hbdaemon.config import Config, ConfigError, read_token
 from hbdaemon.events import EventLog
@@ -31,15 +32,16 @@ class StartupError(Exception):
     """The daemon cannot start (socket in use, state dir unusable, port taken, ...)."""
 
 
-def preflight(cfg: Config) -> Optional[bytes]:
-    """Checks that need the host (group, token files); returns the token. Raises ConfigError."""
+def preflight(cfg: Config) -> Credentials:
+    """Checks that need the host (group, token files); returns the HTTP credentials.
+    Raises ConfigError."""
     if cfg.unix.socket_group:
         try:
             group_id(cfg.unix.socket_group)
         except ValueError as exc:
             raise ConfigError(f"{cfg.source}: unix.socket_group: {exc}") from None
     read_token(cfg.manager.auth_token_file, cfg.source, "manager.auth_token_file")
-    return read_token(cfg.http.auth_token_file, cfg.source)
+    return Credentials.from_config(cfg)
 
 
 class Daemon:
@@ -50,12 +52,14 @@ class Daemon:
         self.cfg = cfg
         self._reload_config = reload_config
         self.notifier = notifier or Notifier()
-        self.token = preflight(cfg)
+        self.credentials = preflight(cfg)
         hc = cfg.agent.health_check
         self.stats = ReceiverStats()
         self.events = EventLog(cfg.daemon.max_events)
         self.registry = Registry(PolicySet(hc, cfg.agent.overrides), self.events.record,
-                                 history_step=cfg.daemon.history_step)
+                                 history_step=cfg.daemon.history_step,
+                                 max_agents=cfg.agent.max_agents,
+                                 new_agents_per_minute=cfg.agent.new_agents_per_minute)
         self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
                            self.registry.take_dirty)
         self.hooks = HookRunner(cfg.hooks, cfg.agent.restart, self.events.record, self.registry.get)
@@ -93,7 +97,8 @@ class Daemon:
         if h.port:
             try:
                 self.http = HeartbeatHTTPServer(h.host, h.port, self.api, self.pool.submit,
-                                                token=self.token, idle_timeout=h.idle_timeout,
+                                                credentials=self.credentials,
+                                                idle_timeout=h.idle_timeout,
                                                 max_connections=h.max_connections)
             except OSError as exc:
                 self.unix.close()
@@ -129,7 +134,10 @@ class Daemon:
 
     def _process_http(self, item) -> None:
         hb, started, host, local = item
-        self.registry.apply(hb, HTTP, remote=host, local=local)
+        refusal = self.registry.apply(hb, HTTP, remote=host, local=local, admitted=True)
+        if refusal is not None:  # the id was taken or the table filled since it was admitted
+            self.stats.note_rejected(HTTP, refusal)
+            return
         self.stats.note_processed(HTTP, time.perf_counter() - started)
 
     # -- reports --------------------------------------------------------------------------
@@ -142,6 +150,7 @@ class Daemon:
             "http_connections": self.http.active_connections if self.http else 0,
             "connections_refused": sum(s.refused_total for s in (self.unix, self.http) if s),
             "agents": len(self.registry), "agents_by_state": self.registry.counts(),
+            "max_agents": self.registry.max_agents,
             "hook_runs": self.hooks.runs, "hook_failures": self.hooks.failures,
             "store_writes": self.store.writes, "store_errors": self.store.errors,
         }
@@ -190,7 +199,7 @@ class Daemon:
         self.notifier.notify("RELOADING=1")
         try:
             new = self._reload_config()
-            token = preflight(new)
+            credentials = preflight(new)
             logsetup.configure(new.log.level, new.log.file, new.log.format)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
@@ -205,10 +214,12 @@ class Daemon:
                             "(thresholds, hooks and logging were reloaded)", section)
         hc = new.agent.health_check
         self.registry.set_policies(PolicySet(hc, new.agent.overrides))
+        self.registry.max_agents = new.agent.max_agents
+        self.registry.limiter.per_minute = new.agent.new_agents_per_minute
         self.checker.stall_threshold = hc.stall_threshold
         self.hooks.configure(new.hooks, new.agent.restart)
         if self.http:
-            self.http.token = token
+            self.http.credentials = credentials
         self.cfg = new
         log.info("configuration reloaded from %s", new.source)
         self.notifier.notify("READY=1")

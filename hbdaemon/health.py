@@ -64,6 +64,10 @@ class PolicySet:
                 self._cache[agent_id] = policy
         return policy
 
+    def forget(self, agent_id: str) -> None:
+        """Drop the cached policy of a forgotten agent."""
+        self._cache.pop(agent_id, None)
+
 
 def breach(policy: HealthPolicy, cpu: float, memory: int) -> Optional[str]:
     """Which limit the sample exceeds, in words, or None."""

@@ -54,7 +54,7 @@ class HookRunner:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._slots: Dict[Tuple[int, str], _Slot] = {}
+        self._slots: Dict[str, Dict[int, _Slot]] = {}  # agent -> hook index -> slot
         self._running = 0
         self._thread: Optional[threading.Thread] = None
         self.runs = 0
@@ -64,19 +64,24 @@ class HookRunner:
         """Replace the hooks (SIGHUP); backoff state starts afresh."""
         with self._lock:
             self._hooks, self._restart = tuple(hooks), restart
-            self._slots = {k: s for k, s in self._slots.items() if s.running}
+            self._slots = {agent: kept for agent, kept in (
+                (agent, {i: s for i, s in slots.items() if s.running})
+                for agent, slots in self._slots.items()) if kept}
 
     def on_event(self, ev: Event) -> None:
         """Event listener: queue the hooks this event triggers."""
         trigger = ev.to_state if ev.kind == "state" else ev.kind
         with self._lock:
+            if ev.kind == "forgotten":  # nothing is kept for an agent the daemon forgot
+                self._slots.pop(ev.agent_id, None)
+                return
+            slots = self._slots.get(ev.agent_id, {})
             if ev.kind == "state" and ev.to_state == "healthy":
-                for (_, agent), slot in self._slots.items():
-                    if agent == ev.agent_id:
-                        slot.attempts, slot.next_at, slot.suspended = 0, 0.0, False
+                for slot in slots.values():
+                    slot.attempts, slot.next_at, slot.suspended = 0, 0.0, False
             for index, hook in enumerate(self._hooks):
                 if trigger in hook.on:
-                    slot = self._slots.setdefault((index, ev.agent_id), _Slot())
+                    slot = self._slots.setdefault(ev.agent_id, slots).setdefault(index, _Slot())
                     if not slot.suspended:
                         slot.pending = ev
                         self._wake.set()
@@ -102,7 +107,8 @@ class HookRunner:
         delay = 1.0
         due = []
         with self._lock:
-            for (index, agent), slot in self._slots.items():
+            for agent, index, slot in ((a, i, s) for a, slots in self._slots.items()
+                                       for i, s in slots.items()):
                 if slot.pending is None or slot.running or slot.suspended:
                     continue
                 if slot.next_at > now:

@@ -1,7 +1,13 @@
-"""The HTTP server: heartbeat intake (POST /heartbeat) and the daemon's API."""
+"""The HTTP server: one request boundary for heartbeat intake (POST /heartbeat) and the API.
 
-import hmac
+Every request goes through HeartbeatHTTPHandler.handle_one_request: the target is decoded
+once, the Host and Origin checked, the route and its credential rule looked up in
+api.ROUTES, and the body read (within MAX_MESSAGE_BYTES) or the connection closed, so a
+body is never read as the next request.
+"""
+
 import http.server
+import ipaddress
 import json
 import logging
 import queue
@@ -9,17 +15,21 @@ import socket
 import struct
 import time
 from typing import Optional
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from hbdaemon import __version__
-from hbdaemon.api import Api, ApiError
+from hbdaemon.api import Api, ApiError, resolve
+from hbdaemon.auth import OPEN, Credentials, Grant
 from hbdaemon.connlimit import ConnectionLimitMixIn
-from hbdaemon.protocol import MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339, parse_heartbeat
+from hbdaemon.http_request import BadRequest, host_name, is_loopback_name, parse_target, same_origin
+from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339,
+                               parse_heartbeat, warning_reason)
+from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS
 from hbdaemon.workers import PoolClosed
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "http"
+MAX_REQUEST_LINE = 65536
 # the status page loads nothing from elsewhere and only talks to this daemon
 _PAGE_HEADERS = (("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
                   "style-src 'unsafe-inline'; connect-src 'self'; img-src data:"),
@@ -39,15 +49,18 @@ class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer)
     block_on_close = False    # stop() closes connections itself, with a bound
     request_queue_size = 256  # listen backlog for bursts of new agents
 
-    def __init__(self, host: str, port: int, api: Api, submit, *, token: Optional[bytes] = None,
-                 idle_timeout: float = 30.0, max_connections: int = 256):
+    def __init__(self, host: str, port: int, api: Api, submit, *,
+                 credentials: Optional[Credentials] = None, idle_timeout: float = 30.0,
+                 max_connections: int = 256):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.api = api
         self.submit = submit
-        self.token = token
+        self.credentials = credentials or Credentials()
         self.idle_timeout = idle_timeout
         self.init_connection_limit(max_connections)
         super().__init__((host, port), HeartbeatHTTPHandler)
+        # DNS rebinding: a page whose name resolves to 127.0.0.1 must not reach the API
+        self.loopback_only = ipaddress.ip_address(self.server_address[0]).is_loopback
 
     def refuse_connection(self, request) -> None:
         body = _json_body(False, "too many connections; try again shortly")
@@ -61,18 +74,13 @@ class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer)
         self.close_connections()
 
 
-def _too_long(digits: str) -> bool:
-    # compare lengths first: int() of thousands of digits is slow, and refused past 4300
-    return len(digits.lstrip("0")) > 6 or int(digits) > MAX_MESSAGE_BYTES
-
-
 def _timeval(seconds: float) -> bytes:
     return struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
 
 
-def _json_body(success: bool, message: str) -> bytes:
+def _json_body(success: bool, message: str, **extra) -> bytes:
     return json.dumps({"success": success, "message": message,
-                       "timestamp": format_rfc3339(time.time())}).encode()
+                       "timestamp": format_rfc3339(time.time()), **extra}).encode()
 
 
 _accepted_cache = [0, b""]
@@ -86,6 +94,15 @@ def _accepted_body() -> bytes:
     if _accepted_cache[0] != millis:
         _accepted_cache[:] = [millis, _json_body(True, "heartbeat accepted")]
     return _accepted_cache[1]
+
+
+class Refusal(Exception):
+    """A request answered with an error: status, counted reason, message, extra headers."""
+
+    def __init__(self, code: int, reason: str, message: str, headers=(), log_it: bool = False):
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+        self.headers, self.log_it = tuple(headers), log_it
 
 
 class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
@@ -105,115 +122,196 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
         super().setup()
 
-    # -- intake ---------------------------------------------------------------------------
+    # -- the request boundary -------------------------------------------------------------
 
-    def do_POST(self):
-        path = urlsplit(self.path).path
-        if path != "/heartbeat":
-            return self._route_other("POST", path)
-        server = self.server
-        started = time.perf_counter()
-        server.api.stats.note_received(TRANSPORT)
-        if not self._authorized():
-            return
-        length = self._content_length()
-        if length is None:
-            return
-        body = self.rfile.read(length)
-        if len(body) < length:
+    def handle_one_request(self):
+        """Read one request and answer it; every method goes through the route table."""
+        self.command, self.request_version, self._continue = "", "HTTP/1.1", False
+        self._length: Optional[int] = 0
+        self._heartbeat = False  # the request is for POST /heartbeat: count it as intake
+        line = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if not line:
             self.close_connection = True
-            return self._reject(400, "incomplete_body", "body shorter than Content-Length")
+            return
+        if len(line) > MAX_REQUEST_LINE:
+            self.requestline = ""
+            self.send_error(414)
+            return
+        self.raw_requestline = line
+        if not self.parse_request():  # answered through send_error
+            return
         try:
-            hb = parse_heartbeat(body, require_agent_id=True)
-        except ProtocolError as exc:
-            return self._reject(400, exc.reason, str(exc))
-        host = self.client_address[0] if self.client_address else ""
-        try:
-            server.submit((hb, started, host, is_loopback(host)))
-        except queue.Full:
-            return self._reject(503, "queue_full", "queue full; retry later",
-                                close=False, retry_after=True)
-        except PoolClosed:
-            return self._reject(503, "shutting_down", "daemon is shutting down",
-                                retry_after=True)
-        self._reply(200, _accepted_body())
+            self._serve()
+        except Refusal as refusal:
+            self._refuse(refusal)
+        self.wfile.flush()
 
     def handle_expect_100(self):
-        # Refuse an oversized body before the client sends it.
-        length = self.headers.get("Content-Length", "").strip()
-        if length.isdigit() and _too_long(length):
-            self.server.api.stats.note_received(TRANSPORT)
-            self._too_large()
-            return False
-        return super().handle_expect_100()
+        # Send "100 Continue" only once the request is known to be acceptable (_read_body).
+        self._continue = True
+        return True
 
-    def _authorized(self) -> bool:
-        token = self.server.token
-        if token is None:
-            return True
-        given = self.headers.get("Authorization", "")
-        if given[:7].lower() == "bearer " and hmac.compare_digest(given[7:].strip().encode(), token):
-            return True
-        self._reject(401, "unauthorized", "missing or wrong bearer token",
-                     headers=(("WWW-Authenticate", 'Bearer realm="hbdaemon"'),))
-        return False
+    def send_error(self, code, message=None, explain=None):
+        """Errors found by http.server itself (request line, headers, version): JSON, close."""
+        self.close_connection = True
+        words = message or self.responses.get(code, ("error",))[0]
+        self._reply(code, _json_body(False, words))
+        self.server.api.stats.note_refused("bad_request", f"http: refused a request from "
+                                           f"{self._client()}: {code} {words}")
 
-    def _content_length(self) -> Optional[int]:
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            self._reject(411, "no_length", "send the body with Content-Length, not chunked")
-            return None
-        text = self.headers.get("Content-Length")
-        if text is None:
-            self._reject(411, "no_length", "Content-Length required")
-            return None
-        if not text.strip().isdigit():
-            self.close_connection = True
-            self._reject(400, "bad_length", "Content-Length is not a number")
-            return None
-        if _too_long(text.strip()):
-            self._too_large()
-            return None
-        return int(text)
-
-    def _too_large(self) -> None:
-        self.close_connection = True  # the body stays unread: this connection is done
-        self._reject(413, "too_large", f"body larger than {MAX_MESSAGE_BYTES} bytes")
-
-    def _reject(self, code: int, reason: str, message: str, close: bool = False,
-                retry_after: bool = False, headers=()) -> None:
-        self.server.api.stats.note_rejected(TRANSPORT, reason)
-        if close:
-            self.close_connection = True
-        extra = tuple(headers) + ((("Retry-After", "1"),) if retry_after else ())
-        self._reply(code, _json_body(False, message), headers=extra)
-
-    # -- API ------------------------------------------------------------------------------
-
-    def do_GET(self):
-        parts = urlsplit(self.path)
-        self._route_other("GET", parts.path, parse_qs(parts.query))
-
-    def do_DELETE(self):
-        path = urlsplit(self.path).path
-        if path.startswith("/agents/") and not self._authorized():
-            return
-        self._route_other("DELETE", path)
-
-    def do_PUT(self):
-        self._route_other("PUT", urlsplit(self.path).path)
-
-    do_PATCH = do_PUT
-
-    def _route_other(self, method: str, path: str, query: Optional[dict] = None) -> None:
+    def _serve(self) -> None:
+        server = self.server
+        self._length = self._framing()
         try:
-            code, doc, content_type = self.server.api.handle(method, unquote(path), query or {})
+            target = parse_target(self.path)
+        except BadRequest as exc:
+            raise Refusal(400, "bad_target", str(exc)) from None
+        self._check_host(target.authority)
+        try:
+            route, agent_id = resolve(self.command, target.path)
         except ApiError as exc:
-            headers = (("Allow", exc.allow),) if exc.allow else ()
-            return self._reply(exc.code, _json_body(False, exc.message), headers=headers)
+            raise Refusal(exc.code, "not_found" if exc.code == 404 else "bad_method", exc.message,
+                          (("Allow", exc.allow),) if exc.allow else ()) from None
+        heartbeat = self._heartbeat = route.action == "heartbeat"
+        if heartbeat:
+            server.api.stats.note_received(TRANSPORT)
+        if route.method in ("POST", "DELETE") and not self._same_origin():
+            raise Refusal(403, "foreign_origin", "requests from web pages of another origin "
+                          "are refused", log_it=True)
+        grant = OPEN
+        if route.credential:
+            grant = server.credentials.check(self.headers.get("Authorization"))
+            if grant is None:
+                raise Refusal(401, "unauthorized", "missing or wrong bearer token",
+                              (("WWW-Authenticate", 'Bearer realm="hbdaemon"'),), log_it=True)
+            if agent_id is not None and not grant.covers(agent_id):
+                raise self._not_covered(grant, agent_id)
+        if heartbeat and self._length is None:
+            raise Refusal(411, "no_length", "Content-Length required")
+        body = self._read_body()
+        if heartbeat:
+            return self._intake(body, grant)
+        try:
+            code, doc, content_type = server.api.handle(route, agent_id, target.query,
+                                                        by=f"{route.method} from {self._client()}")
+        except ApiError as exc:
+            return self._reply(exc.code, _json_body(False, exc.message))
         body = doc.encode() if isinstance(doc, str) else json.dumps(doc).encode()
         headers = _PAGE_HEADERS if content_type.startswith("text/html") else ()
         self._reply(code, body, content_type, headers=headers)
+
+    def _framing(self) -> Optional[int]:
+        """The body's length (None: no Content-Length); refuses what cannot be framed safely."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            self.close_connection = True
+            raise Refusal(411, "no_length", "send the body with Content-Length, not chunked")
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            return None
+        text = values[0].strip()
+        # ASCII digits only: "²".isdigit() is True, and int() of it raises
+        if len(values) > 1 or not (text.isascii() and text.isdigit()):
+            self.close_connection = True
+            raise Refusal(400, "bad_length", "Content-Length is not one whole number")
+        # compare lengths first: int() of thousands of digits is slow, and refused past 4300
+        if len(text.lstrip("0")) > 6 or int(text) > MAX_MESSAGE_BYTES:
+            self.close_connection = True  # the body stays unread: this connection is done
+            raise Refusal(413, "too_large", f"body larger than {MAX_MESSAGE_BYTES} bytes")
+        return int(text)
+
+    def _read_body(self) -> bytes:
+        if not self._length:
+            return b""
+        if self._continue:
+            self._continue = False
+            self.send_response_only(100)
+            self.end_headers()
+            self.wfile.flush()
+        expected, self._length = self._length, 0
+        body = self.rfile.read(expected)
+        if len(body) < expected:
+            self.close_connection = True
+            raise Refusal(400, "incomplete_body", "body shorter than Content-Length")
+        return body
+
+    def _check_host(self, authority: Optional[str]) -> None:
+        """421 for a name that is not loopback while we listen on loopback (DNS rebinding)."""
+        if not self.server.loopback_only:
+            return
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            self.close_connection = True
+            raise Refusal(400, "bad_host", "more than one Host header")
+        host = authority if authority is not None else (hosts[0] if hosts else None)
+        if host is not None and not is_loopback_name(host_name(host)):
+            raise Refusal(421, "bad_host", "this daemon answers only to localhost and loopback "
+                          "addresses", log_it=True)
+
+    def _same_origin(self) -> bool:
+        origin = self.headers.get("Origin")
+        return origin is None or same_origin(origin, self.headers.get("Host"))
+
+    def _not_covered(self, grant: Grant, agent_id: str) -> Refusal:
+        return Refusal(403, "not_permitted", f"{grant.name} does not speak for agent {agent_id}",
+                       log_it=True)
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def _intake(self, body: bytes, grant: Grant) -> None:
+        started = time.perf_counter()
+        server = self.server
+        stats = server.api.stats
+        try:
+            hb = parse_heartbeat(body, require_agent_id=True)
+        except ProtocolError as exc:
+            raise Refusal(400, exc.reason, str(exc)) from None
+        if not grant.covers(hb.agent_id):
+            raise self._not_covered(grant, hb.agent_id)
+        host = self._client()
+        refusal = server.api.registry.admit(hb.agent_id, f"addr:{host}")
+        if refusal == ID_CONFLICT:
+            raise Refusal(409, refusal, f"agent {hb.agent_id} is held by a live Unix connection; "
+                          "its heartbeats come from there", log_it=True)
+        if refusal is not None:
+            retry = "60" if refusal == MAX_AGENTS else "5"
+            raise Refusal(429, refusal, "too many agents" if refusal == MAX_AGENTS else
+                          "too many new agent ids from this address; try again shortly",
+                          (("Retry-After", retry),), log_it=True)
+        try:
+            server.submit((hb, started, host, is_loopback(host)))
+        except queue.Full:
+            raise Refusal(503, "queue_full", "queue full; retry later",
+                          (("Retry-After", "1"),)) from None
+        except PoolClosed:
+            self.close_connection = True
+            raise Refusal(503, "shutting_down", "daemon is shutting down",
+                          (("Retry-After", "1"),)) from None
+        for warning in hb.warnings:
+            stats.note_warning(TRANSPORT, warning_reason(warning))
+        if hb.warnings:
+            return self._reply(200, _json_body(True, "heartbeat accepted",
+                                               warnings=list(hb.warnings)))
+        self._reply(200, _accepted_body())
+
+    # -- answers --------------------------------------------------------------------------
+
+    def _refuse(self, refusal: Refusal) -> None:
+        stats = self.server.api.stats
+        if self._length:  # a body nobody read must not be taken for the next request
+            if self._continue or self.close_connection:
+                self.close_connection = True  # not sent yet, or no longer wanted: hang up
+            else:
+                self.rfile.read(self._length)  # at most MAX_MESSAGE_BYTES (see _framing)
+        message = (f"http: refused {self.command} {self.path[:200]!r} from {self._client()}: "
+                   f"{refusal.code} {refusal.message}") if refusal.log_it else ""
+        if self._heartbeat:
+            stats.note_rejected(TRANSPORT, refusal.reason, message)
+        elif message:
+            stats.note_refused(refusal.reason, message)
+        self._reply(refusal.code, _json_body(False, refusal.message), headers=refusal.headers)
+
+    def _client(self) -> str:
+        return self.client_address[0] if self.client_address else "-"
 
     def _reply(self, code: int, body: bytes, content_type: str = "application/json",
                headers=()) -> None:
@@ -225,7 +323,8 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def date_time_string(self, timestamp=None):
         # The Date header, formatted once a second rather than once a request.
@@ -241,6 +340,5 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             super().log_request(code, size)
 
     def log_message(self, format, *args):
-        log.debug("http %s: " + format, self.client_address[0] if self.client_address else "-",
-                  *args)
+        log.debug("http %s: " + format, self._client(), *args)
 

@@ -87,6 +87,15 @@ def render(registry, stats, events, extra: Callable[[], dict],
     w.family("hbdaemon_heartbeats_rejected_total", "counter",
              "Heartbeat messages rejected, by transport and reason.",
              [({"transport": t, "reason": r}, n) for (t, r), n in sorted(stats.rejected.items())])
+    w.family("hbdaemon_heartbeat_warnings_total", "counter",
+             "Heartbeats applied without a field that was invalid (metric_invalid: cpu or "
+             "memory, field_invalid: another optional field), by transport and reason.",
+             [({"transport": t, "reason": r}, n) for (t, r), n in sorted(stats.warnings.items())])
+    w.family("hbdaemon_http_refused_total", "counter",
+             "API requests refused (bad token, foreign origin, non-loopback Host, ...), by reason.",
+             [({"reason": r}, n) for r, n in sorted(stats.refused.items())])
+    w.family("hbdaemon_agents_max", "gauge", "agent.max_agents: new ids beyond it are refused.",
+             [({}, more["max_agents"])])
     w.family("hbdaemon_heartbeat_latency_seconds_average", "gauge",
              "Average time from receipt to registry update.", [({}, snap["average_latency"])])
     w.family("hbdaemon_queue_depth", "gauge", "HTTP heartbeats waiting for a worker.",

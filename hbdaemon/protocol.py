@@ -11,6 +11,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_PID = 2**31 - 1  # psutil and os.kill take a C int
 MAX_MEMORY = 2**63 - 1
 DEFAULT_STATUS = "running"
+METRIC_FIELDS = ("cpu", "memory")
 
 _AGENT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}\Z")
 _RFC3339 = re.compile(
@@ -32,12 +33,17 @@ class ProtocolError(ValueError):
 
 
 class Heartbeat:
-    """One validated heartbeat. `timestamp` is the agent's clock as sent (RFC 3339 text) or None."""
+    """One validated heartbeat. `timestamp` is the agent's clock as sent (RFC 3339 text) or None.
 
-    __slots__ = ("agent_id", "pid", "timestamp", "version", "status", "cpu", "memory", "summary")
+    `cpu` or `memory` None: the agent sent an invalid value, so the previous one stays.
+    `warnings` names each optional field that was dropped or clamped (liveness beats metrics).
+    """
+
+    __slots__ = ("agent_id", "pid", "timestamp", "version", "status", "cpu", "memory", "summary",
+                 "warnings")
 
     def __init__(self, agent_id, pid, timestamp=None, version="", status=DEFAULT_STATUS,
-                 cpu=0.0, memory=0, summary=None):
+                 cpu=0.0, memory=0, summary=None, warnings=()):
         self.agent_id = agent_id
         self.pid = pid
         self.timestamp = timestamp
@@ -46,6 +52,7 @@ class Heartbeat:
         self.cpu = cpu
         self.memory = memory
         self.summary = summary  # a downstream hbdaemon's agents per state, or None
+        self.warnings = warnings
 
     def __repr__(self) -> str:
         return (f"Heartbeat(agent_id={self.agent_id!r}, pid={self.pid}, status={self.status!r}, "
@@ -60,7 +67,9 @@ def valid_agent_id(value) -> bool:
 def parse_heartbeat(data, require_agent_id: bool = True) -> Heartbeat:
     """Parse bytes, str or an already-decoded dict into a Heartbeat, or raise ProtocolError.
 
-    Without an agent_id (allowed on the Unix socket) the heartbeat is keyed `pid-<pid>`.
+    Only the identity (`agent_id`, `pid`) or the framing (not a JSON object) voids a
+    heartbeat; a bad optional field is dropped (cpu over 100 clamped) and named in
+    `warnings`. Without an agent_id (allowed on the Unix socket) it is keyed `pid-<pid>`.
     """
     obj = decode_json(data) if isinstance(data, (bytes, bytearray, str)) else data
     if not isinstance(obj, dict):
@@ -77,15 +86,33 @@ def parse_heartbeat(data, require_agent_id: bool = True) -> Heartbeat:
         agent_id = f"pid-{pid}"
     elif not valid_agent_id(agent_id):
         raise ProtocolError("agent_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
-    return Heartbeat(
-        agent_id, pid,
-        timestamp=_optional_time(obj.get("timestamp")),
-        version=_optional_str(obj, "version", 64, ""),
-        status=_optional_str(obj, "status", 32, DEFAULT_STATUS) or DEFAULT_STATUS,
-        cpu=_cpu(obj.get("cpu")),
-        memory=_memory(obj.get("memory")),
-        summary=_summary(obj.get("summary")),
-    )
+    warnings = []
+    cpu = _optional(obj, "cpu", _cpu, 0.0, warnings)
+    memory = _optional(obj, "memory", _memory, 0, warnings)
+    version = _optional(obj, "version", _version, "", warnings)
+    status = _optional(obj, "status", _status, DEFAULT_STATUS, warnings) or DEFAULT_STATUS
+    summary = _optional(obj, "summary", _summary, None, warnings)
+    return Heartbeat(agent_id, pid, timestamp=_optional_time(obj.get("timestamp")),
+                     version=version, status=status, cpu=cpu, memory=memory, summary=summary,
+                     warnings=tuple(warnings))
+
+
+def _optional(obj: dict, field: str, convert, default, warnings: list):
+    """`convert(value)` for a field the daemon can do without: absent gives `default`; a bad
+    value is dropped (None for a metric, so the previous value stays) with a warning."""
+    value = obj.get(field)
+    if value is None:
+        return default
+    try:
+        return convert(value, warnings)
+    except ValueError as exc:
+        warnings.append(f"{field}: {exc}; ignored")
+        return None if field in METRIC_FIELDS else default
+
+
+def warning_reason(warning: str) -> str:
+    """The counted reason for one of Heartbeat.warnings: metric_invalid for cpu and memory."""
+    return "metric_invalid" if warning.partition(":")[0] in METRIC_FIELDS else "field_invalid"
 
 
 def decode_json(data):
@@ -98,50 +125,67 @@ def decode_json(data):
         except UnicodeDecodeError:
             raise ProtocolError(None, "message is not valid UTF-8") from None
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_no_constant, parse_int=_bounded_int)
     except RecursionError:
         raise ProtocolError(None, "invalid JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and ints over the digit limit
         raise ProtocolError(None, f"invalid JSON: {exc}") from None
 
 
-def _optional_str(obj: dict, field: str, limit: int, default: str) -> str:
-    value = obj.get(field)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise ProtocolError(field, f"must be a string of at most {limit} characters")
-    if len(value) > limit:
-        raise ProtocolError(field, f"longer than {limit} characters")
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # strict JSON: no NaN or Infinity literals
+
+
+def _bounded_int(digits: str):
+    # an integer no field can hold stays a number (so it voids only its own field) without
+    # costing quadratic time to convert (Python 3.9 has no digit limit)
+    return int(digits) if len(digits) <= 40 else math.inf
+
+
+def _text(limit: int):
+    def convert(value, warnings) -> str:
+        if not isinstance(value, str) or len(value) > limit:
+            raise ValueError(f"must be a string of at most {limit} characters")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate, sent as an escape such as \ud800
+                raise ValueError("must be valid Unicode text") from None
+        return value
+    return convert
+
+
+_version, _status = _text(64), _text(32)
+
+
+def _cpu(value, warnings) -> float:
+    if type(value) not in (int, float):
+        raise ValueError("must be a number from 0 to 100 (percent of the machine)")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ValueError("must be a number from 0 to 100 (percent of the machine)") from None
+    if not 0 <= value < math.inf:
+        raise ValueError("must be a number from 0 to 100 (percent of the machine)")
+    if value > 100:
+        # per-core figures (the Go agent's gopsutil) go past 100 on a busy host: still alive
+        warnings.append(f"cpu: {value:g} is over 100 (percent of the machine); clamped to 100")
+        return 100.0
     return value
 
 
-def _cpu(value) -> float:
-    if value is None:
-        return 0.0
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise ProtocolError("cpu", "must be a finite number from 0 to 100")
-    if not 0 <= value <= 100:
-        raise ProtocolError("cpu", "must be between 0 and 100 (percent of the machine)")
-    return float(value)
-
-
-def _memory(value) -> int:
-    if value is None:
-        return 0
+def _memory(value, warnings) -> int:
     if type(value) is not int or not 0 <= value <= MAX_MEMORY:
-        raise ProtocolError("memory", "must be an integer number of bytes >= 0")
+        raise ValueError("must be an integer number of bytes >= 0")
     return value
 
 
-def _summary(value) -> Optional[dict]:
+def _summary(value, warnings) -> dict:
     """An upstream report's `summary`: up to 16 counts by name (e.g. agents per state)."""
-    if value is None:
-        return None
     if (not isinstance(value, dict) or len(value) > 16
-            or not all(isinstance(k, str) and 0 < len(k) <= 32 and type(v) is int and 0 <= v < 2**31
-                       for k, v in value.items())):
-        raise ProtocolError("summary", "must be an object of at most 16 names with counts >= 0")
+            or not all(isinstance(k, str) and 0 < len(k) <= 32 and k.isascii()
+                       and type(v) is int and 0 <= v < 2**31 for k, v in value.items())):
+        raise ValueError("must be an object of at most 16 names with counts >= 0")
     return value
 
 

@@ -1,10 +1,11 @@
 """The registry: the single owner of agent records and of every change of state."""
 
+import collections
 import logging
 import threading
 import time
 from array import array
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from hbdaemon import process
 from hbdaemon.health import ENDED, WATCHED, PolicySet, State, judge_heartbeat
@@ -13,10 +14,16 @@ from hbdaemon.protocol import Heartbeat, format_rfc3339, parse_rfc3339
 log = logging.getLogger(__name__)
 
 HISTORY_LEN = 60  # samples kept per agent for the status page's sparklines
+SLICE = 500       # records handled per hold of the lock in whole-table passes (~1 ms)
 
-# on_event(agent_id, from_state, to_state, reason); called with the registry lock held,
-# so events of one agent arrive in order. It must be quick and must not call back in.
-EventSink = Callable[[str, State, State, str], None]
+# Why a heartbeat was refused (the receivers count these as reject reasons).
+ID_CONFLICT = "id_conflict"    # the id is held by another live Unix connection
+MAX_AGENTS = "max_agents"      # the table is full and the id is new
+RATE_LIMITED = "rate_limited"  # this source created too many new ids this minute
+
+# on_event(agent_id, from_state, to_state, reason, kind="state"): called after the registry
+# lock is released, in the order the changes happened (one emitter at a time).
+EventSink = Callable[..., None]
 
 
 class Peer:
@@ -35,7 +42,7 @@ class AgentRecord:
                  "memory", "transport", "last_seen", "agent_time", "first_seen", "heartbeats",
                  "due_from", "policy", "over_since", "below_count", "changes", "flapping",
                  "conn_id", "connected", "local", "check_pid", "check_started", "remote",
-                 "peer_uid", "summary", "hist_at", "hist")
+                 "peer_uid", "summary", "hist_at", "hist", "conflict_noted")
 
     def __init__(self, agent_id: str, wall: float, now: float, policy):
         self.agent_id = agent_id
@@ -68,27 +75,27 @@ class AgentRecord:
         self.summary = None          # set when the agent is a downstream hbdaemon
         self.hist_at = 0.0           # wall time of the last history sample
         self.hist = None             # array('f'): cpu, memory, cpu, memory, ... (one small object)
+        self.conflict_noted = False  # an id_conflict event was recorded for the current holder
 
     def deadline(self) -> float:
         return self.due_from + self.policy.heartbeat_timeout
 
-    def to_dict(self, now: float) -> dict:
-        """The API's view of this record (`now` is the monotonic clock)."""
+    def view(self) -> dict:
+        """The API's fields as raw values: cheap, so it is taken under the lock (see present)."""
         return {
             "agent_id": self.agent_id, "state": self.state.value,
-            "state_since": format_rfc3339(self.state_since), "reason": self.reason,
+            "state_since": self.state_since, "reason": self.reason,
             "pid": self.pid, "status": self.status, "version": self.version,
             "cpu": self.cpu, "memory": self.memory, "transport": self.transport,
-            "last_seen": format_rfc3339(self.last_seen),
-            "agent_time": format_rfc3339(parse_rfc3339(self.agent_time)) if self.agent_time else None,
-            "first_seen": format_rfc3339(self.first_seen), "heartbeats": self.heartbeats,
+            "last_seen": self.last_seen, "agent_time": self.agent_time,
+            "first_seen": self.first_seen, "heartbeats": self.heartbeats,
             "connected": self.connected, "remote": self.remote, "peer_uid": self.peer_uid,
             "flapping": self.flapping, "summary": self.summary,
             "recent_changes": len(self.changes) if self.changes else 0,
             "heartbeat_timeout": self.policy.heartbeat_timeout,
             "cpu_threshold": self.policy.cpu_threshold,
             "memory_threshold": self.policy.memory_threshold,
-            "deadline_in": round(self.deadline() - now, 3) if self.state in WATCHED else None,
+            "deadline_in": self.deadline() if self.state in WATCHED else None,
         }
 
     def to_store(self) -> dict:
@@ -102,6 +109,49 @@ class AgentRecord:
                 "local": self.local, "check_pid": self.check_pid,
                 "check_started": self.check_started, "remote": self.remote,
                 "peer_uid": self.peer_uid, "summary": self.summary}
+
+
+def present(view: dict, now: float) -> dict:
+    """Turn a record's view into the API's record (RFC 3339 times); `now` is the monotonic clock."""
+    for name in ("state_since", "last_seen", "first_seen"):
+        view[name] = format_rfc3339(view[name])
+    agent_time = view["agent_time"]
+    view["agent_time"] = format_rfc3339(parse_rfc3339(agent_time)) if agent_time else None
+    if view["deadline_in"] is not None:
+        view["deadline_in"] = round(view["deadline_in"] - now, 3)
+    return view
+
+
+class NewAgentLimiter:
+    """How many new agent ids one source (a Unix peer's uid, an HTTP client's address) may
+    create per minute: a token bucket per source, so one local user cannot fill the table
+    before the others. Not thread-safe: the registry calls it under its lock."""
+
+    MAX_SOURCES = 10_000
+
+    def __init__(self, per_minute: int, clock: Callable[[], float]):
+        self.per_minute = per_minute  # 0: no limit
+        self._clock = clock
+        self._buckets: Dict[str, Tuple[float, float]] = {}  # source -> (tokens, as of)
+
+    def allow(self, source: str) -> bool:
+        """Take one token from `source`'s bucket; False if it is empty."""
+        if not self.per_minute:
+            return True
+        now = self._clock()
+        tokens, since = self._buckets.get(source, (self.per_minute, now))
+        tokens = min(self.per_minute, tokens + (now - since) * self.per_minute / 60.0)
+        allowed = tokens >= 1
+        self._buckets[source] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > self.MAX_SOURCES:
+            self._prune(now)
+        return allowed
+
+    def _prune(self, now: float) -> None:
+        # a bucket idle for a minute is full again: forgetting it changes nothing
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60.0}
+        if len(self._buckets) > self.MAX_SOURCES:  # that many active sources: max_agents bounds them
+            self._buckets.clear()
 
 
 def _remember(rec: AgentRecord, wall: float) -> None:
@@ -122,7 +172,8 @@ class Registry:
                  wallclock: Callable[[], float] = time.time,
                  pid_gone: Callable[..., bool] = process.pid_gone,
                  wait_gone: Callable[..., bool] = process.wait_gone,
-                 history_step: float = 10.0):
+                 history_step: float = 10.0, max_agents: int = 50_000,
+                 new_agents_per_minute: int = 0):
         self._policies = policies
         self._on_event = on_event
         self._clock = clock
@@ -130,39 +181,105 @@ class Registry:
         self._pid_gone = pid_gone
         self._wait_gone = wait_gone
         self.history_step = history_step
+        self.max_agents = max_agents
+        self.limiter = NewAgentLimiter(new_agents_per_minute, clock)
         self._lock = threading.Lock()
         self._records: Dict[str, AgentRecord] = {}
+        self._counts = collections.Counter()  # agents per state, kept as they change
         self._dirty: set = set()
+        self._outbox: collections.deque = collections.deque()  # events waiting for _emit
+        self._emit_lock = threading.Lock()
 
     # -- intake -------------------------------------------------------------------------
 
-    def apply(self, hb: Heartbeat, transport: str, peer: Optional[Peer] = None,
-              remote: str = "", local: bool = False) -> None:
-        """Record one validated heartbeat and judge the agent."""
-        now, wall = self._clock(), self._wall()
+    def admit(self, agent_id: str, source: str) -> Optional[str]:
+        """None if a heartbeat for `agent_id` from `source` may be applied, else why not
+        (ID_CONFLICT, MAX_AGENTS, RATE_LIMITED). Takes a new-id token from the source's
+        bucket when the id is new: pass admitted=True to apply() afterwards."""
         with self._lock:
-            rec = self._records.get(hb.agent_id)
-            if rec is None:
-                rec = AgentRecord(hb.agent_id, wall, now, self._policies.for_agent(hb.agent_id))
-                self._records[hb.agent_id] = rec
-            rec.pid, rec.status, rec.version = hb.pid, hb.status, hb.version
-            rec.cpu, rec.memory, rec.agent_time = hb.cpu, hb.memory, hb.timestamp
-            rec.summary = hb.summary
-            rec.last_seen, rec.due_from, rec.transport = wall, now, transport
-            rec.heartbeats += 1
-            if wall - rec.hist_at >= self.history_step:
-                _remember(rec, wall)
-            if peer is not None:
-                rec.conn_id, rec.connected, rec.local = peer.conn_id, True, True
-                rec.check_pid, rec.check_started, rec.peer_uid = peer.pid, peer.started, peer.uid
-                rec.remote = ""
-            else:
-                rec.conn_id, rec.connected, rec.local, rec.remote = None, False, local, remote
-                rec.check_pid, rec.check_started, rec.peer_uid = (hb.pid if local else None), None, None
-            state, reason = judge_heartbeat(rec, rec.policy, now)
-            if state is not rec.state:
-                self._change(rec, state, reason, now, wall)
-            self._dirty.add(hb.agent_id)
+            refusal = self._refusal(agent_id, source, None, admitted=False)
+        self._emit()
+        return refusal
+
+    def _refusal(self, agent_id: str, source: str, peer: Optional[Peer],
+                 admitted: bool) -> Optional[str]:
+        rec = self._records.get(agent_id)
+        if rec is not None:
+            # held by a live Unix connection: only that connection, or the same process
+            # reconnecting before its old connection's EOF was seen, speaks for it
+            if rec.connected and (peer is None or (peer.conn_id != rec.conn_id and (
+                    peer.pid != rec.check_pid or peer.started != rec.check_started))):
+                self._note_conflict(rec, source)
+                return ID_CONFLICT
+            return None
+        if len(self._records) >= self.max_agents:
+            return MAX_AGENTS
+        if not admitted and not self.limiter.allow(source):
+            return RATE_LIMITED
+        return None
+
+    def _note_conflict(self, rec: AgentRecord, source: str) -> None:
+        """One id_conflict event per holder: two processes collide on one id, or one is forged."""
+        if rec.conflict_noted:
+            return
+        rec.conflict_noted = True
+        self._outbox.append((rec.agent_id, rec.state, rec.state,
+                             f"{_describe(source)} sent heartbeats for this id, which the Unix "
+                             f"connection of pid {rec.check_pid} holds; they are refused",
+                             "id_conflict"))
+
+    def apply(self, hb: Heartbeat, transport: str, peer: Optional[Peer] = None,
+              remote: str = "", local: bool = False, admitted: bool = False) -> Optional[str]:
+        """Record one validated heartbeat and judge the agent; None if applied, else the
+        reason it was refused (see admit)."""
+        now, wall = self._clock(), self._wall()
+        source = f"uid:{peer.uid}" if peer is not None else f"addr:{remote}"
+        with self._lock:
+            refusal = self._refusal(hb.agent_id, source, peer, admitted)
+            if refusal is None:
+                self._apply(hb, transport, peer, remote, local, now, wall)
+        self._emit()
+        return refusal
+
+    def _apply(self, hb: Heartbeat, transport: str, peer: Optional[Peer], remote: str,
+               local: bool, now: float, wall: float) -> None:
+        rec = self._records.get(hb.agent_id)
+        if rec is None:
+            rec = AgentRecord(hb.agent_id, wall, now, self._policies.for_agent(hb.agent_id))
+            self._records[hb.agent_id] = rec
+            self._counts[rec.state] += 1
+        rec.pid, rec.status, rec.version = hb.pid, hb.status, hb.version
+        if hb.cpu is not None:
+            rec.cpu = hb.cpu
+        if hb.memory is not None:
+            rec.memory = hb.memory
+        rec.agent_time, rec.summary = hb.timestamp, hb.summary
+        rec.last_seen, rec.due_from, rec.transport = wall, now, transport
+        rec.heartbeats += 1
+        if wall - rec.hist_at >= self.history_step:
+            _remember(rec, wall)
+        if peer is not None:
+            if rec.conn_id != peer.conn_id:
+                rec.conflict_noted = False
+            rec.conn_id, rec.connected, rec.local = peer.conn_id, True, True
+            rec.check_pid, rec.check_started, rec.peer_uid = peer.pid, peer.started, peer.uid
+            rec.remote = ""
+        else:
+            rec.conn_id, rec.connected, rec.local, rec.remote = None, False, local, remote
+            rec.check_pid, rec.check_started, rec.peer_uid = (hb.pid if local else None), None, None
+        state, reason = judge_heartbeat(rec, rec.policy, now)
+        if state is not rec.state:
+            self._change(rec, state, reason, now, wall)
+        self._dirty.add(hb.agent_id)
+
+    def _emit(self) -> None:
+        """Hand queued events to the sink, outside the registry lock and in order."""
+        if not self._outbox:
+            return
+        with self._emit_lock:
+            while self._outbox:
+                agent_id, old, new, reason, kind = self._outbox.popleft()
+                self._on_event(agent_id, old, new, reason, kind=kind)
 
     def connection_closed(self, agent_id: str, conn_id: int) -> None:
         """A Unix connection ended: `dead` at once if its process is gone.
@@ -173,7 +290,7 @@ class Registry:
             rec = self._records.get(agent_id)
             if rec is None or rec.conn_id != conn_id:
                 return  # forgotten, or the agent has reconnected meanwhile
-            rec.connected = False
+            rec.connected, rec.conflict_noted = False, False
             self._dirty.add(agent_id)
             if rec.state in ENDED or rec.check_pid is None:
                 return
@@ -189,45 +306,52 @@ class Registry:
             self._change(rec, State.DEAD,
                          f"process {pid} is gone: connection closed without stopping",
                          self._clock(), self._wall())
+        self._emit()
 
     # -- the health checker's pass -------------------------------------------------------
 
     def check(self) -> Optional[float]:
-        """Convict agents past their deadline; forget old ended ones. Returns the next deadline."""
+        """Convict agents past their deadline; forget old ended and long-silent ones.
+        Returns the next deadline. Holds the lock only in slices of SLICE records."""
         now, wall = self._clock(), self._wall()
-        forget_after = self._policies.health.forget_after
-        expired: List[Tuple[AgentRecord, int]] = []
-        forgotten = []
-        next_due = None
+        health = self._policies.health
         with self._lock:
-            for rec in self._records.values():
-                if rec.state in WATCHED:
-                    due = rec.deadline()
-                    if due <= now:
-                        expired.append((rec, rec.heartbeats))
-                    elif next_due is None or due < next_due:
-                        next_due = due
-                elif rec.state in ENDED and wall - rec.state_since >= forget_after:
-                    forgotten.append(rec.agent_id)
-            for agent_id in forgotten:
-                log.info("agent %s: forgotten after %.0fs %s", agent_id,
-                         wall - self._records[agent_id].state_since, self._records[agent_id].state)
-                del self._records[agent_id]
-                self._dirty.add(agent_id)
+            recs = list(self._records.values())
+        expired: List[Tuple[AgentRecord, int]] = []
+        stale: List[Tuple[AgentRecord, State]] = []
+        next_due = None
+        for rec in recs:  # unlocked reads: every candidate is checked again under the lock
+            state = rec.state
+            if state in WATCHED:
+                due = rec.deadline()
+                if due <= now:
+                    expired.append((rec, rec.heartbeats))
+                elif next_due is None or due < next_due:
+                    next_due = due
+            elif _forget_after(state, health) <= wall - rec.state_since:
+                stale.append((rec, state))
+        for chunk in _slices(stale):
+            with self._lock:
+                for rec, state in chunk:
+                    if self._records.get(rec.agent_id) is rec and rec.state is state:
+                        self._drop(rec, f"forgotten after {wall - rec.state_since:.0f}s {state}")
+            self._emit()
         # pid checks outside the lock: psutil reads /proc
         gone = {id(rec): rec.local and rec.check_pid is not None
                 and self._pid_gone(rec.check_pid, rec.check_started) for rec, _ in expired}
-        with self._lock:
-            for rec, seen in expired:
-                if self._records.get(rec.agent_id) is not rec or rec.heartbeats != seen \
-                        or rec.state not in WATCHED or rec.deadline() > now:
-                    continue
-                silent = f"no heartbeat for {wall - (rec.last_seen or rec.state_since):.1f}s"
-                if gone[id(rec)]:
-                    self._change(rec, State.DEAD, f"{silent} and process {rec.check_pid} is gone",
-                                 now, wall)
-                else:
-                    self._change(rec, State.NO_HEARTBEAT, silent, now, wall)
+        for chunk in _slices(expired):
+            with self._lock:
+                for rec, seen in chunk:
+                    if self._records.get(rec.agent_id) is not rec or rec.heartbeats != seen \
+                            or rec.state not in WATCHED or rec.deadline() > now:
+                        continue
+                    silent = f"no heartbeat for {wall - (rec.last_seen or rec.state_since):.1f}s"
+                    if gone[id(rec)]:
+                        self._change(rec, State.DEAD,
+                                     f"{silent} and process {rec.check_pid} is gone", now, wall)
+                    else:
+                        self._change(rec, State.NO_HEARTBEAT, silent, now, wall)
+            self._emit()
         return next_due
 
     def grant_grace(self, reason: str) -> int:
@@ -235,8 +359,10 @@ class Registry:
         now = self._clock()
         with self._lock:
             watched = [rec for rec in self._records.values() if rec.state in WATCHED]
-            for rec in watched:
-                rec.due_from = max(rec.due_from, now)
+        for chunk in _slices(watched):
+            with self._lock:
+                for rec in chunk:
+                    rec.due_from = max(rec.due_from, now)
         log.warning("health checker was stalled (%s): %d agents get a fresh grace period",
                     reason, len(watched))
         return len(watched)
@@ -245,6 +371,8 @@ class Registry:
 
     def _change(self, rec: AgentRecord, state: State, reason: str, now: float, wall: float) -> None:
         old = rec.state
+        self._counts[old] -= 1
+        self._counts[state] += 1
         rec.state, rec.state_since, rec.reason = state, wall, reason
         if state not in WATCHED:
             rec.over_since, rec.below_count = None, 0
@@ -257,64 +385,82 @@ class Registry:
                         rec.agent_id, len(rec.changes), window)
         rec.flapping = flapping
         self._dirty.add(rec.agent_id)
-        self._on_event(rec.agent_id, old, state, reason)
+        self._outbox.append((rec.agent_id, old, state, reason, "state"))
+
+    def _drop(self, rec: AgentRecord, reason: str) -> None:
+        """Forget an agent and everything kept for it; a `forgotten` event tells the rest."""
+        del self._records[rec.agent_id]
+        self._counts[rec.state] -= 1
+        self._dirty.add(rec.agent_id)
+        self._policies.forget(rec.agent_id)
+        self._outbox.append((rec.agent_id, rec.state, rec.state, reason, "forgotten"))
 
     # -- reads and administration -------------------------------------------------------
 
     def get(self, agent_id: str) -> Optional[dict]:
         with self._lock:
             rec = self._records.get(agent_id)
-            return rec.to_dict(self._clock()) if rec else None
+            view = rec.view() if rec else None
+        return present(view, self._clock()) if view else None
+
+    def _copy(self, take: Callable[[AgentRecord], object]) -> list:
+        """take(record) for every record, under the lock in slices: copy there, format outside."""
+        with self._lock:
+            recs = list(self._records.values())
+        out = []
+        for chunk in _slices(recs):
+            with self._lock:
+                out.extend(take(rec) for rec in chunk if self._records.get(rec.agent_id) is rec)
+        return out
 
     def snapshot(self) -> List[dict]:
         """Every record as the API shows it, sorted by agent_id."""
+        views = self._copy(AgentRecord.view)
         now = self._clock()
-        with self._lock:
-            recs = list(self._records.values())
-            out = [rec.to_dict(now) for rec in recs]
-        out.sort(key=lambda r: r["agent_id"])
-        return out
+        views.sort(key=lambda v: v["agent_id"])
+        return [present(v, now) for v in views]
 
     def metric_rows(self) -> List[tuple]:
         """(agent_id, state, last_seen, cpu, memory, heartbeats, flapping) per agent: cheap to scrape."""
-        with self._lock:
-            return sorted((r.agent_id, r.state.value, r.last_seen, r.cpu, r.memory, r.heartbeats,
-                           r.flapping) for r in self._records.values())
+        rows = self._copy(lambda r: (r.agent_id, r.state.value, r.last_seen, r.cpu, r.memory,
+                                     r.heartbeats, r.flapping))
+        rows.sort()
+        return rows
 
     def history(self) -> Dict[str, dict]:
         """Recent cpu/memory samples per agent, oldest first, history_step apart."""
-        with self._lock:
-            return {r.agent_id: {"cpu": [round(v, 2) for v in r.hist[0::2]],
-                                 "memory": [int(v) for v in r.hist[1::2]]}
-                    for r in self._records.values() if r.hist}
+        samples = self._copy(lambda r: (r.agent_id, r.hist[:] if r.hist else None))
+        return {agent_id: {"cpu": [round(v, 2) for v in hist[0::2]],
+                           "memory": [int(v) for v in hist[1::2]]}
+                for agent_id, hist in samples if hist}
 
     def counts(self) -> Dict[str, int]:
         """How many agents are in each state."""
-        counts = {s.value: 0 for s in State}
         with self._lock:
-            for rec in self._records.values():
-                counts[rec.state.value] += 1
-        return counts
+            return {s.value: self._counts[s] for s in State}
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)
 
-    def forget(self, agent_id: str) -> bool:
-        """Drop an agent (DELETE /agents/<id>); False if unknown."""
+    def forget(self, agent_id: str, by: str = "") -> bool:
+        """Drop an agent (DELETE /agents/<id>); False if unknown. `by` says who asked."""
         with self._lock:
-            if self._records.pop(agent_id, None) is None:
-                return False
-            self._dirty.add(agent_id)
-        log.info("agent %s: forgotten on request", agent_id)
-        return True
+            rec = self._records.get(agent_id)
+            if rec is not None:
+                self._drop(rec, f"forgotten on request{' by ' + by if by else ''}")
+        self._emit()
+        return rec is not None
 
     def set_policies(self, policies: PolicySet) -> None:
         """Apply reloaded thresholds to every agent."""
         with self._lock:
             self._policies = policies
-            for rec in self._records.values():
-                rec.policy = policies.for_agent(rec.agent_id)
+            recs = list(self._records.values())
+        for chunk in _slices(recs):  # glob matching per agent: not in one long hold
+            with self._lock:
+                for rec in chunk:
+                    rec.policy = policies.for_agent(rec.agent_id)
 
     def take_dirty(self, limit: int = 1000) -> List[Tuple[str, Optional[dict]]]:
         """Up to `limit` records changed since they were last taken: (agent_id, stored form
@@ -345,5 +491,27 @@ class Registry:
                     elif name in AgentRecord.__slots__ and name not in ("policy", "changes"):
                         setattr(rec, name, value)
                 self._records[agent_id] = rec
+                self._counts[rec.state] += 1
                 if rec.state not in ENDED and rec.state is not State.UNKNOWN:
                     self._change(rec, State.UNKNOWN, f"daemon restarted; was {rec.state}", now, wall)
+        self._emit()
+
+
+def _slices(items: list) -> Iterable[list]:
+    for start in range(0, len(items), SLICE):
+        yield items[start:start + SLICE]
+
+
+def _forget_after(state: State, health) -> float:
+    """How long an agent may stay in `state` before it is forgotten (inf: never)."""
+    if state in ENDED:
+        return health.forget_after
+    if state is State.NO_HEARTBEAT:
+        return health.forget_silent_after
+    return float("inf")
+
+
+def _describe(source: str) -> str:
+    """`uid:1000` -> `a Unix connection of uid 1000`; `addr:10.0.0.5` -> `HTTP client 10.0.0.5`."""
+    kind, _, value = source.partition(":")
+    return f"a Unix connection of uid {value}" if kind == "uid" else f"HTTP client {value}"

@@ -13,14 +13,18 @@ import time
 
 from hbdaemon import process
 from hbdaemon.connlimit import ConnectionLimitMixIn
-from hbdaemon.protocol import MAX_MESSAGE_BYTES, ProtocolError, parse_heartbeat
-from hbdaemon.registry import Peer, Registry
+from hbdaemon.protocol import MAX_MESSAGE_BYTES, ProtocolError, parse_heartbeat, warning_reason
+from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS, RATE_LIMITED, Peer, Registry
 from hbdaemon.stats import ReceiverStats
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "unix"
 _PEERCRED = struct.Struct("3i")
+_REFUSALS = {ID_CONFLICT: "another live connection holds this id",
+             MAX_AGENTS: "the agent table is full (agent.max_agents)",
+             RATE_LIMITED: "this uid created too many new ids this minute "
+                           "(agent.new_agents_per_minute)"}
 
 
 class SocketInUseError(Exception):
@@ -138,8 +142,18 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
         pid, uid, gid = _PEERCRED.unpack(self.connection.getsockopt(
             socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         peer = Peer(server.next_conn_id(), pid, uid, gid, process.create_time(pid))
+        spoken = set()  # every id this connection spoke for: each is judged when it ends
+        try:
+            self._read_heartbeats(peer, spoken)
+        finally:  # whatever ended the loop, no record may stay `connected` to a closed socket
+            if not server.closing:
+                for agent_id in spoken:
+                    server.registry.connection_closed(agent_id, peer.conn_id)
+
+    def _read_heartbeats(self, peer: Peer, spoken: set) -> None:
+        server, pid = self.server, peer.pid
         agent_id = None
-        warned = False
+        warned = set()  # reasons already logged for this connection
         while True:
             try:
                 line = self.rfile.readline(MAX_MESSAGE_BYTES + 1)
@@ -147,12 +161,12 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
                 log.info("unix: closing idle connection of %s (pid %d): nothing for %.0fs",
                          agent_id or "an unnamed peer", pid, server.idle_timeout)
                 server.stats.note_rejected(TRANSPORT, "idle_timeout")
-                break
+                return
             except OSError as exc:
                 log.debug("unix: connection of pid %d ended: %s", pid, exc)
-                break
+                return
             if not line:
-                break
+                return
             if line.isspace():
                 continue  # blank lines are harmless keep-alives
             started = time.perf_counter()
@@ -160,31 +174,42 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
             if len(line) > MAX_MESSAGE_BYTES and not line.endswith(b"\n"):
                 self._drop(peer, agent_id, "too_large",
                            f"line longer than {MAX_MESSAGE_BYTES} bytes")
-                break
+                return
             try:
                 hb = parse_heartbeat(line.rstrip(b"\r\n"), require_agent_id=False)
             except ProtocolError as exc:
                 if exc.field is None:  # not JSON at all: the stream cannot be trusted
                     self._drop(peer, agent_id, exc.reason, str(exc))
-                    break
-                server.stats.note_rejected(TRANSPORT, exc.reason)
-                log.log(logging.DEBUG if warned else logging.WARNING,
-                        "unix: rejected heartbeat from pid %d: %s", pid, exc)
-                warned = True
+                    return
+                self._refuse(exc.reason, warned, "unix: rejected heartbeat from pid %d: %s",
+                             pid, exc)
                 continue
             if server.verify_peer_pid and hb.pid != pid:
-                server.stats.note_rejected(TRANSPORT, "pid_mismatch")
-                log.log(logging.DEBUG if warned else logging.WARNING,
-                        "unix: rejected heartbeat of %s: it says pid %d but the peer is pid %d "
-                        "(set unix.verify_peer_pid: false for agents in other pid namespaces)",
-                        hb.agent_id, hb.pid, pid)
-                warned = True
+                self._refuse("pid_mismatch", warned,
+                             "unix: rejected heartbeat of %s: it says pid %d but the peer is pid "
+                             "%d (set unix.verify_peer_pid: false for agents in other pid "
+                             "namespaces)", hb.agent_id, hb.pid, pid)
+                continue
+            refusal = server.registry.apply(hb, TRANSPORT, peer)
+            if refusal is not None:
+                self._refuse(refusal, warned, "unix: refused heartbeat of %s from pid %d "
+                             "(uid %d): %s", hb.agent_id, pid, peer.uid, _REFUSALS[refusal])
                 continue
             agent_id = hb.agent_id
-            server.registry.apply(hb, TRANSPORT, peer)
+            spoken.add(agent_id)
+            for warning in hb.warnings:
+                server.stats.note_warning(TRANSPORT, warning_reason(warning))
+            if hb.warnings:
+                self._refuse("", warned, "unix: heartbeat of %s applied without: %s",
+                             hb.agent_id, "; ".join(hb.warnings), count=False)
             server.stats.note_processed(TRANSPORT, time.perf_counter() - started)
-        if agent_id is not None and not server.closing:
-            server.registry.connection_closed(agent_id, peer.conn_id)
+
+    def _refuse(self, reason: str, warned: set, message: str, *args, count: bool = True) -> None:
+        """Count a refused line; log it at WARNING the first time per reason and connection."""
+        if count:
+            self.server.stats.note_rejected(TRANSPORT, reason)
+        log.log(logging.DEBUG if reason in warned else logging.WARNING, message, *args)
+        warned.add(reason)
 
     def _drop(self, peer: Peer, agent_id, reason: str, message: str) -> None:
         self.server.stats.note_rejected(TRANSPORT, reason)

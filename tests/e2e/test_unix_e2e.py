@@ -94,9 +94,9 @@ def test_garbage_and_oversized_lines_close_only_that_connection(daemon_factory):
     assert garbage.recv(1) == b""  # the daemon closed it
     huge = d.unix_send(b"{" + b"x" * (70 * 1024), wait=0.2)
     assert huge.recv(1) == b""
-    bad_field = d.unix_send(json.dumps({"agent_id": "bf", "pid": os.getpid(), "cpu": 500}).encode() + b"\n")
+    bad_field = d.unix_send(json.dumps({"agent_id": "bf", "pid": str(os.getpid())}).encode() + b"\n")
     stats = d.get("/stats")[2]["errors_by_reason"]
-    assert stats["invalid_message"] >= 1 and stats["too_large"] == 1 and stats["invalid_cpu"] == 1
+    assert stats["invalid_message"] >= 1 and stats["too_large"] == 1 and stats["invalid_pid"] == 1
     beats = d.agent("good")["heartbeats"]
     wait_for(lambda: d.agent("good")["heartbeats"] > beats + 2, what="good agent keeps beating")
     assert d.state("good") == "healthy"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339,
-                               parse_heartbeat, parse_rfc3339)
+                               parse_heartbeat, parse_rfc3339, valid_agent_id)
 
 GO_LINE = (b'{"pid":29512,"timestamp":"2026-11-27T20:35:24.456284565Z","version":"go-1.0.0",'
            b'"status":"running","cpu":0,"memory":4980736}\n')
@@ -57,19 +57,8 @@ def test_unparsable_timestamp_is_not_an_error():
     ({"agent_id": "a b", "pid": 1}, "agent_id"),
     ({"agent_id": "x" * 129, "pid": 1}, "agent_id"),
     ({"agent_id": 5, "pid": 1}, "agent_id"),
-    ({"agent_id": "a", "pid": 1, "cpu": 100.5}, "cpu"),
-    ({"agent_id": "a", "pid": 1, "cpu": -1}, "cpu"),
-    ({"agent_id": "a", "pid": 1, "cpu": "5"}, "cpu"),
-    ({"agent_id": "a", "pid": 1, "memory": -1}, "memory"),
-    ({"agent_id": "a", "pid": 1, "memory": 1.5}, "memory"),
-    ({"agent_id": "a", "pid": 1, "version": "v" * 65}, "version"),
-    ({"agent_id": "a", "pid": 1, "status": 7}, "status"),
-    ({"agent_id": "a", "pid": 1, "status": "s" * 33}, "status"),
-    ({"agent_id": "a", "pid": 1, "summary": {"healthy": -1}}, "summary"),
-    ({"agent_id": "a", "pid": 1, "summary": [1]}, "summary"),
-    ({"agent_id": "a", "pid": 1, "summary": {str(i): 1 for i in range(17)}}, "summary"),
 ])
-def test_bad_fields_are_named(doc, field):
+def test_bad_identity_voids_the_heartbeat_naming_the_field(doc, field):
     with pytest.raises(ProtocolError) as err:
         parse_heartbeat(json.dumps(doc).encode())
     assert err.value.field == field
@@ -83,10 +72,53 @@ def test_garbage_is_a_clean_rejection(raw):
         parse_heartbeat(raw)
 
 
-def test_nan_and_infinity_cpu_are_rejected():
-    for text in (b'{"agent_id":"a","pid":1,"cpu":NaN}', b'{"agent_id":"a","pid":1,"cpu":Infinity}'):
-        with pytest.raises(ProtocolError):
+@pytest.mark.parametrize("doc,kept", [
+    ({"cpu": -1}, ("cpu", None)),
+    ({"cpu": "5"}, ("cpu", None)),
+    ({"cpu": True}, ("cpu", None)),
+    ({"memory": -1}, ("memory", None)),
+    ({"memory": 1.5}, ("memory", None)),
+    ({"version": "v" * 65}, ("version", "")),
+    ({"status": 7}, ("status", "running")),
+    ({"status": "s" * 33}, ("status", "running")),
+    ({"summary": {"healthy": -1}}, ("summary", None)),
+    ({"summary": [1]}, ("summary", None)),
+    ({"summary": "x"}, ("summary", None)),
+    ({"summary": {str(i): 1 for i in range(17)}}, ("summary", None)),
+])
+def test_a_bad_optional_field_is_dropped_with_a_warning_not_the_heartbeat(doc, kept):
+    hb = parse_heartbeat(json.dumps({"agent_id": "a", "pid": 7, **doc}).encode())
+    field, value = kept
+    assert (hb.agent_id, hb.pid, getattr(hb, field)) == ("a", 7, value)
+    assert len(hb.warnings) == 1 and hb.warnings[0].startswith(field + ":")
+
+
+def test_per_core_cpu_over_100_is_clamped_and_still_proves_liveness():
+    hb = parse_heartbeat(b'{"pid":29512,"status":"stopping","cpu":133.7}', require_agent_id=False)
+    assert (hb.status, hb.cpu) == ("stopping", 100.0)
+    assert hb.warnings == ("cpu: 133.7 is over 100 (percent of the machine); clamped to 100",)
+
+
+def test_an_integer_of_hundreds_of_digits_voids_only_its_field():
+    hb = parse_heartbeat(b'{"agent_id":"a","pid":1,"cpu":1' + b"0" * 309 + b',"memory":'
+                         + b"9" * 400 + b"}")
+    assert (hb.cpu, hb.memory, len(hb.warnings)) == (None, None, 2)
+    with pytest.raises(ProtocolError) as err:
+        parse_heartbeat(b'{"agent_id":"a","pid":1' + b"0" * 400 + b"}")
+    assert err.value.field == "pid"
+
+
+def test_nan_and_infinity_literals_are_not_json():
+    for text in (b'{"agent_id":"a","pid":1,"cpu":NaN}', b'{"agent_id":"a","pid":1,"cpu":Infinity}',
+                 b'{"agent_id":"a","pid":1,"cpu":-Infinity}'):
+        with pytest.raises(ProtocolError) as err:
             parse_heartbeat(text)
+        assert err.value.field is None
+
+
+def test_lone_surrogates_in_text_fields_are_dropped():
+    hb = parse_heartbeat(b'{"agent_id":"a","pid":1,"version":"\\ud800x","status":"\\udfff"}')
+    assert (hb.version, hb.status, len(hb.warnings)) == ("", "running", 2)
 
 
 def test_oversized_message_is_rejected():
@@ -138,7 +170,11 @@ def _parse_cleanly(data, require):
     except ProtocolError as exc:
         assert isinstance(exc.reason, str)
         return None
-    assert 0 < hb.pid and 0 <= hb.cpu <= 100 and math.isfinite(hb.cpu) and hb.memory >= 0
+    assert 0 < hb.pid and valid_agent_id(hb.agent_id)
+    assert hb.cpu is None or (0 <= hb.cpu <= 100 and math.isfinite(hb.cpu))
+    assert hb.memory is None or 0 <= hb.memory < 2**63
+    for text in (hb.version, hb.status):
+        text.encode("utf-8")  # no lone surrogates reach the log or the store
     return hb
 
 

@@ -18,6 +18,7 @@ class World:
         self.wall = FakeClock(1_800_000_000.0)
         self.dead_pids = set()
         self.events = []
+        self.notes = []  # events of other kinds: (agent_id, kind, reason)
         hc = HealthCheckConfig(**{"heartbeat_timeout": 10.0, "threshold_duration": 5.0,
                                   "recovery_count": 2, **health})
         self.overrides = ()
@@ -27,8 +28,11 @@ class World:
     def gone(self, pid, started=None, sleep=None):
         return pid in self.dead_pids
 
-    def on_event(self, agent_id, old, new, reason):
-        self.events.append((agent_id, str(old), str(new), reason))
+    def on_event(self, agent_id, old, new, reason, kind="state"):
+        if kind == "state":
+            self.events.append((agent_id, str(old), str(new), reason))
+        else:
+            self.notes.append((agent_id, kind, reason))
 
     def advance(self, seconds):
         self.clock.advance(seconds)
@@ -232,9 +236,10 @@ def test_restart_brings_agents_back_as_unknown_with_grace():
 def test_forget_on_request():
     w = World()
     w.beat()
-    assert w.registry.forget("a") is True
+    assert w.registry.forget("a", "DELETE from 127.0.0.1") is True
     assert w.registry.forget("a") is False
     assert w.registry.counts()["healthy"] == 0
+    assert w.notes == [("a", "forgotten", "forgotten on request by DELETE from 127.0.0.1")]
 
 
 def test_history_keeps_one_sample_per_step_and_the_last_sixty():

@@ -1,0 +1,79 @@
+"""One HTTP request's target, Host and Origin, decoded once and checked without trusting them."""
+
+import ipaddress
+import re
+from typing import NamedTuple, Optional
+from urllib.parse import parse_qs, unquote
+
+_SLASHES = re.compile(r"/{2,}")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class BadRequest(ValueError):
+    """The request cannot be understood (answered 400, and the connection closed)."""
+
+
+class Target(NamedTuple):
+    """A request target: the decoded, normalised path, the query, and the authority if the
+    client sent the absolute form (`GET http://host/path`)."""
+
+    path: str
+    query: dict
+    authority: Optional[str]
+
+
+def parse_target(raw: str) -> Target:
+    """Decode a request target once: `/%61gents//x/` and `/agents/x` are the same path.
+
+    Raises BadRequest for anything that is not an origin-form or absolute-form target.
+    """
+    authority = None
+    scheme = _SCHEME.match(raw)
+    if scheme:
+        rest = raw[scheme.end():]
+        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        authority, raw = rest[:cut], rest[cut:]
+        if not raw.startswith("/"):
+            raw = "/" + raw
+    if not raw.startswith("/"):
+        raise BadRequest("the request target must be a path such as /agents")
+    path, _, query = raw.partition("?")
+    try:
+        path = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("the path is not valid UTF-8 once decoded") from None
+    path = _SLASHES.sub("/", path)
+    if len(path) > 1:
+        path = path.rstrip("/") or "/"
+    return Target(path, parse_qs(query, errors="replace"), authority)
+
+
+def host_name(authority: str) -> str:
+    """The host part of `host[:port]` or `[v6]:port`, lower-cased, without a trailing dot."""
+    authority = authority.strip()
+    if authority.startswith("["):
+        host = authority[1:authority.find("]")] if "]" in authority else authority[1:]
+    elif authority.count(":") == 1:
+        host = authority.partition(":")[0]
+    else:
+        host = authority
+    return host.lower().rstrip(".")
+
+
+def is_loopback_name(host: str) -> bool:
+    """True for `localhost` and loopback address literals (127.0.0.0/8, ::1, ::ffff:127.x)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def same_origin(origin: str, host: Optional[str], scheme: str = "http") -> bool:
+    """True if a browser's `Origin` names the server the request was sent to (`Host`)."""
+    if host is None:
+        return False
+    return origin.strip().lower() == f"{scheme}://{host.strip().lower()}"
