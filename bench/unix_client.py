@@ -1,6 +1,10 @@
 """Send N heartbeat lines on one Unix connection as fast as possible.
 
 python unix_client.py SOCKET N AGENT_ID  (waits for a line on stdin before sending)
+python unix_client.py SOCKET N PREFIX --new-ids
+    N new agent ids PREFIX-0 .. PREFIX-<N-1>, one line each; prints "sent" once the kernel
+    took them all, then holds the connection until stdin closes (at EOF the daemon would
+    judge every id the connection spoke for).
 """
 
 import json
@@ -9,16 +13,29 @@ import socket
 import sys
 
 
-def main() -> None:
-    path, count, agent_id = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    line = (json.dumps({"agent_id": agent_id, "pid": os.getpid(),
+def heartbeat(agent_id: str) -> bytes:
+    return (json.dumps({"agent_id": agent_id, "pid": os.getpid(),
                         "timestamp": "2026-11-27T20:35:24.456284565Z", "version": "1.0.0",
                         "status": "running", "cpu": 1.5, "memory": 12582912}) + "\n").encode()
+
+
+def main() -> None:
+    path, count, agent_id = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    new_ids = "--new-ids" in sys.argv[4:]
+    if new_ids:
+        data = b"".join(heartbeat(f"{agent_id}-{i}") for i in range(count))
+    line = heartbeat(agent_id)
     chunk = line * 1000
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     print("connected", flush=True)
     sys.stdin.readline()
+    if new_ids:
+        sock.sendall(data)
+        print("sent", flush=True)
+        sys.stdin.read()
+        sock.close()
+        return
     for _ in range(count // 1000):
         sock.sendall(chunk)
     sock.sendall(line * (count % 1000))

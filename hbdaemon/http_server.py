@@ -154,6 +154,8 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """Errors found by http.server itself (request line, headers, version): JSON, close."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # what parse_request assumes before it knows
+            self.request_version = "HTTP/1.1"
         words = message or self.responses.get(code, ("error",))[0]
         self._reply(code, _json_body(False, words))
         self.server.api.stats.note_refused("bad_request", f"http: refused a request from "
@@ -161,6 +163,10 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         server = self.server
+        if self.request_version == "HTTP/0.9":  # a bare "GET /path": no headers, no framing
+            self.request_version = "HTTP/1.1"
+            self.close_connection = True
+            raise Refusal(400, "bad_request", "HTTP/0.9 requests are not served")
         self._length = self._framing()
         try:
             target = parse_target(self.path)

@@ -29,3 +29,13 @@ def require_root_for_packaging() -> None:
         raise RuntimeError("CI=true but not root: the packaging tests need root")
     pytest.skip("packaging tests need root (debootstrap, chroot, namespaces, rpmbuild's "
                 "file owners); CI runs them as root", allow_module_level=True)
+
+
+def require_root(why: str) -> None:
+    """Skip (or fail when CI=true) unless this test runs as root."""
+    if os.geteuid() == 0:
+        return
+    reason = f"needs root {why}; CI runs it as root"
+    if in_ci():
+        pytest.fail(reason)
+    pytest.skip(reason)

@@ -107,3 +107,13 @@ def test_run_hook_failures_and_timeouts_are_false():
     assert run_hook(HookConfig(on=("dead",), command=("/bin/false",)), ev, {}) is False
     assert run_hook(HookConfig(on=("dead",), command=("/nonexistent/hook",)), ev, {}) is False
     assert run_hook(HookConfig(on=("dead",), command=("/bin/sleep", "30"), timeout=0.2), ev, {}) is False
+
+
+def test_forgetting_an_agent_frees_its_hook_slots():
+    runner = HookRunner((HookConfig(on=("dead",), command=("/bin/true",)),), RestartConfig(),
+                        emit=lambda *a, **k: None, lookup=lambda agent: None)
+    runner.on_event(Event(1, 0.0, "a", "healthy", "dead", "x"))
+    runner.on_event(Event(2, 0.0, "b", "healthy", "dead", "x"))
+    assert set(runner._slots) == {"a", "b"}
+    runner.on_event(Event(3, 0.0, "a", "dead", "dead", "forgotten on request", kind="forgotten"))
+    assert set(runner._slots) == {"b"}

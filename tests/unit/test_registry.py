@@ -254,3 +254,136 @@ def test_history_keeps_one_sample_per_step_and_the_last_sixty():
         w.beat(cpu=1.0)
         w.advance(10.0)
     assert len(w.registry.history()["a"]["cpu"]) == 60
+
+
+# -- who may speak for an agent, and how many there may be ---------------------------------
+
+def test_an_id_held_by_a_unix_connection_is_refused_from_http_and_other_connections():
+    w = World()
+    w.beat("db-1", pid=100, conn=1)
+    assert w.registry.admit("db-1", "addr:127.0.0.1") == "id_conflict"
+    assert w.registry.apply(Heartbeat("db-1", 1, status="stopping"), "http",
+                            remote="127.0.0.1") == "id_conflict"
+    assert w.registry.apply(Heartbeat("db-1", 200), "unix", Peer(2, 200, 1000, 1000, None)) \
+        == "id_conflict"
+    rec = w.registry.get("db-1")
+    assert (rec["state"], rec["pid"], rec["connected"]) == ("healthy", 100, True)
+    assert w.notes == [("db-1", "id_conflict", "HTTP client 127.0.0.1 sent heartbeats for this "
+                        "id, which the Unix connection of pid 100 holds; they are refused")]
+    w.dead_pids.add(100)
+    w.registry.connection_closed("db-1", 1)
+    assert w.state("db-1") == "dead"
+    assert w.registry.admit("db-1", "addr:127.0.0.1") is None  # free once the holder is gone
+
+
+def test_the_same_process_may_reconnect_before_its_old_connection_is_seen_closed():
+    w = World()
+    w.beat("a", pid=100, conn=1)
+    w.beat("a", pid=100, conn=2)
+    assert w.registry.get("a")["heartbeats"] == 2 and not w.notes
+
+
+def test_a_full_table_refuses_new_ids_only():
+    w = World()
+    w.registry.max_agents = 2
+    w.beat("a")
+    w.beat("b", transport="http")
+    assert w.registry.apply(Heartbeat("c", 5), "http") == "max_agents"
+    assert w.registry.apply(Heartbeat("a", 100), "unix", Peer(1, 100, 0, 0, None)) is None
+    assert len(w.registry) == 2
+
+
+def test_each_source_gets_its_own_bucket_of_new_ids_refilled_over_a_minute():
+    w = World()
+    w.registry.limiter.per_minute = 3
+    peer = Peer(1, 100, 1000, 1000, None)
+    results = [w.registry.apply(Heartbeat(f"u-{i}", 100), "unix", peer) for i in range(5)]
+    assert results == [None, None, None, "rate_limited", "rate_limited"]
+    assert w.registry.apply(Heartbeat("u-0", 100), "unix", peer) is None  # known: no token
+    assert w.registry.admit("h-1", "addr:10.0.0.5") is None  # another source
+    w.advance(20)  # a third of a minute: one token back
+    assert w.registry.apply(Heartbeat("u-9", 100), "unix", peer) is None
+    assert w.registry.apply(Heartbeat("u-10", 100), "unix", peer) == "rate_limited"
+
+
+def test_the_limiter_forgets_idle_sources_instead_of_growing():
+    from hbdaemon.registry import NewAgentLimiter
+    clock = FakeClock()
+    limiter = NewAgentLimiter(10, clock)
+    limiter.MAX_SOURCES = 100
+    for i in range(250):
+        assert limiter.allow(f"addr:{i}")
+        clock.advance(1.0)
+    assert len(limiter._buckets) <= 100
+
+
+def test_no_heartbeat_agents_are_forgotten_after_forget_silent_after():
+    w = World(forget_silent_after=50.0)
+    w.beat()
+    w.advance(11)
+    w.registry.check()
+    assert w.state() == "no_heartbeat"
+    w.advance(49)
+    w.registry.check()
+    assert w.registry.get("a") is not None
+    w.advance(2)
+    w.registry.check()
+    assert w.registry.get("a") is None
+    assert w.notes == [("a", "forgotten", "forgotten after 51s no_heartbeat")]
+    assert w.registry.counts()["no_heartbeat"] == 0
+
+
+def test_counts_follow_every_change():
+    w = World()
+    for i in range(5):
+        w.beat(f"a-{i}", pid=100 + i, conn=i)
+    w.beat("a-0", pid=100, conn=0, status="stopping")
+    w.advance(11)
+    w.registry.check()
+    assert w.registry.counts() == {"unknown": 0, "healthy": 0, "over_threshold": 0,
+                                   "no_heartbeat": 4, "dead": 0, "stopped": 1}
+    w.registry.forget("a-1")
+    assert sum(w.registry.counts().values()) == len(w.registry) == 4
+
+
+def test_events_are_emitted_outside_the_registry_lock():
+    w = World()
+    seen = []
+    # a sink that reads the registry would deadlock if it were called under its lock
+    w.registry._on_event = lambda agent_id, *rest, **kw: seen.append(w.registry.get(agent_id))
+    w.beat()
+    w.advance(11)
+    w.registry.check()
+    assert [r["state"] for r in seen] == ["healthy", "no_heartbeat"]
+
+
+def test_a_health_pass_over_many_agents_holds_the_lock_in_slices(monkeypatch):
+    from hbdaemon import registry as registry_module
+    monkeypatch.setattr(registry_module, "SLICE", 10)
+    w = World()
+    for i in range(95):
+        w.registry.apply(Heartbeat(f"a-{i}", 1), "http", remote="10.0.0.1")
+    holds = []
+    real_lock = w.registry._lock
+
+    class CountingLock:
+        def __enter__(self):
+            holds.append(1)
+            return real_lock.__enter__()
+
+        def __exit__(self, *exc):
+            return real_lock.__exit__(*exc)
+    w.registry._lock = CountingLock()
+    w.advance(11)
+    w.registry.check()
+    assert w.registry.counts()["no_heartbeat"] == 95
+    assert len(holds) >= 10  # one list copy, then ten slices of at most ten
+
+
+def test_forgetting_drops_the_cached_policy():
+    w = World()
+    w.beat("a")
+    policies = w.registry._policies
+    assert "a" in policies._cache
+    w.registry.forget("a")
+    assert "a" not in policies._cache
