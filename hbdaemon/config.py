@@ -122,7 +122,7 @@ class AgentConfig:
 
 @dataclass(frozen=True)
 class HookConfig:
-    on: Tuple[str, ...] = key(REQUIRED, cv.word_list(*STATES, "hook_suspended"))
+    on: Tuple[str, ...] = key(REQUIRED, cv.word_list(*STATES, "hook_suspended", "id_conflict"))
     command: Tuple[str, ...] = key(REQUIRED, cv.argv)
     timeout: float = key(30.0, cv.positive_duration)
     name: str = key("", cv.text)

@@ -24,7 +24,10 @@ def duration(value) -> float:
     if isinstance(value, bool):
         raise ValueError(expected)
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError(expected) from None
     elif isinstance(value, str) and value.strip():
         text = value.strip()
         try:
@@ -66,10 +69,13 @@ def byte_size(value) -> int:
         m = _SIZE.fullmatch(value.strip())
         if m is None:
             raise ValueError(expected)
-        size = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+        try:
+            size = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+        except OverflowError:  # hundreds of digits: float() gives inf
+            raise ValueError(expected) from None
     else:
         raise ValueError(expected)
-    if size < 0:
+    if not 0 <= size < 2**63:
         raise ValueError(expected)
     return size
 

@@ -1,5 +1,6 @@
 """The daemon: wires the components, starts them in order, reloads and stops them."""
 
+import dataclasses
 import logging
 import os
 import signal
@@ -208,10 +209,15 @@ class Daemon:
         for name in ("state_dir", "max_events", "store_interval"):
             if getattr(new.daemon, name) != getattr(self.cfg.daemon, name):
                 log.warning("daemon.%s changed: takes effect after a restart", name)
-        for section in ("unix", "http", "manager"):
-            if getattr(new, section) != getattr(self.cfg, section):
+        # the HTTP credentials are reloaded; the listener's other settings are not
+        fixed = {"unix": new.unix, "manager": new.manager,
+                 "http": dataclasses.replace(new.http, auth_token_file=self.cfg.http.auth_token_file,
+                                             tokens=self.cfg.http.tokens)}
+        for section, settings in fixed.items():
+            if settings != getattr(self.cfg, section):
                 log.warning("%s settings changed: they take effect after a restart "
-                            "(thresholds, hooks and logging were reloaded)", section)
+                            "(thresholds, limits, tokens, hooks and logging were reloaded)",
+                            section)
         hc = new.agent.health_check
         self.registry.set_policies(PolicySet(hc, new.agent.overrides))
         self.registry.max_agents = new.agent.max_agents

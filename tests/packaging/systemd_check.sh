@@ -7,10 +7,13 @@ agent=$(hostname | cut -d. -f1)-agentd
 check() {
     if [ "$2" = "$3" ]; then echo "check $1 ok"; else echo "check $1 fail (expected $2, got $3)"; fi
 }
-state() {
+field() {
     python3 -c "import json,urllib.request as u
-try: print(json.load(u.urlopen('http://127.0.0.1:8690/agents/$1', timeout=2))['state'])
+try: print(json.load(u.urlopen('http://127.0.0.1:8690/agents/$1', timeout=2))['$2'])
 except Exception: print('none')"
+}
+state() {
+    field "$1" state
 }
 wait_state() {
     for _ in $(seq 1 50); do [ "$(state "$1")" = "$2" ] && break; sleep 0.2; done
@@ -26,6 +29,8 @@ check daemon-ready "receiving heartbeats" "$(systemctl show -P StatusText hbdaem
 check daemon-user hbdaemon "$(user_of hbdaemon)"
 check agent-user agentd "$(user_of agentd)"
 check agent-healthy healthy "$(wait_state "$agent" healthy)"
+# SO_PEERCRED must name the agent's real user under the hardened unit (no PrivateUsers=)
+check agent-peer-uid "$(id -u agentd)" "$(field "$agent" peer_uid)"
 hbctl status >/dev/null; check hbctl-status 0 $?
 hbctl check "$agent" >/dev/null; check hbctl-check-ok 0 $?
 check socket "srw-rw---- hbdaemon" "$(stat -c '%A %G' /run/hbdaemon/hbdaemon.sock)"

@@ -129,3 +129,43 @@ def test_check_config_exit_codes(tmp_path, capsys, monkeypatch):
 def test_missing_group_is_a_config_error(tmp_path):
     path = write(tmp_path, "unix: {socket_group: no-such-group-hb}\n")
     assert cli.main(["--check-config", "-c", path]) == 2
+
+
+HUGE = "1" + "0" * 400
+
+
+@pytest.mark.parametrize("text", [
+    f"agent: {{health_check: {{heartbeat_timeout: {HUGE}}}}}",
+    f"agent: {{health_check: {{memory_threshold: {HUGE}}}}}",
+    f"agent: {{health_check: {{memory_threshold: {'9' * 400}MB}}}}",
+    f"agent: {{health_check: {{cpu_threshold: {HUGE}}}}}",
+    f"agent: {{max_agents: {HUGE}}}",
+    "agent: {health_check: {heartbeat_timeout: .nan}}",
+    "http: {tokens: [{token_file: /x}]}",
+    "http: {tokens: [{token_file: /x, agents: []}]}",
+    "http: {tokens: [{agents: [a-*]}]}",
+    "http: {tokens: {token_file: /x, agents: [a]}}",
+])
+def test_hostile_values_are_clear_errors_not_crashes(tmp_path, text):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), environ={})
+    assert "hb.yaml" in str(err.value)
+
+
+def test_trust_keys_and_defaults(tmp_path):
+    cfg = load_config("/nonexistent/hbdaemon.yaml", environ={})
+    assert (cfg.agent.max_agents, cfg.agent.new_agents_per_minute) == (50000, 1000)
+    assert cfg.agent.health_check.forget_silent_after == 7 * 86400.0 and cfg.http.tokens == ()
+    cfg = load_config(write(tmp_path, "http: {tokens: [{token_file: /etc/t, agents: db-*}]}"),
+                      environ={"HBDAEMON_AGENT_MAX_AGENTS": "10"})
+    assert cfg.http.tokens[0].agents == ("db-*",) and cfg.agent.max_agents == 10
+
+
+def test_a_missing_token_file_is_named_at_check_time(tmp_path):
+    from hbdaemon.daemon import preflight
+    cfg = load_config(write(tmp_path, "unix: {socket_group: ''}\n"
+                                      "http: {tokens: [{token_file: /nonexistent/t, agents: [a]}]}"),
+                      environ={})
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg)
+    assert "http.tokens[0].token_file: cannot read /nonexistent/t" in str(err.value)
