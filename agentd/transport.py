@@ -15,7 +15,7 @@ MAX_BODY = 64 * 1024
 class TransportError(Exception):
     """A heartbeat that did not get through.
 
-    retry_after: the daemon asked us to wait this long (HTTP 503). permanent: retrying soon
+    retry_after: the daemon asked us to wait this long (HTTP 503, 429). permanent: retrying soon
     will not help (400: our bug, 401: wrong token); wait for the next interval.
     """
 
@@ -134,6 +134,14 @@ class HttpTransport:
         if status == 401:
             raise TransportError("daemon refused our token (401): check heartbeat.auth_token_file",
                                  permanent=True)
+        if status == 403:
+            raise TransportError(f"daemon refused our token for this agent id (403): {message}",
+                                 permanent=True)
+        if status == 409:  # another process holds our id on the daemon's socket
+            raise TransportError(f"daemon refused our agent id (409): {message}", permanent=True)
+        if status == 429:
+            raise TransportError(f"daemon is not taking new agents now (429): {message}",
+                                 retry_after=_seconds(headers.get("retry-after")))
         raise TransportError(f"daemon answered {status}: {message}")
 
     def _open(self) -> None:

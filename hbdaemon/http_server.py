@@ -274,7 +274,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         if not grant.covers(hb.agent_id):
             raise self._not_covered(grant, hb.agent_id)
         host = self._client()
-        refusal = server.api.registry.admit(hb.agent_id, f"addr:{host}")
+        refusal = server.api.registry.admit(hb.agent_id, host)
         if refusal == ID_CONFLICT:
             raise Refusal(409, refusal, f"agent {hb.agent_id} is held by a live Unix connection; "
                           "its heartbeats come from there", log_it=True)

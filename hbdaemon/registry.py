@@ -192,16 +192,16 @@ class Registry:
 
     # -- intake -------------------------------------------------------------------------
 
-    def admit(self, agent_id: str, source: str) -> Optional[str]:
-        """None if a heartbeat for `agent_id` from `source` may be applied, else why not
-        (ID_CONFLICT, MAX_AGENTS, RATE_LIMITED). Takes a new-id token from the source's
-        bucket when the id is new: pass admitted=True to apply() afterwards."""
+    def admit(self, agent_id: str, remote: str) -> Optional[str]:
+        """None if an HTTP heartbeat for `agent_id` from address `remote` may be applied, else
+        why not (ID_CONFLICT, MAX_AGENTS, RATE_LIMITED). Takes a new-id token from the
+        address's bucket when the id is new: pass admitted=True to apply() afterwards."""
         with self._lock:
-            refusal = self._refusal(agent_id, source, None, admitted=False)
+            refusal = self._refusal(agent_id, None, remote, admitted=False)
         self._emit()
         return refusal
 
-    def _refusal(self, agent_id: str, source: str, peer: Optional[Peer],
+    def _refusal(self, agent_id: str, peer: Optional[Peer], remote: str,
                  admitted: bool) -> Optional[str]:
         rec = self._records.get(agent_id)
         if rec is not None:
@@ -209,12 +209,12 @@ class Registry:
             # reconnecting before its old connection's EOF was seen, speaks for it
             if rec.connected and (peer is None or (peer.conn_id != rec.conn_id and (
                     peer.pid != rec.check_pid or peer.started != rec.check_started))):
-                self._note_conflict(rec, source)
+                self._note_conflict(rec, _source(peer, remote))
                 return ID_CONFLICT
             return None
         if len(self._records) >= self.max_agents:
             return MAX_AGENTS
-        if not admitted and not self.limiter.allow(source):
+        if not admitted and not self.limiter.allow(_source(peer, remote)):
             return RATE_LIMITED
         return None
 
@@ -233,9 +233,8 @@ class Registry:
         """Record one validated heartbeat and judge the agent; None if applied, else the
         reason it was refused (see admit)."""
         now, wall = self._clock(), self._wall()
-        source = f"uid:{peer.uid}" if peer is not None else f"addr:{remote}"
         with self._lock:
-            refusal = self._refusal(hb.agent_id, source, peer, admitted)
+            refusal = self._refusal(hb.agent_id, peer, remote, admitted)
             if refusal is None:
                 self._apply(hb, transport, peer, remote, local, now, wall)
         self._emit()
@@ -509,6 +508,11 @@ def _forget_after(state: State, health) -> float:
     if state is State.NO_HEARTBEAT:
         return health.forget_silent_after
     return float("inf")
+
+
+def _source(peer: Optional[Peer], remote: str) -> str:
+    """Who creates new ids, for the limiter: a Unix peer's uid or an HTTP client's address."""
+    return f"uid:{peer.uid}" if peer is not None else f"addr:{remote}"
 
 
 def _describe(source: str) -> str:

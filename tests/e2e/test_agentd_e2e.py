@@ -46,6 +46,23 @@ def test_wrong_token_is_a_clear_error(daemon_factory, agentd_factory, short_tmp)
     assert d.agent("h2") is None and a.api("/status")["last_error"].startswith("daemon refused our token")
 
 
+def test_an_id_held_on_the_socket_or_outside_a_scoped_token_is_a_clear_error(
+        daemon_factory, agentd_factory, short_tmp):
+    scoped = os.path.join(short_tmp, "web")
+    with open(scoped, "w") as f:
+        f.write("w3b")
+    d = daemon_factory(http={"tokens": [{"token_file": scoped, "agents": ["web-*", "db-1"]}]}).start()
+    holder = d.unix_agent("db-1", interval=0.1)
+    a = agentd_factory("db-1", d, heartbeat={"transport": "http", "auth_token_file": scoped}).start()
+    wait_for(lambda: "refused our agent id (409)" in a.log(), what="409 logged")
+    assert d.agent("db-1")["pid"] == holder.pid
+    b = agentd_factory("cache-1", d, heartbeat={"transport": "http", "auth_token_file": scoped}).start()
+    wait_for(lambda: "refused our token for this agent id (403)" in b.log(), what="403 logged")
+    assert d.agent("cache-1") is None
+    holder.kill()
+    holder.wait(5)
+
+
 def test_agent_started_before_the_daemon_and_status_shows_the_outage(daemon_factory, agentd_factory):
     d = daemon_factory()
     a = agentd_factory("early", d).start()

@@ -261,7 +261,7 @@ def test_history_keeps_one_sample_per_step_and_the_last_sixty():
 def test_an_id_held_by_a_unix_connection_is_refused_from_http_and_other_connections():
     w = World()
     w.beat("db-1", pid=100, conn=1)
-    assert w.registry.admit("db-1", "addr:127.0.0.1") == "id_conflict"
+    assert w.registry.admit("db-1", "127.0.0.1") == "id_conflict"
     assert w.registry.apply(Heartbeat("db-1", 1, status="stopping"), "http",
                             remote="127.0.0.1") == "id_conflict"
     assert w.registry.apply(Heartbeat("db-1", 200), "unix", Peer(2, 200, 1000, 1000, None)) \
@@ -273,7 +273,7 @@ def test_an_id_held_by_a_unix_connection_is_refused_from_http_and_other_connecti
     w.dead_pids.add(100)
     w.registry.connection_closed("db-1", 1)
     assert w.state("db-1") == "dead"
-    assert w.registry.admit("db-1", "addr:127.0.0.1") is None  # free once the holder is gone
+    assert w.registry.admit("db-1", "127.0.0.1") is None  # free once the holder is gone
 
 
 def test_the_same_process_may_reconnect_before_its_old_connection_is_seen_closed():
@@ -300,7 +300,7 @@ def test_each_source_gets_its_own_bucket_of_new_ids_refilled_over_a_minute():
     results = [w.registry.apply(Heartbeat(f"u-{i}", 100), "unix", peer) for i in range(5)]
     assert results == [None, None, None, "rate_limited", "rate_limited"]
     assert w.registry.apply(Heartbeat("u-0", 100), "unix", peer) is None  # known: no token
-    assert w.registry.admit("h-1", "addr:10.0.0.5") is None  # another source
+    assert w.registry.admit("h-1", "10.0.0.5") is None  # another source
     w.advance(20)  # a third of a minute: one token back
     assert w.registry.apply(Heartbeat("u-9", 100), "unix", peer) is None
     assert w.registry.apply(Heartbeat("u-10", 100), "unix", peer) == "rate_limited"
