@@ -101,8 +101,14 @@ def cmd_show(client: Client, args) -> int:
         print(f"{key.ljust(width)}  {'-' if value in (None, '') else shown}")
     print("\nrecent events:" if events else "\nno events")
     for ev in events:
-        print(printable(f"  {ev['time']}  {ev['from']} -> {ev['to']}  {ev['reason']}"))
+        print(printable(f"  {ev['time']}  {_change(ev)}  {ev['reason']}"))
     return EXIT_OK
+
+
+def _change(ev: dict) -> str:
+    """`healthy -> dead` for a change of state; the kind (`forgotten:`) for other events."""
+    kind = ev.get("kind", "state")
+    return f"{ev['from']} -> {ev['to']}" if kind == "state" else f"{kind}:"
 
 
 def cmd_events(client: Client, args) -> int:
@@ -128,7 +134,7 @@ def _print_events(events: list, as_json: bool) -> int:
         if as_json:
             print(json.dumps(ev))
         else:
-            print(printable(f"{ev['time']}  {ev['agent_id']}  {ev['from']} -> {ev['to']}  {ev['reason']}"))
+            print(printable(f"{ev['time']}  {ev['agent_id']}  {_change(ev)}  {ev['reason']}"))
     sys.stdout.flush()
     return events[-1]["id"] if events else 0
 

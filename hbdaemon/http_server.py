@@ -312,7 +312,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
                    f"{refusal.code} {refusal.message}") if refusal.log_it else ""
         if self._heartbeat:
             stats.note_rejected(TRANSPORT, refusal.reason, message)
-        elif message:
+        else:
             stats.note_refused(refusal.reason, message)
         self._reply(refusal.code, _json_body(False, refusal.message), headers=refusal.headers)
 

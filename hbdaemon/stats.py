@@ -53,11 +53,13 @@ class ReceiverStats:
         with self._lock:
             self.warnings[(transport, reason)] += 1
 
-    def note_refused(self, reason: str, message: str) -> None:
-        """Count and log an API request refused (bad token, foreign origin, ...)."""
+    def note_refused(self, reason: str, message: str = "") -> None:
+        """Count an API request refused (bad token, foreign origin, ...); `message`, if
+        given, is logged (see warn)."""
         with self._lock:
             self.refused[reason] += 1
-        self.warn(reason, message)
+        if message:
+            self.warn(reason, message)
 
     def warn(self, reason: str, message: str) -> None:
         """Log a refusal at WARNING, at most once per LOG_INTERVAL per reason, so that a

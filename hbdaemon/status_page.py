@@ -145,8 +145,12 @@ function renderEvents(events) {
     const li = el("li");
     li.appendChild(el("span", new Date(e.time).toLocaleTimeString() + " ", "muted"));
     li.appendChild(el("strong", e.agent_id + " "));
-    li.appendChild(el("span", e.from + " \\u2192 "));
-    li.appendChild(stateBadge(e.to));
+    if (e.kind && e.kind !== "state") {
+      li.appendChild(el("span", e.kind + ":"));
+    } else {
+      li.appendChild(el("span", e.from + " \\u2192 "));
+      li.appendChild(stateBadge(e.to));
+    }
     li.appendChild(el("span", " " + e.reason, "muted"));
     return li;
   }));

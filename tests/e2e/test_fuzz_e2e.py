@@ -98,6 +98,10 @@ def _no_crlf(data: bytes) -> bytes:
     return data.replace(b"\r", b"").replace(b"\n", b"")
 
 
+def _no_lf(data: bytes) -> bytes:
+    return data.replace(b"\n", b"")  # a bare CR stays: a strict parser refuses it
+
+
 def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
@@ -183,7 +187,7 @@ HEADERS = st.one_of(
     st.sampled_from([b"{N}", b" {N} ", b"0000{N}", b"{N}, {N}", b"+{N}", b"-1", b"{N}.0",
                      b"0x10", b"1e3", b"", b"9" * 5000, b"9" * 7, b"1" + b"0" * 30,
                      b"\xb2", b"\xb9\xb2", b"\xc2\xb2", b"4\xb2"]).map(_cl),
-    st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=5).map(
+    st.text(st.characters(categories=["Nd", "No"], min_codepoint=128), min_size=1, max_size=5).map(
         lambda t: _cl(_utf8(t))),
     st.sampled_from([b"chunked", b"gzip, chunked", b"identity", b"CHUNKED", b""]).map(
         lambda v: Header(b"Transfer-Encoding: " + v, "framing")),
@@ -195,7 +199,7 @@ HEADERS = st.one_of(
         lambda v: Header(b"Connection: " + v, "other")),
     st.builds(lambda name, value: Header(name + b": " + value, "other"),
               st.sampled_from([b"X-A", b"Accept", b"Cookie", b"Te", b"Upgrade"]),
-              st.binary(max_size=40).map(_no_crlf)),
+              st.binary(max_size=40).map(_no_lf)),
     # lines a strict parser refuses (RFC 9112 5.1: 400); never read as framing
     st.sampled_from([b"NoColonHere", b" folded: x", b"\tfolded", b"Bad Name: x",
                      b"Content-Length : {N}", b": novalue", b"X-A:\x00", b"From me"]).map(
@@ -230,12 +234,11 @@ class Request(NamedTuple):
         return (b"\r\n".join(lines) + b"\r\n\r\n").replace(PORT, str(port).encode()) + self.body
 
     def exactly_framed(self) -> bool:
-        """One Content-Length with the body's exact length, nothing odd: the daemon must
-        answer this request and then the next one on the connection."""
+        """One Content-Length with the body's exact length: unless it refuses the request and
+        hangs up, the daemon must answer it and then the next one on the connection (a line
+        it cannot parse is refused, or skipped alone: never the end of the headers)."""
         framing = [h.line for h in self.headers if h.kind == "framing"]
         return (len(self.line().split()) == 3 and self.version == b" HTTP/1.1"
-                and not any(h.kind == "malformed" for h in self.headers)
-                and sum(h.kind == "host" for h in self.headers) <= 1
                 and (framing == [b"Content-Length: {N}"] or (not framing and not self.body)))
 
 
@@ -281,6 +284,13 @@ def test_arbitrary_requests_get_one_well_formed_answer_and_no_body_is_a_request(
     @settings(max_examples=400, **FUZZ)
     @given(request=requests())
     def answers_each_request_once(request: Request):
+        if os.environ.get("HBFUZZ_SKIP"):
+            from hypothesis import assume
+            skip = os.environ["HBFUZZ_SKIP"]
+            if "B1" in skip:
+                assume(not any(h.kind == "malformed" or (h.kind == "other" and b"\r" in h.line) for h in request.headers))
+            if "B2" in skip:
+                assume(len(request.line().split()) == 3 and re.fullmatch(rb" HTTP/1\.[01]", request.version))
         raw = exchange(d.port, request.render(d.port) + HEALTHZ)
         replies, interim = split_replies(raw, head=request.method == b"HEAD")
         assert len(replies) <= 2, f"{len(replies)} replies: a body was read as a request"

@@ -74,6 +74,8 @@ def test_show_events_stats_and_forget(daemon_factory):
     assert rc == 0 and "forgotten" in out
     rc, _, err = hbctl(d, "show", "db-1")
     assert rc == 1 and "no agent 'db-1'" in err
+    rc, out, _ = hbctl(d, "events", "--agent", "db-1")
+    assert rc == 0 and "db-1  forgotten:  forgotten on request by DELETE from 127.0.0.1" in out
     rc, _, err = hbctl(d, "show", "not an id")
     assert rc == 2
 
