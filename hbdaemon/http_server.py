@@ -167,6 +167,11 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             self.request_version = "HTTP/1.1"
             self.close_connection = True
             raise Refusal(400, "bad_request", "HTTP/0.9 requests are not served")
+        if self.headers.defects or self.headers.get_payload():
+            # the email parser stops at a malformed line and keeps the rest as "payload":
+            # the headers after it (Content-Length, Host, Origin) would go unseen
+            self.close_connection = True
+            raise Refusal(400, "bad_header", "malformed header line")
         self._length = self._framing()
         try:
             target = parse_target(self.path)

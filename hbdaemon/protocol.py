@@ -13,6 +13,7 @@ MAX_MEMORY = 2**63 - 1
 DEFAULT_STATUS = "running"
 METRIC_FIELDS = ("cpu", "memory")
 
+_YEAR_1, _YEAR_9999_END = -62135596800, 253402300799  # 0001-01-01, 9999-12-31T23:59:59Z
 _AGENT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}\Z")
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)\Z"
@@ -203,15 +204,19 @@ def parse_rfc3339(text: str) -> Optional[float]:
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second <= 60):
         return None
+    zone = m.group(8)
+    if zone not in ("Z", "z") and (int(zone[1:3]) > 23 or int(zone[4:6]) > 59):
+        return None
     try:
         base = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
     except (ValueError, OverflowError):
         return None
     fraction = float(m.group(7)) if m.group(7) else 0.0
-    zone = m.group(8)
     if zone not in ("Z", "z"):
         sign = 1 if zone[0] == "+" else -1
         base -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    if not _YEAR_1 <= base <= _YEAR_9999_END:  # the offset moved it out of what RFC 3339 shows
+        return None
     return base + fraction
 
 

@@ -280,32 +280,42 @@ class Registry:
                 agent_id, old, new, reason, kind = self._outbox.popleft()
                 self._on_event(agent_id, old, new, reason, kind=kind)
 
-    def connection_closed(self, agent_id: str, conn_id: int) -> None:
-        """A Unix connection ended: `dead` at once if its process is gone.
+    def connection_closed(self, conn_id: int, agent_ids: Iterable[str]) -> None:
+        """A Unix connection that spoke for `agent_ids` ended: each is `dead` at once if
+        the connection's process is gone.
 
-        Blocks up to ~0.2 s (outside the lock) while an exiting process finishes dying.
+        Blocks up to ~0.2 s (outside the lock) while an exiting process finishes dying:
+        once per connection, however many ids it spoke for.
         """
-        with self._lock:
-            rec = self._records.get(agent_id)
-            if rec is None or rec.conn_id != conn_id:
-                return  # forgotten, or the agent has reconnected meanwhile
-            rec.connected, rec.conflict_noted = False, False
-            self._dirty.add(agent_id)
-            if rec.state in ENDED or rec.check_pid is None:
-                return
-            pid, started, seen = rec.check_pid, rec.check_started, rec.heartbeats
-        if not self._wait_gone(pid, started):
-            log.info("agent %s: connection closed, process %d still running; waiting for it "
-                     "to reconnect", agent_id, pid)
+        watch: List[Tuple[AgentRecord, int]] = []
+        for chunk in _slices(list(agent_ids)):
+            with self._lock:
+                for agent_id in chunk:
+                    rec = self._records.get(agent_id)
+                    if rec is None or rec.conn_id != conn_id:
+                        continue  # forgotten, or the agent has reconnected meanwhile
+                    rec.connected, rec.conflict_noted = False, False
+                    self._dirty.add(agent_id)
+                    if rec.state not in ENDED and rec.check_pid is not None:
+                        watch.append((rec, rec.heartbeats))
+        if not watch:
             return
-        with self._lock:
-            rec = self._records.get(agent_id)
-            if rec is None or rec.conn_id != conn_id or rec.heartbeats != seen or rec.state in ENDED:
-                return
-            self._change(rec, State.DEAD,
-                         f"process {pid} is gone: connection closed without stopping",
-                         self._clock(), self._wall())
-        self._emit()
+        pid, started = watch[0][0].check_pid, watch[0][0].check_started  # one peer per connection
+        if not self._wait_gone(pid, started):
+            log.info("agent %s%s: connection closed, process %d still running; waiting for it "
+                     "to reconnect", watch[0][0].agent_id,
+                     f" and {len(watch) - 1} more" if len(watch) > 1 else "", pid)
+            return
+        for chunk in _slices(watch):
+            with self._lock:
+                for rec, seen in chunk:
+                    if self._records.get(rec.agent_id) is not rec or rec.conn_id != conn_id \
+                            or rec.heartbeats != seen or rec.state in ENDED:
+                        continue
+                    self._change(rec, State.DEAD,
+                                 f"process {pid} is gone: connection closed without stopping",
+                                 self._clock(), self._wall())
+            self._emit()
 
     # -- the health checker's pass -------------------------------------------------------
 

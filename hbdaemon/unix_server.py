@@ -147,8 +147,7 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
             self._read_heartbeats(peer, spoken)
         finally:  # whatever ended the loop, no record may stay `connected` to a closed socket
             if not server.closing:
-                for agent_id in spoken:
-                    server.registry.connection_closed(agent_id, peer.conn_id)
+                server.registry.connection_closed(peer.conn_id, spoken)
 
     def _read_heartbeats(self, peer: Peer, spoken: set) -> None:
         server, pid = self.server, peer.pid

@@ -194,3 +194,9 @@ def test_arbitrary_json_never_raises_anything_else(value, require):
 @given(heartbeat_like, st.booleans())
 def test_heartbeat_shaped_json_never_raises_anything_else(doc, require):
     _parse_cleanly(json.dumps(doc).encode(), require)
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-99:99",
+                                  "9999-12-31T23:59:59-01:00", "2026-11-27T20:35:24+24:00"])
+def test_rfc3339_times_outside_what_it_can_show_are_none(text):
+    assert parse_rfc3339(text) is None

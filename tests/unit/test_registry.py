@@ -81,7 +81,7 @@ def test_connection_closed_without_stopping_and_pid_gone_is_dead_at_once():
     w = World()
     w.beat(conn=7)
     w.dead_pids.add(100)
-    w.registry.connection_closed("a", 7)
+    w.registry.connection_closed(7, ["a"])
     assert w.state() == "dead"
     assert "connection closed without stopping" in w.events[-1][3]
 
@@ -89,7 +89,7 @@ def test_connection_closed_without_stopping_and_pid_gone_is_dead_at_once():
 def test_connection_closed_with_pid_alive_waits_for_the_timeout():
     w = World()
     w.beat(conn=7)
-    w.registry.connection_closed("a", 7)
+    w.registry.connection_closed(7, ["a"])
     assert w.state() == "healthy"
     assert w.registry.get("a")["connected"] is False
     w.advance(10.5)
@@ -102,7 +102,7 @@ def test_close_of_an_old_connection_after_reconnect_is_ignored():
     w.beat(conn=1)
     w.beat(conn=2)
     w.dead_pids.add(100)
-    w.registry.connection_closed("a", 1)
+    w.registry.connection_closed(1, ["a"])
     assert w.state() == "healthy"
 
 
@@ -112,7 +112,7 @@ def test_stopping_heartbeat_is_stopped_and_eof_keeps_it_stopped():
     w.beat(conn=3, status="stopping")
     assert w.state() == "stopped"
     w.dead_pids.add(100)
-    w.registry.connection_closed("a", 3)
+    w.registry.connection_closed(3, ["a"])
     w.advance(100)
     w.registry.check()
     assert w.state() == "stopped"
@@ -271,7 +271,7 @@ def test_an_id_held_by_a_unix_connection_is_refused_from_http_and_other_connecti
     assert w.notes == [("db-1", "id_conflict", "HTTP client 127.0.0.1 sent heartbeats for this "
                         "id, which the Unix connection of pid 100 holds; they are refused")]
     w.dead_pids.add(100)
-    w.registry.connection_closed("db-1", 1)
+    w.registry.connection_closed(1, ["db-1"])
     assert w.state("db-1") == "dead"
     assert w.registry.admit("db-1", "127.0.0.1") is None  # free once the holder is gone
 
@@ -387,3 +387,19 @@ def test_forgetting_drops_the_cached_policy():
     assert "a" in policies._cache
     w.registry.forget("a")
     assert "a" not in policies._cache
+
+
+def test_a_connection_that_spoke_for_many_ids_checks_its_process_once():
+    w = World()
+    checks = []
+    w.registry._wait_gone = lambda pid, started=None: checks.append(pid) or pid in w.dead_pids
+    for i in range(20):
+        w.beat(f"t-{i}", pid=100, conn=4)
+    w.registry.connection_closed(4, [f"t-{i}" for i in range(20)] + ["unknown"])
+    assert checks == [100]
+    assert all(not w.registry.get(f"t-{i}")["connected"] for i in range(20))
+    w.dead_pids.add(100)
+    for i in range(20):
+        w.beat(f"t-{i}", pid=100, conn=5)
+    w.registry.connection_closed(5, [f"t-{i}" for i in range(20)])
+    assert {w.state(f"t-{i}") for i in range(20)} == {"dead"} and len(checks) == 2
