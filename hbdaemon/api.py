@@ -6,7 +6,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 from hbdaemon import convert
 from hbdaemon.events import EventLog
 from hbdaemon.protocol import parse_rfc3339, valid_agent_id
-from hbdaemon.registry import Registry
+from hbdaemon.registry import ID_CONFLICT, UNKNOWN, Registry
 from hbdaemon.status_page import STATUS_PAGE
 from hbdaemon.stats import ReceiverStats
 
@@ -111,7 +111,11 @@ class Api:
         return 200, record, JSON
 
     def serve_forget(self, query, agent_id, by) -> Tuple[int, object, str]:
-        if not (valid_agent_id(agent_id) and self.registry.forget(agent_id, by)):
+        refusal = self.registry.forget(agent_id, by) if valid_agent_id(agent_id) else UNKNOWN
+        if refusal == ID_CONFLICT:
+            raise ApiError(409, f"agent {agent_id} is held by a live Unix connection; stop "
+                                "that agent first")
+        if refusal is not None:
             raise ApiError(404, f"no agent {agent_id!r}")
         return 200, {"success": True, "message": f"agent {agent_id} forgotten"}, JSON
 

@@ -1,6 +1,7 @@
 """The registry: the single owner of agent records and of every change of state."""
 
 import collections
+import ipaddress
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ SLICE = 500       # records handled per hold of the lock in whole-table passes (
 ID_CONFLICT = "id_conflict"    # the id is held by another live Unix connection
 MAX_AGENTS = "max_agents"      # the table is full and the id is new
 RATE_LIMITED = "rate_limited"  # this source created too many new ids this minute
+UNKNOWN = "unknown_agent"      # forget: no such agent
 
 # on_event(agent_id, from_state, to_state, reason, kind="state"): called after the registry
 # lock is released, in the order the changes happened (one emitter at a time).
@@ -42,7 +44,7 @@ class AgentRecord:
                  "memory", "transport", "last_seen", "agent_time", "first_seen", "heartbeats",
                  "due_from", "policy", "over_since", "below_count", "changes", "flapping",
                  "conn_id", "connected", "local", "check_pid", "check_started", "remote",
-                 "peer_uid", "summary", "hist_at", "hist", "conflict_noted")
+                 "peer_uid", "owner_uid", "summary", "hist_at", "hist", "conflict_noted")
 
     def __init__(self, agent_id: str, wall: float, now: float, policy):
         self.agent_id = agent_id
@@ -72,6 +74,7 @@ class AgentRecord:
         self.check_started = None
         self.remote = ""
         self.peer_uid = None
+        self.owner_uid = None        # uid of the last Unix connection that spoke for it (kept)
         self.summary = None          # set when the agent is a downstream hbdaemon
         self.hist_at = 0.0           # wall time of the last history sample
         self.hist = None             # array('f'): cpu, memory, cpu, memory, ... (one small object)
@@ -90,7 +93,7 @@ class AgentRecord:
             "last_seen": self.last_seen, "agent_time": self.agent_time,
             "first_seen": self.first_seen, "heartbeats": self.heartbeats,
             "connected": self.connected, "remote": self.remote, "peer_uid": self.peer_uid,
-            "flapping": self.flapping, "summary": self.summary,
+            "owner_uid": self.owner_uid, "flapping": self.flapping, "summary": self.summary,
             "recent_changes": len(self.changes) if self.changes else 0,
             "heartbeat_timeout": self.policy.heartbeat_timeout,
             "cpu_threshold": self.policy.cpu_threshold,
@@ -108,7 +111,7 @@ class AgentRecord:
                 "first_seen": self.first_seen, "heartbeats": self.heartbeats,
                 "local": self.local, "check_pid": self.check_pid,
                 "check_started": self.check_started, "remote": self.remote,
-                "peer_uid": self.peer_uid, "summary": self.summary}
+                "peer_uid": self.peer_uid, "owner_uid": self.owner_uid, "summary": self.summary}
 
 
 def present(view: dict, now: float) -> dict:
@@ -205,11 +208,9 @@ class Registry:
                  admitted: bool) -> Optional[str]:
         rec = self._records.get(agent_id)
         if rec is not None:
-            # held by a live Unix connection: only that connection, or the same process
-            # reconnecting before its old connection's EOF was seen, speaks for it
-            if rec.connected and (peer is None or (peer.conn_id != rec.conn_id and (
-                    peer.pid != rec.check_pid or peer.started != rec.check_started))):
-                self._note_conflict(rec, _source(peer, remote))
+            holder = _holder(rec, peer)
+            if holder:
+                self._note_conflict(rec, _who(peer, remote), holder)
                 return ID_CONFLICT
             return None
         if len(self._records) >= self.max_agents:
@@ -218,15 +219,14 @@ class Registry:
             return RATE_LIMITED
         return None
 
-    def _note_conflict(self, rec: AgentRecord, source: str) -> None:
+    def _note_conflict(self, rec: AgentRecord, who: str, holder: str) -> None:
         """One id_conflict event per holder: two processes collide on one id, or one is forged."""
         if rec.conflict_noted:
             return
         rec.conflict_noted = True
         self._outbox.append((rec.agent_id, rec.state, rec.state,
-                             f"{_describe(source)} sent heartbeats for this id, which the Unix "
-                             f"connection of pid {rec.check_pid} holds; they are refused",
-                             "id_conflict"))
+                             f"{who} sent heartbeats for this id, which {holder}; "
+                             "they are refused", "id_conflict"))
 
     def apply(self, hb: Heartbeat, transport: str, peer: Optional[Peer] = None,
               remote: str = "", local: bool = False, admitted: bool = False) -> Optional[str]:
@@ -260,6 +260,7 @@ class Registry:
         if peer is not None:
             if rec.conn_id != peer.conn_id:
                 rec.conflict_noted = False
+            rec.owner_uid = peer.uid
             rec.conn_id, rec.connected, rec.local = peer.conn_id, True, True
             rec.check_pid, rec.check_started, rec.peer_uid = peer.pid, peer.started, peer.uid
             rec.remote = ""
@@ -452,14 +453,19 @@ class Registry:
         with self._lock:
             return len(self._records)
 
-    def forget(self, agent_id: str, by: str = "") -> bool:
-        """Drop an agent (DELETE /agents/<id>); False if unknown. `by` says who asked."""
+    def forget(self, agent_id: str, by: str = "") -> Optional[str]:
+        """Drop an agent (DELETE /agents/<id>): None if done, else why not: UNKNOWN, or
+        ID_CONFLICT while a live Unix connection holds it (it would only come back, and
+        forgetting must not free a held id for someone else). `by` says who asked."""
         with self._lock:
             rec = self._records.get(agent_id)
-            if rec is not None:
-                self._drop(rec, f"forgotten on request{' by ' + by if by else ''}")
+            if rec is None:
+                return UNKNOWN
+            if rec.connected:
+                return ID_CONFLICT
+            self._drop(rec, f"forgotten on request{' by ' + by if by else ''}")
         self._emit()
-        return rec is not None
+        return None
 
     def set_policies(self, policies: PolicySet) -> None:
         """Apply reloaded thresholds to every agent."""
@@ -520,12 +526,39 @@ def _forget_after(state: State, health) -> float:
     return float("inf")
 
 
+def _holder(rec: AgentRecord, peer: Optional[Peer]) -> str:
+    """Who else speaks for `rec`, in words, if `peer` (None: HTTP) may not; else ""."""
+    if rec.connected:
+        # only the holding connection, or the same process reconnecting before its old
+        # connection's EOF was seen, speaks for an id held on the socket
+        if peer is None or (peer.conn_id != rec.conn_id and (
+                peer.pid != rec.check_pid or peer.started != rec.check_started)):
+            return f"the Unix connection of pid {rec.check_pid} holds"
+        return ""
+    # an id spoken for on the socket stays its uid's (root may move it) until forgotten:
+    # nobody else takes it while its agent restarts, or the daemon does
+    if peer is not None and rec.owner_uid is not None and peer.uid not in (rec.owner_uid, 0):
+        return f"uid {rec.owner_uid} owns on the socket"
+    return ""
+
+
 def _source(peer: Optional[Peer], remote: str) -> str:
-    """Who creates new ids, for the limiter: a Unix peer's uid or an HTTP client's address."""
-    return f"uid:{peer.uid}" if peer is not None else f"addr:{remote}"
+    """Who creates new ids, for the limiter: a Unix peer's uid, or an HTTP client's address
+    (all of loopback is one source: any local user can bind 127.x.y.z; IPv6 by /64)."""
+    if peer is not None:
+        return f"uid:{peer.uid}"
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return f"addr:{remote}"
+    mapped = getattr(address, "ipv4_mapped", None) or address
+    if mapped.is_loopback:
+        return "addr:loopback"
+    if mapped.version == 6:
+        return f"addr:{ipaddress.ip_network(f'{mapped}/64', strict=False)}"
+    return f"addr:{mapped}"
 
 
-def _describe(source: str) -> str:
-    """`uid:1000` -> `a Unix connection of uid 1000`; `addr:10.0.0.5` -> `HTTP client 10.0.0.5`."""
-    kind, _, value = source.partition(":")
-    return f"a Unix connection of uid {value}" if kind == "uid" else f"HTTP client {value}"
+def _who(peer: Optional[Peer], remote: str) -> str:
+    """`a Unix connection of uid 1000` or `HTTP client 10.0.0.5`: for events and logs."""
+    return f"a Unix connection of uid {peer.uid}" if peer is not None else f"HTTP client {remote}"

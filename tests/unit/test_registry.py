@@ -236,8 +236,10 @@ def test_restart_brings_agents_back_as_unknown_with_grace():
 def test_forget_on_request():
     w = World()
     w.beat()
-    assert w.registry.forget("a", "DELETE from 127.0.0.1") is True
-    assert w.registry.forget("a") is False
+    assert w.registry.forget("a", "DELETE from 127.0.0.1") == "id_conflict"  # held
+    w.registry.connection_closed(1, ["a"])
+    assert w.registry.forget("a", "DELETE from 127.0.0.1") is None
+    assert w.registry.forget("a") == "unknown_agent"
     assert w.registry.counts()["healthy"] == 0
     assert w.notes == [("a", "forgotten", "forgotten on request by DELETE from 127.0.0.1")]
 
@@ -342,6 +344,7 @@ def test_counts_follow_every_change():
     w.registry.check()
     assert w.registry.counts() == {"unknown": 0, "healthy": 0, "over_threshold": 0,
                                    "no_heartbeat": 4, "dead": 0, "stopped": 1}
+    w.registry.connection_closed(1, ["a-1"])
     w.registry.forget("a-1")
     assert sum(w.registry.counts().values()) == len(w.registry) == 4
 
@@ -382,7 +385,7 @@ def test_a_health_pass_over_many_agents_holds_the_lock_in_slices(monkeypatch):
 
 def test_forgetting_drops_the_cached_policy():
     w = World()
-    w.beat("a")
+    w.beat("a", transport="http")
     policies = w.registry._policies
     assert "a" in policies._cache
     w.registry.forget("a")
@@ -403,3 +406,27 @@ def test_a_connection_that_spoke_for_many_ids_checks_its_process_once():
         w.beat(f"t-{i}", pid=100, conn=5)
     w.registry.connection_closed(5, [f"t-{i}" for i in range(20)])
     assert {w.state(f"t-{i}") for i in range(20)} == {"dead"} and len(checks) == 2
+
+
+def test_an_id_spoken_for_on_the_socket_stays_its_uids_while_its_agent_is_away():
+    w = World()
+    w.registry.apply(Heartbeat("svc", 100), "unix", Peer(1, 100, 110, 110, None))
+    w.registry.connection_closed(1, ["svc"])  # the agent restarts (or the daemon did)
+    grabber = Peer(2, 200, 65534, 65534, None)
+    assert w.registry.apply(Heartbeat("svc", 200), "unix", grabber) == "id_conflict"
+    assert w.notes[-1][2] == ("a Unix connection of uid 65534 sent heartbeats for this id, "
+                              "which uid 110 owns on the socket; they are refused")
+    assert w.registry.apply(Heartbeat("svc", 101), "unix", Peer(3, 101, 110, 110, None)) is None
+    w.registry.connection_closed(3, ["svc"])
+    assert w.registry.apply(Heartbeat("svc", 1), "unix", Peer(4, 1, 0, 0, None)) is None  # root
+    assert w.registry.get("svc")["owner_uid"] == 0
+
+
+def test_loopback_is_one_source_and_ipv6_counts_by_64():
+    w = World()
+    w.registry.limiter.per_minute = 2
+    for i, remote in enumerate(("127.0.0.1", "127.10.0.7", "::1", "::ffff:127.0.0.2")):
+        assert w.registry.admit(f"l-{i}", remote) == (None if i < 2 else "rate_limited")
+    for i, remote in enumerate(("2001:db8::1", "2001:db8::2", "2001:db8::ffff")):
+        assert w.registry.admit(f"v6-{i}", remote) == (None if i < 2 else "rate_limited")
+    assert w.registry.admit("other", "2001:db8:0:1::1") is None  # another /64
