@@ -1,5 +1,7 @@
 """The daemon's read/administer API: routes to JSON documents (transport-free, testable)."""
 
+import json
+import threading
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -67,6 +69,27 @@ def resolve(method: str, path: str) -> Tuple[Route, Optional[str]]:
     return route, agent_id
 
 
+class SharedRender:
+    """An expensive document (every agent): rendered by one thread at a time and reused for
+    twice as long as rendering took, so a crowd of readers costs at most a third of a core
+    and one copy in memory, however many ask at once. Thread-safe; blocks while rendering."""
+
+    def __init__(self, render: Callable[[], bytes], clock: Callable[[], float] = time.monotonic):
+        self._render, self._clock = render, clock
+        self._lock = threading.Lock()
+        self._value: Optional[bytes] = None
+        self._fresh_until = 0.0
+
+    def get(self) -> bytes:
+        with self._lock:
+            started = self._clock()
+            if self._value is None or started >= self._fresh_until:
+                self._value = self._render()
+                done = self._clock()
+                self._fresh_until = done + 2 * (done - started)
+            return self._value
+
+
 class ApiError(Exception):
     """An API answer other than success: HTTP code, message, and Allow for a 405."""
 
@@ -82,11 +105,15 @@ class Api:
                  extra_stats: Callable[[], dict], metrics: Callable[[], str],
                  wallclock: Callable[[], float] = time.time):
         self.registry, self.events, self.stats = registry, events, stats
-        self._extra_stats, self._metrics, self._wall = extra_stats, metrics, wallclock
+        self._extra_stats, self._wall = extra_stats, wallclock
+        self._agents = SharedRender(lambda: _json({"agents": registry.snapshot()}))
+        self._history = SharedRender(lambda: _json(
+            {"step": registry.history_step, "agents": registry.history()}))
+        self._metrics = SharedRender(lambda: metrics().encode())
 
     def handle(self, route: Route, agent_id: Optional[str], query: Dict[str, List[str]],
                by: str = "") -> Tuple[int, object, str]:
-        """(status, JSON-able document or text, content type) for a resolved route; raises
+        """(status, JSON-able document, text or bytes, content type) for a resolved route; raises
         ApiError. `by` names the client, for the record of who forgot an agent."""
         return getattr(self, "serve_" + route.action)(query, agent_id, by)
 
@@ -102,7 +129,7 @@ class Api:
         return 200, doc, JSON
 
     def serve_agents(self, query, agent_id, by) -> Tuple[int, object, str]:
-        return 200, {"agents": self.registry.snapshot()}, JSON
+        return 200, self._agents.get(), JSON
 
     def serve_agent(self, query, agent_id, by) -> Tuple[int, object, str]:
         record = self.registry.get(agent_id) if valid_agent_id(agent_id) else None
@@ -123,10 +150,10 @@ class Api:
         return 200, {"events": self._events(query)}, JSON
 
     def serve_history(self, query, agent_id, by) -> Tuple[int, object, str]:
-        return 200, {"step": self.registry.history_step, "agents": self.registry.history()}, JSON
+        return 200, self._history.get(), JSON
 
     def serve_metrics(self, query, agent_id, by) -> Tuple[int, object, str]:
-        return 200, self._metrics(), METRICS_TYPE
+        return 200, self._metrics.get(), METRICS_TYPE
 
     def _events(self, query: Dict[str, List[str]]) -> list:
         since = self._since(query.get("since", [""])[-1])
@@ -159,3 +186,7 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _json(doc) -> bytes:
+    return json.dumps(doc).encode()

@@ -5,41 +5,79 @@ import socket
 import sys
 import threading
 import time
+from typing import Dict, Optional
 
 log = logging.getLogger(__name__)
 
+_EVICTED = object()  # a connection shut down to make room, until its thread ends
+
 
 class ConnectionLimitMixIn:
-    """Put before the socketserver class: tracks live connections, refuses past the cap."""
+    """Put before the socketserver class: tracks live connections, refuses past the cap.
+
+    With `evict_waiting`, a new connection at the cap takes the place of the one that has
+    waited longest for its next request (idle, or trickling an unfinished one), so clients
+    that hold connections open without finishing requests cannot lock everyone else out.
+    """
 
     max_connections = 1024
     refuse_log_interval = 10.0  # seconds between "refused" log lines under a flood
+    evict_waiting = False
 
     def init_connection_limit(self, max_connections: int) -> None:
         self.max_connections = max_connections
-        self._conns: set = set()
+        # connection -> since when it waits for (the rest of) a request; None: being served
+        self._conns: Dict[socket.socket, object] = {}
         self._conns_lock = threading.Lock()
         self._refused = 0
         self._refused_logged = 0.0
         self.refused_total = 0
+        self.evicted_total = 0
 
     @property
     def active_connections(self) -> int:
         return len(self._conns)
 
     def process_request(self, request, client_address):
+        victim = None
         with self._conns_lock:
             full = len(self._conns) >= self.max_connections
+            if full and self.evict_waiting:
+                victim = self._longest_waiting()
+                if victim is not None:
+                    self._conns[victim] = _EVICTED  # on its way out: not chosen twice
+                    full = False
             if not full:
-                self._conns.add(request)
+                self._conns[request] = time.monotonic()
+        if victim is not None:
+            self.evicted_total += 1
+            _hang_up(victim)
         if full:
             self._refuse(request)
             return
         super().process_request(request, client_address)
 
+    def _longest_waiting(self) -> Optional[socket.socket]:
+        waiting = [(since, id(conn), conn) for conn, since in self._conns.items()
+                   if type(since) is float]
+        return min(waiting)[2] if waiting else None
+
+    def note_waiting(self, request) -> None:
+        """The connection now waits for its next request (a candidate for eviction)."""
+        self._mark(request, time.monotonic())
+
+    def note_busy(self, request) -> None:
+        """The connection's request is in: it is being served and is not evicted."""
+        self._mark(request, None)
+
+    def _mark(self, request, since: Optional[float]) -> None:
+        with self._conns_lock:
+            if request in self._conns and self._conns[request] is not _EVICTED:
+                self._conns[request] = since
+
     def shutdown_request(self, request):
         with self._conns_lock:
-            self._conns.discard(request)
+            self._conns.pop(request, None)
         super().shutdown_request(request)
 
     def handle_error(self, request, client_address):
@@ -72,7 +110,12 @@ class ConnectionLimitMixIn:
         with self._conns_lock:
             conns = list(self._conns)
         for request in conns:
-            try:
-                request.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _hang_up(request)
+
+
+def _hang_up(request: socket.socket) -> None:
+    """Shut a connection down so its handler thread sees EOF and ends."""
+    try:
+        request.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -150,6 +150,7 @@ class Daemon:
             "unix_connections": self.unix.active_connections if self.unix else 0,
             "http_connections": self.http.active_connections if self.http else 0,
             "connections_refused": sum(s.refused_total for s in (self.unix, self.http) if s),
+            "connections_evicted": self.http.evicted_total if self.http else 0,
             "agents": len(self.registry), "agents_by_state": self.registry.counts(),
             "max_agents": self.registry.max_agents,
             "hook_runs": self.hooks.runs, "hook_failures": self.hooks.failures,

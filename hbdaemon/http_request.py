@@ -49,8 +49,11 @@ def parse_target(raw: str) -> Target:
 
 
 def host_name(authority: str) -> str:
-    """The host part of `host[:port]` or `[v6]:port`, lower-cased, without a trailing dot."""
+    """The host part of `host[:port]` or `[v6]:port`, lower-cased, without a trailing dot.
+    Userinfo (`a@host`) is no host: the whole text is returned, which matches no name."""
     authority = authority.strip()
+    if "@" in authority:
+        return authority.lower()
     if authority.startswith("["):
         host = authority[1:authority.find("]")] if "]" in authority else authority[1:]
     elif authority.count(":") == 1:

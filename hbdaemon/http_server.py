@@ -6,6 +6,7 @@ api.ROUTES, and the body read (within MAX_MESSAGE_BYTES) or the connection close
 body is never read as the next request.
 """
 
+import http.client
 import http.server
 import ipaddress
 import json
@@ -29,7 +30,8 @@ from hbdaemon.workers import PoolClosed
 log = logging.getLogger(__name__)
 
 TRANSPORT = "http"
-MAX_REQUEST_LINE = 65536
+MAX_REQUEST_LINE = 8192   # longer: 414
+MAX_HEAD_BYTES = 16384    # all header lines together; more: 431 (memory per connection)
 # the status page loads nothing from elsewhere and only talks to this daemon
 _PAGE_HEADERS = (("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
                   "style-src 'unsafe-inline'; connect-src 'self'; img-src data:"),
@@ -48,6 +50,7 @@ class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer)
     daemon_threads = True     # idle keep-alive connections must not delay exit
     block_on_close = False    # stop() closes connections itself, with a bound
     request_queue_size = 256  # listen backlog for bursts of new agents
+    evict_waiting = True      # at the cap, the longest-waiting connection makes room
 
     def __init__(self, host: str, port: int, api: Api, submit, *,
                  credentials: Optional[Credentials] = None, idle_timeout: float = 30.0,
@@ -129,6 +132,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         self.command, self.request_version, self._continue = "", "HTTP/1.1", False
         self._length: Optional[int] = 0
         self._heartbeat = False  # the request is for POST /heartbeat: count it as intake
+        self.server.note_waiting(self.connection)
         line = self.rfile.readline(MAX_REQUEST_LINE + 1)
         if not line:
             self.close_connection = True
@@ -138,7 +142,12 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(414)
             return
         self.raw_requestline = line
-        if not self.parse_request():  # answered through send_error
+        stream, self.rfile = self.rfile, _HeadReader(self.rfile, MAX_HEAD_BYTES)
+        try:
+            parsed = self.parse_request()  # a refusal is answered through send_error
+        finally:
+            self.rfile = stream
+        if not parsed:
             return
         try:
             self._serve()
@@ -200,6 +209,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         if heartbeat and self._length is None:
             raise Refusal(411, "no_length", "Content-Length required")
         body = self._read_body()
+        server.note_busy(self.connection)  # the request is in: not one to evict
         if heartbeat:
             return self._intake(body, grant)
         try:
@@ -207,7 +217,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
                                                         by=f"{route.method} from {self._client()}")
         except ApiError as exc:
             return self._reply(exc.code, _json_body(False, exc.message))
-        body = doc.encode() if isinstance(doc, str) else json.dumps(doc).encode()
+        if isinstance(doc, str):
+            doc = doc.encode()
+        body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
         headers = _PAGE_HEADERS if content_type.startswith("text/html") else ()
         self._reply(code, body, content_type, headers=headers)
 
@@ -350,6 +362,28 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         if log.isEnabledFor(logging.DEBUG):
             super().log_request(code, size)
 
+    def version_string(self) -> str:
+        return self.server_version
+
     def log_message(self, format, *args):
-        log.debug("http %s: " + format, self._client(), *args)
+        if log.isEnabledFor(logging.DEBUG):  # the request line as sent: control characters escaped
+            log.debug("http %s: %s", self._client(), (format % args).translate(_CONTROL))
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
+
+class _HeadReader:
+    """The connection's reader while http.server parses the headers: refuses (431) a head
+    larger than `budget` bytes in all, where http.client would take 100 lines of 64 KiB."""
+
+    def __init__(self, stream, budget: int):
+        self._stream, self._left = stream, budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._stream.readline(self._left + 1 if limit < 0 else min(limit, self._left + 1))
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong("request headers")
+        return line
 

@@ -105,6 +105,9 @@ def render(registry, stats, events, extra: Callable[[], dict],
     w.family("hbdaemon_connections", "gauge", "Open connections per listener.",
              [({"listener": "unix"}, more["unix_connections"]),
               ({"listener": "http"}, more["http_connections"])])
+    w.family("hbdaemon_connections_evicted_total", "counter",
+             "HTTP connections closed at the connection cap to make room (the one waiting "
+             "longest for its next request).", [({}, more["connections_evicted"])])
     w.family("hbdaemon_events_total", "counter",
              "Events recorded, by the state entered (or the event kind).",
              [({"to": k}, n) for k, n in sorted(dict(events.counts).items())])

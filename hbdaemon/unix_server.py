@@ -152,7 +152,6 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
     def _read_heartbeats(self, peer: Peer, spoken: set) -> None:
         server, pid = self.server, peer.pid
         agent_id = None
-        warned = set()  # reasons already logged for this connection
         while True:
             try:
                 line = self.rfile.readline(MAX_MESSAGE_BYTES + 1)
@@ -180,18 +179,16 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
                 if exc.field is None:  # not JSON at all: the stream cannot be trusted
                     self._drop(peer, agent_id, exc.reason, str(exc))
                     return
-                self._refuse(exc.reason, warned, "unix: rejected heartbeat from pid %d: %s",
-                             pid, exc)
+                self._refuse(exc.reason, "unix: rejected heartbeat from pid %d: %s", pid, exc)
                 continue
             if server.verify_peer_pid and hb.pid != pid:
-                self._refuse("pid_mismatch", warned,
-                             "unix: rejected heartbeat of %s: it says pid %d but the peer is pid "
+                self._refuse("pid_mismatch", "unix: rejected heartbeat of %s: it says pid %d but the peer is pid "
                              "%d (set unix.verify_peer_pid: false for agents in other pid "
                              "namespaces)", hb.agent_id, hb.pid, pid)
                 continue
             refusal = server.registry.apply(hb, TRANSPORT, peer)
             if refusal is not None:
-                self._refuse(refusal, warned, "unix: refused heartbeat of %s from pid %d "
+                self._refuse(refusal, "unix: refused heartbeat of %s from pid %d "
                              "(uid %d): %s", hb.agent_id, pid, peer.uid, _REFUSALS[refusal])
                 continue
             agent_id = hb.agent_id
@@ -199,18 +196,19 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
             for warning in hb.warnings:
                 server.stats.note_warning(TRANSPORT, warning_reason(warning))
             if hb.warnings:
-                self._refuse("", warned, "unix: heartbeat of %s applied without: %s",
+                self._refuse("field_dropped", "unix: heartbeat of %s applied without: %s",
                              hb.agent_id, "; ".join(hb.warnings), count=False)
             server.stats.note_processed(TRANSPORT, time.perf_counter() - started)
 
-    def _refuse(self, reason: str, warned: set, message: str, *args, count: bool = True) -> None:
-        """Count a refused line; log it at WARNING the first time per reason and connection."""
+    def _refuse(self, reason: str, message: str, *args, count: bool = True) -> None:
+        """Count a refused line and log it: WARNING at most once per reason every few seconds
+        across all connections (see ReceiverStats.warn), DEBUG otherwise."""
+        text = message % args
         if count:
             self.server.stats.note_rejected(TRANSPORT, reason)
-        log.log(logging.DEBUG if reason in warned else logging.WARNING, message, *args)
-        warned.add(reason)
+        self.server.stats.warn(f"unix:{reason}", text)
+        log.debug("%s", text)
 
     def _drop(self, peer: Peer, agent_id, reason: str, message: str) -> None:
-        self.server.stats.note_rejected(TRANSPORT, reason)
-        log.warning("unix: closing connection of %s (pid %d): %s",
-                    agent_id or "an unnamed peer", peer.pid, message)
+        self._refuse(reason, "unix: closing connection of %s (pid %d): %s",
+                     agent_id or "an unnamed peer", peer.pid, message)

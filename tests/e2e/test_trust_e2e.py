@@ -378,3 +378,14 @@ def test_a_malformed_header_line_is_refused_not_the_end_of_the_headers(daemon_fa
     responses, closed = exchange(d.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + line
                                  + b"\r\nContent-Length: 41\r\nHost: evil.example\r\n\r\n" + smuggled)
     assert [r.status for r in responses] == [400] and closed
+
+
+def test_many_bad_connections_cannot_flood_the_log(daemon_factory):
+    d = daemon_factory().start()
+    for i in range(60):
+        d.unix_send(b"not json\n" if i % 2 else beat("x", pid=1) + b"\n", wait=0).close()
+    wait_for(lambda: d.get("/stats")[2]["errors_by_reason"].get("pid_mismatch") == 30,
+             what="every bad line counted")
+    warnings = [line for line in d.log().splitlines() if " WARNING " in line]
+    assert 0 < len([w for w in warnings if "closing connection" in w]) <= 2
+    assert 0 < len([w for w in warnings if "says pid 1" in w]) <= 2

@@ -27,12 +27,12 @@ def hb_threads():
     return {t.name for t in threading.enumerate() if t.name.startswith("hb-")}
 
 
-def serve_http(submit):
+def serve_http(submit, metrics=lambda: "", max_connections=256):
     cfg = load_config("/nonexistent", environ={})
     events = EventLog(10)
     registry = Registry(PolicySet(cfg.agent.health_check), events.record)
-    api = Api(registry, events, ReceiverStats(), lambda: {}, lambda: "")
-    server = HeartbeatHTTPServer("127.0.0.1", 0, api, submit)
+    api = Api(registry, events, ReceiverStats(), lambda: {}, metrics)
+    server = HeartbeatHTTPServer("127.0.0.1", 0, api, submit, max_connections=max_connections)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                               name="test-http", daemon=True)
     thread.start()
@@ -57,6 +57,28 @@ def test_full_or_closed_queue_is_503_with_retry_after(error, message):
         status, retry, body = post(server.server_address[1])
         assert (status, retry, body["success"]) == (503, "1", False)
         assert message in body["message"]
+    finally:
+        server.shutdown()
+        server.close()
+        thread.join(5)
+
+
+def test_at_the_cap_only_a_waiting_connection_makes_room_never_one_being_served():
+    gate = threading.Event()
+    server, thread = serve_http(lambda item: None, metrics=lambda: gate.wait(5) and "m 1\n",
+                                max_connections=1)
+    port = server.server_address[1]
+    try:
+        busy = socket.create_connection(("127.0.0.1", port), timeout=5)
+        busy.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")  # held by the gate
+        wait_for(lambda: None in server._conns.values(), what="the request being served")
+        status, retry, _ = post(port)
+        assert (status, retry) == (503, "1")  # nobody to evict: the one slot is working
+        gate.set()
+        assert busy.recv(4096).startswith(b"HTTP/1.1 200")
+        assert post(port)[0] == 200  # now idle between requests: it makes room
+        assert busy.recv(1) == b"" and server.evicted_total == 1
+        busy.close()
     finally:
         server.shutdown()
         server.close()

@@ -21,7 +21,8 @@ def test_metrics_page_is_well_formed():
     stats.note_received("http")
     stats.note_rejected("http", "invalid_cpu")
     extra = {"queue_depth": 0, "queue_capacity": 10, "unix_connections": 1, "http_connections": 0,
-             "hook_runs": 0, "hook_failures": 0, "store_errors": 0, "max_agents": 50000}
+             "hook_runs": 0, "hook_failures": 0, "store_errors": 0, "max_agents": 50000,
+             "connections_evicted": 0}
     text = render(reg, stats, events, lambda: extra)
     families = set()
     for line in text.splitlines():
