@@ -4,6 +4,7 @@ import json
 import random
 import select
 import socket
+import time
 from typing import Callable, Optional
 from urllib.parse import urlsplit
 
@@ -68,11 +69,21 @@ class UnixTransport:
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except OSError as exc:
-            sock.close()
-            raise TransportError(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                sock.connect(self.path)
+                break
+            except BlockingIOError as exc:
+                # a full accept backlog (a connect flood) answers EAGAIN at once with a
+                # timeout set: keep trying until the timeout, as a blocking connect would
+                if time.monotonic() >= deadline:
+                    sock.close()
+                    raise TransportError(f"cannot connect to {self.path}: {exc.strerror}") from None
+                time.sleep(0.01)
+            except OSError as exc:
+                sock.close()
+                raise TransportError(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
         self._sock = sock
 
     def _peer_closed(self) -> bool:
