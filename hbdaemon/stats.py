@@ -61,18 +61,20 @@ class ReceiverStats:
         if message:
             self.warn(reason, message)
 
-    def warn(self, reason: str, message: str) -> None:
+    def warn(self, reason: str, message: str) -> bool:
         """Log a refusal at WARNING, at most once per LOG_INTERVAL per reason, so that a
-        flood of bad requests cannot flood the log; the next line says how many were not."""
+        flood of bad requests cannot flood the log; the next line says how many were not.
+        True if this one was logged."""
         now = self._clock()
         with self._lock:
             last, unlogged = self._logged.get(reason, (None, 0))
             if last is not None and now - last < LOG_INTERVAL:
                 self._logged[reason] = (last, unlogged + 1)
-                return
+                return False
             self._logged[reason] = (now, 0)
         more = f" (and {unlogged} more like it in the last {now - last:.0f}s)" if unlogged else ""
         log.warning("%s%s", message, more)
+        return True
 
     def snapshot(self) -> dict:
         """The /stats document (the Go original's fields first)."""

@@ -179,36 +179,36 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
                 if exc.field is None:  # not JSON at all: the stream cannot be trusted
                     self._drop(peer, agent_id, exc.reason, str(exc))
                     return
-                self._refuse(exc.reason, "unix: rejected heartbeat from pid %d: %s", pid, exc)
+                self._note(exc.reason, "unix: rejected heartbeat from pid %d: %s", pid, exc)
                 continue
             if server.verify_peer_pid and hb.pid != pid:
-                self._refuse("pid_mismatch", "unix: rejected heartbeat of %s: it says pid %d but the peer is pid "
-                             "%d (set unix.verify_peer_pid: false for agents in other pid "
-                             "namespaces)", hb.agent_id, hb.pid, pid)
+                self._note("pid_mismatch", "unix: rejected heartbeat of %s: it says pid %d but "
+                           "the peer is pid %d (set unix.verify_peer_pid: false for agents in "
+                           "other pid namespaces)", hb.agent_id, hb.pid, pid)
                 continue
             refusal = server.registry.apply(hb, TRANSPORT, peer)
             if refusal is not None:
-                self._refuse(refusal, "unix: refused heartbeat of %s from pid %d "
-                             "(uid %d): %s", hb.agent_id, pid, peer.uid, _REFUSALS[refusal])
+                self._note(refusal, "unix: refused heartbeat of %s from pid %d (uid %d): %s",
+                           hb.agent_id, pid, peer.uid, _REFUSALS[refusal])
                 continue
             agent_id = hb.agent_id
             spoken.add(agent_id)
             for warning in hb.warnings:
                 server.stats.note_warning(TRANSPORT, warning_reason(warning))
             if hb.warnings:
-                self._refuse("field_dropped", "unix: heartbeat of %s applied without: %s",
-                             hb.agent_id, "; ".join(hb.warnings), count=False)
+                self._note("field_dropped", "unix: heartbeat of %s applied without: %s",
+                           hb.agent_id, "; ".join(hb.warnings), count=False)
             server.stats.note_processed(TRANSPORT, time.perf_counter() - started)
 
-    def _refuse(self, reason: str, message: str, *args, count: bool = True) -> None:
-        """Count a refused line and log it: WARNING at most once per reason every few seconds
-        across all connections (see ReceiverStats.warn), DEBUG otherwise."""
+    def _note(self, reason: str, message: str, *args, count: bool = True) -> None:
+        """Count a refused line (unless `count` is False) and log the problem: at WARNING at
+        most once per reason every few seconds across all connections, else at DEBUG."""
         text = message % args
         if count:
             self.server.stats.note_rejected(TRANSPORT, reason)
-        self.server.stats.warn(f"unix:{reason}", text)
-        log.debug("%s", text)
+        if not self.server.stats.warn(f"unix:{reason}", text):
+            log.debug("%s", text)
 
     def _drop(self, peer: Peer, agent_id, reason: str, message: str) -> None:
-        self._refuse(reason, "unix: closing connection of %s (pid %d): %s",
+        self._note(reason, "unix: closing connection of %s (pid %d): %s",
                      agent_id or "an unnamed peer", peer.pid, message)
