@@ -1,12 +1,12 @@
 """A flood of new agent ids against the bounded agent table, while a known agent keeps beating
 and crashes keep being detected.
 
-python bench/bench_flood.py [--ids 200000] [--trials 20]
+python bench/bench_flood.py [--ids 200000] [--trials 20] [--log-level info] [--repo DIR]
 
 The real daemon (agent.max_agents at its default, agent.new_agents_per_minute: 0 so that only
-the table limit refuses, log level info) gets `--ids` new agent ids at full speed: half over
-the Unix socket (4 connections, each line a new id, the sender's real pid), half over HTTP
-(wrk -t2 -c32, keep-alive, bench/flood.lua). Meanwhile:
+the table limit refuses, log level info unless told) gets `--ids` new agent ids at full
+speed: half over the Unix socket (4 connections, each line a new id, the sender's real pid),
+half over HTTP (wrk -t2 -c32, keep-alive, bench/flood.lua). Meanwhile:
 - a known agent (registered before the flood) sends a heartbeat every 50 ms over HTTP on its
   own keep-alive connection (bench/http_probe.py): status and latency of every answer;
 - the daemon's RSS is sampled every 20 ms;
@@ -14,6 +14,7 @@ the Unix socket (4 connections, each line a new id, the sender's real pid), half
   before the flood, is killed with SIGKILL, and the `dead` record's state_since (daemon
   clock) minus the moment of the kill (same host clock) is the latency.
 Per-agent memory: RSS before the flood and once the table is full and the daemon idle again.
+Then /agents, /metrics and /history are read twice each; the RSS after each read is noted.
 """
 
 import argparse
@@ -31,7 +32,7 @@ import threading
 import time
 import urllib.request
 
-from common import REPO, cpu_seconds, get_json, hbdaemon, report, wait_until
+from common import REPO, cpu_seconds, get_json, hbdaemon, percentile, report, wait_until
 from hbdaemon.protocol import parse_rfc3339
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,10 +43,10 @@ HEADROOM = 50e6  # the bound: max_agents x per-agent size + 50 MB
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def percentile(values: list, p: float) -> float:
-    """Nearest rank on sorted values (as bench_crash reports its p99)."""
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+def fetch(url: str) -> int:
+    """GET `url`; the size of the answer."""
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        return len(resp.read())
 
 
 def post_heartbeat(url: str, agent_id: str, pid: int) -> int:
@@ -86,7 +87,7 @@ class RssSampler:
 class CrashTrials:
     """Kill -9 of connected Unix agents, one after another, on a thread."""
 
-    def __init__(self, url: str, sock: str, ids: list, flooding):
+    def __init__(self, url: str, sock: str, ids: list, flooding: threading.Event):
         self.url, self.sock, self.ids, self.flooding = url, sock, ids, flooding
         self.results = []  # (latency ms, flood still running at the kill)
         self.lines_sent = 0  # heartbeat lines the agents sent (one each)
@@ -114,7 +115,7 @@ class CrashTrials:
             self.lines_sent += 1
             agent = f"{self.url}/agents/{agent_id}"
             wait_until(lambda: _held_by(get_json(agent), proc.pid), timeout=60, interval=0.005)
-            during = self.flooding()
+            during = self.flooding.is_set()
             killed = time.time()
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -148,21 +149,16 @@ def start_wrk(url: str, per_thread: int, done_path: str, seconds: int) -> subpro
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def main(argv=None) -> list:
-    args = argparse.ArgumentParser()
-    args.add_argument("--ids", type=int, default=200000)
-    args.add_argument("--trials", type=int, default=20)
-    args.add_argument("--timeout", type=int, default=300, help="bound on the flood (seconds)")
-    opts = args.parse_args(argv)
-    if not shutil.which("wrk"):
-        sys.exit("wrk is not installed: apt install wrk")
+def flood(opts) -> dict:
+    """Run the daemon through the flood; returns what was measured."""
     http_ids = opts.ids // 2 // 2 * 2  # two wrk threads, the same share each
     unix_ids = (opts.ids - http_ids) // UNIX_CONNECTIONS * UNIX_CONNECTIONS
     tmp = tempfile.mkdtemp(prefix="hbflood", dir="/tmp")
     log_path, done_path = os.path.join(tmp, "daemon.log"), os.path.join(tmp, "wrk-done")
     crash_ids = [f"crash-{n}" for n in range(opts.trials)]
+    r = {"unix_ids": unix_ids}
     with open(log_path, "wb") as log_file, \
-            hbdaemon(stderr=log_file, log={"level": "info"},
+            hbdaemon(stderr=log_file, repo=opts.repo, log={"level": opts.log_level},
                      agent={"new_agents_per_minute": 0}) as (proc, url, sock):
         probe = subprocess.Popen([sys.executable, os.path.join(HERE, "http_probe.py"), url,
                                   "known-http", str(PROBE_INTERVAL)],
@@ -173,90 +169,105 @@ def main(argv=None) -> list:
         wait_until(lambda: get_json(url + "/stats")["agents"] == len(crash_ids) + 1)
         time.sleep(3)  # a store flush and a few checker passes
         rss = RssSampler(proc.pid)
-        before = get_json(url + "/stats")
-        rss_before = rss.read()
-        unix_base = before["received_by_transport"].get("unix", 0)
+        r["before"], r["rss_before"] = get_json(url + "/stats"), rss.read()
         clients = start_unix_flood(sock, unix_ids)
+        flooding = threading.Event()
+        trials = CrashTrials(url, sock, crash_ids, flooding)
 
         rss.start()
-        cpu0, t0, wall0 = cpu_seconds(proc.pid), time.monotonic(), time.time()
+        flooding.set()
+        cpu0, r["t0"], r["wall0"] = cpu_seconds(proc.pid), time.monotonic(), time.time()
         wrk = start_wrk(url, http_ids // 2, done_path, opts.timeout)
         for c in clients:
             c.stdin.write("go\n")
             c.stdin.flush()
-        trials = CrashTrials(url, sock, crash_ids, lambda: t_end is None)
-        t_end = table_full = None
         trials.start()
-        deadline = t0 + opts.timeout
-        while time.monotonic() < deadline:
-            stats = get_json(url + "/stats")
-            if table_full is None and stats["agents"] >= stats["max_agents"]:
-                table_full = time.monotonic()
-            unix_in = stats["received_by_transport"].get("unix", 0) - unix_base - trials.lines_sent
-            if len(glob.glob(done_path + "-*")) == 2 and unix_in >= unix_ids:
-                break
-            time.sleep(0.05)
-        t_end, wall_end = time.monotonic(), time.time()
-        cpu = cpu_seconds(proc.pid) - cpu0
+        r.update(watch(url, r["t0"] + opts.timeout, unix_ids, r["before"], trials, done_path))
+        flooding.clear()
+        r["t_end"], r["wall_end"] = time.monotonic(), time.time()
+        r["cpu"] = cpu_seconds(proc.pid) - cpu0
         wrk.send_signal(signal.SIGINT)
-        wrk_out = wrk.communicate(timeout=60)[0]
+        r["wrk"] = wrk.communicate(timeout=60)[0]
         trials.join(120)
         wait_until(lambda: get_json(url + "/stats")["queue_depth"] == 0)
         time.sleep(3)  # the store writes the new records; the daemon is idle again
         rss.stop()
-        after = get_json(url + "/stats")
-        rss_after = rss.read()
+        r["after"], r["rss_after"] = get_json(url + "/stats"), rss.read()
+        r["reads"] = [(path, fetch(url + path), rss.read())
+                      for path in ("/agents", "/metrics", "/history") * 2]
         probe.stdin.close()
-        beats = json.loads(probe.stdout.read())
+        r["beats"] = json.loads(probe.stdout.read())
         probe.wait(10)
     for c in clients:  # after the daemon: at EOF it would judge every id they spoke for
         c.stdin.close()
         c.wait(30)
     with open(log_path, "rb") as f:
-        log_lines = f.read().splitlines()
+        r["log"] = f.read().splitlines()
     shutil.rmtree(tmp, ignore_errors=True)
+    r["rss"], r["trials"] = rss, trials
+    return r
 
-    flood = re.search(r"flood: sent=(\d+) accepted=(\d+) refused=(\d+) unavailable=(\d+) "
-                      r"other=(\d+)", wrk_out)
-    if not flood:
-        sys.exit(f"wrk said:\n{wrk_out}")
-    h_sent, h_ok, h_429, h_503, h_other = (int(x) for x in flood.groups())
-    errors = after["errors_by_reason"]
-    refused = errors.get("max_agents", 0)
-    new_agents = after["agents"] - before["agents"]
-    u_refused = refused - h_429
-    elapsed = t_end - t0
-    flood_rows = [
+
+def watch(url: str, deadline: float, unix_ids: int, before: dict, trials: CrashTrials,
+          done_path: str) -> dict:
+    """Poll /stats until both floods are in: when the table filled, when each ended."""
+    seen = {"table_full": None, "unix_done": None, "http_done": None}
+    unix_base = before["received_by_transport"].get("unix", 0)
+    while time.monotonic() < deadline and not (seen["unix_done"] and seen["http_done"]):
+        stats = get_json(url + "/stats")
+        now = time.monotonic()
+        if seen["table_full"] is None and stats["agents"] >= stats["max_agents"]:
+            seen["table_full"] = now
+        unix_in = stats["received_by_transport"].get("unix", 0) - unix_base - trials.lines_sent
+        if seen["unix_done"] is None and unix_in >= unix_ids:
+            seen["unix_done"] = now
+        if seen["http_done"] is None and len(glob.glob(done_path + "-*")) == 2:
+            seen["http_done"] = now
+        time.sleep(0.05)
+    return seen
+
+
+def intake_table(r: dict) -> list:
+    """Accepted and refused new ids per transport."""
+    flood_line = re.search(r"flood: sent=(\d+) accepted=(\d+) refused=(\d+) "
+                           r"unavailable=(\d+) other=(\d+)", r["wrk"])
+    if not flood_line:
+        sys.exit(f"wrk said:\n{r['wrk']}")
+    h_sent, h_ok, h_429, h_503, h_other = (int(x) for x in flood_line.groups())
+    refused = r["after"]["errors_by_reason"].get("max_agents", 0)
+    new_agents = r["after"]["agents"] - r["before"]["agents"]
+    unix_ids, t0 = r["unix_ids"], r["t0"]
+    return [
         ("transport", "connections", "new ids sent", "accepted", "refused (max_agents)",
          "other answers", "ids/s"),
-        ("unix", UNIX_CONNECTIONS, unix_ids, new_agents - h_ok, u_refused,
-         unix_ids - (new_agents - h_ok) - u_refused, ""),
-        ("http", 32, h_sent, h_ok, h_429, f"{h_503} × 503, {h_other} other", ""),
-        ("both", "", unix_ids + h_sent, new_agents, refused, "", f"{(unix_ids + h_sent) / elapsed:.0f}"),
+        ("unix", UNIX_CONNECTIONS, unix_ids, new_agents - h_ok, refused - h_429,
+         unix_ids - (new_agents - h_ok) - (refused - h_429), _rate(unix_ids, r["unix_done"], t0)),
+        ("http", 32, h_sent, h_ok, h_429, f"{h_503} × 503, {h_other} other",
+         _rate(h_sent, r["http_done"], t0)),
+        ("both", "", unix_ids + h_sent, new_agents, refused, "",
+         _rate(unix_ids + h_sent, r["t_end"], t0)),
     ]
-    report(f"Flood: {unix_ids + h_sent} new agent ids in {elapsed:.1f} s, max_agents "
-           f"{after['max_agents']}; agents before {before['agents']}, after {after['agents']}; "
-           f"errors_by_reason {errors}; daemon CPU {cpu:.1f} s "
-           f"({cpu / (unix_ids + h_sent) * 1e6:.0f} µs an id)", flood_rows)
 
+
+def health_table(r: dict, bound: float) -> list:
+    """What a known agent, a crash and the daemon's memory looked like during the flood."""
+    wall0, wall_end, table_full = r["wall0"], r["wall_end"], r["table_full"]
+    wall_full = wall0 + (table_full - r["t0"]) if table_full else wall_end
+    beats = r["beats"]
     during = [(status, ms) for sent, status, ms in beats if wall0 <= sent <= wall_end]
-    lat = [ms for _, ms in during]
-    not_ok = {}
-    for status, _ in during:
-        if status != 200:
-            not_ok[status] = not_ok.get(status, 0) + 1
+    filling = [(status, ms) for sent, status, ms in beats if wall0 <= sent < wall_full]
+    full = [(status, ms) for sent, status, ms in beats if wall_full <= sent <= wall_end]
+    trials = r["trials"]
     crash = [ms for ms, flooding in trials.results if flooding]
     late = [ms for ms, flooding in trials.results if not flooding]
-    peak = rss.peak(t0, t_end)
-    per_agent = (rss_after - rss_before) / max(1, after["agents"] - before["agents"])
-    bound = after["max_agents"] * per_agent + HEADROOM
+    rss = r["rss"]
     full_rss = (f"{rss.peak(table_full - 0.5, table_full + 0.5) / 1e6:.1f} MB when the table "
-                f"filled ({table_full - t0:.1f} s in)") if table_full else "table never filled"
-    rows = [("during the flood", "measured", "target"),
+                f"filled ({table_full - r['t0']:.1f} s in)") if table_full else "table never filled"
+    return [("during the flood", "measured", "target"),
             (f"known agent over HTTP, every {PROBE_INTERVAL * 1000:.0f} ms: {len(during)} beats",
-             f"p50 {statistics.median(lat):.1f} ms, p99 {percentile(lat, 99):.1f} ms, "
-             f"max {max(lat):.1f} ms; not 200: {sum(not_ok.values())} {not_ok or ''}",
-             "p99 < 50 ms"),
+             _beats(during), "p99 < 50 ms"),
+            (f"… while the table filled ({len(filling)} beats)", _beats(filling), ""),
+            (f"… once it was full ({len(full)} beats)", _beats(full), ""),
             (f"kill -9 → dead, {len(crash)} trials during the flood",
              (f"p50 {statistics.median(crash):.1f} ms, p99 {percentile(crash, 99):.1f} ms, "
               f"max {max(crash):.1f} ms" if crash else "none")
@@ -264,20 +275,66 @@ def main(argv=None) -> list:
              + (f"; failed: {trials.error!r}" if trials.error else ""),
              "p99 < 10 ms"),
             ("daemon RSS, peak of samples every 20 ms",
-             f"{peak / 1e6:.1f} MB ({full_rss}); {rss_after / 1e6:.1f} MB idle after",
-             f"≤ {bound / 1e6:.1f} MB"),
+             f"{rss.peak(r['t0'], r['t_end']) / 1e6:.1f} MB ({full_rss}); "
+             f"{r['rss_after'] / 1e6:.1f} MB idle after", f"≤ {bound / 1e6:.1f} MB"),
             ]
-    report("Flood: what keeps working", rows)
-    mem_rows = [("agents before", "RSS before MB", "agents after", "RSS after MB",
-                 "per agent KB", "bound MB (max_agents × per agent + 50 MB)", "peak RSS MB"),
-                (before["agents"], f"{rss_before / 1e6:.1f}", after["agents"],
-                 f"{rss_after / 1e6:.1f}", f"{per_agent / 1e3:.2f}", f"{bound / 1e6:.1f}",
-                 f"{peak / 1e6:.1f}")]
-    report("Flood: memory", mem_rows)
-    warnings = sum(1 for line in log_lines if b" WARNING " in line)
-    print(f"\ndaemon log: {len(log_lines)} lines ({warnings} WARNING), "
-          f"{sum(len(line) + 1 for line in log_lines) / 1e6:.1f} MB")
-    return flood_rows + rows + mem_rows
+
+
+def _beats(beats: list) -> str:
+    """p50/p99/max latency of (status, ms) answers and how many were not 200."""
+    if not beats:
+        return "none"
+    lat = [ms for _, ms in beats]
+    not_ok = {}
+    for status, _ in beats:
+        if status != 200:
+            not_ok[status] = not_ok.get(status, 0) + 1
+    return (f"p50 {statistics.median(lat):.1f} ms, p99 {percentile(lat, 99):.1f} ms, "
+            f"max {max(lat):.1f} ms; not 200: {sum(not_ok.values())}"
+            + "".join(f", {n} × {code or 'no answer'}" for code, n in sorted(not_ok.items())))
+
+
+def _rate(count: int, done, t0: float) -> str:
+    return f"{count / (done - t0):.0f}" if done else "(not finished)"
+
+
+def main(argv=None) -> list:
+    args = argparse.ArgumentParser()
+    args.add_argument("--ids", type=int, default=200000)
+    args.add_argument("--trials", type=int, default=20)
+    args.add_argument("--timeout", type=int, default=300, help="bound on the flood (seconds)")
+    args.add_argument("--log-level", default="info", help="the daemon's log.level")
+    args.add_argument("--repo", metavar="DIR", default=REPO,
+                      help="run the hbdaemon package found in DIR (another version)")
+    opts = args.parse_args(argv)
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt install wrk")
+    r = flood(opts)
+    before, after = r["before"], r["after"]
+    intake = intake_table(r)
+    report(f"Flood: {intake[-1][2]} new agent ids in {r['t_end'] - r['t0']:.1f} s, max_agents "
+           f"{after['max_agents']}; agents before {before['agents']}, after {after['agents']}; "
+           f"errors_by_reason {after['errors_by_reason']}; daemon CPU {r['cpu']:.1f} s "
+           f"({r['cpu'] / intake[-1][2] * 1e6:.0f} µs an id)", intake)
+    per_agent = (r["rss_after"] - r["rss_before"]) / max(1, after["agents"] - before["agents"])
+    bound = after["max_agents"] * per_agent + HEADROOM
+    health = health_table(r, bound)
+    report("Flood: what keeps working", health)
+    print("\nkill -9 -> dead, ms, in trial order (* after the flood): " + ", ".join(
+        f"{ms:.1f}{'' if flooding else '*'}" for ms, flooding in r["trials"].results))
+    memory = [("agents before", "RSS before MB", "agents after", "RSS after MB",
+               "per agent KB", "bound MB (max_agents × per agent + 50 MB)", "peak RSS MB"),
+              (before["agents"], f"{r['rss_before'] / 1e6:.1f}", after["agents"],
+               f"{r['rss_after'] / 1e6:.1f}", f"{per_agent / 1e3:.2f}", f"{bound / 1e6:.1f}",
+               f"{r['rss'].peak(r['t0'], r['t_end']) / 1e6:.1f}")]
+    report("Flood: memory", memory)
+    reads = [("then GET, one at a time", "document MB", "RSS after MB")] + [
+        (path, f"{size / 1e6:.1f}", f"{rss / 1e6:.1f}") for path, size, rss in r["reads"]]
+    report(f"Flood: memory with {after['agents']} agents, after reads of the API", reads)
+    warnings = sum(1 for line in r["log"] if b" WARNING " in line)
+    print(f"\ndaemon log: {len(r['log'])} lines ({warnings} WARNING), "
+          f"{sum(len(line) + 1 for line in r['log']) / 1e6:.1f} MB")
+    return intake + health + memory + reads
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """HTTP heartbeats/s with wrk -t2 -c32 (keep-alive), hbdaemon beside the floor server.
 
-python bench/bench_http.py [--seconds 10] [--rounds 2]
+python bench/bench_http.py [--seconds 10] [--rounds 2] [--baseline DIR]
+--baseline DIR: also run the hbdaemon package found in DIR each round (another version,
+e.g. `git archive COMMIT hbdaemon | tar -x -C DIR`), to measure a change in the same run.
 """
 
 import argparse
@@ -10,7 +12,7 @@ import shutil
 import subprocess
 import sys
 
-from common import cpu_seconds, free_port, hbdaemon, report
+from common import REPO, cpu_seconds, free_port, hbdaemon, report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -51,8 +53,8 @@ def floor_run(seconds: int) -> dict:
         proc.wait()
 
 
-def hbdaemon_run(seconds: int) -> dict:
-    with hbdaemon() as (proc, url, _):
+def hbdaemon_run(seconds: int, repo: str = REPO) -> dict:
+    with hbdaemon(repo=repo) as (proc, url, _):
         return measure(proc.pid, url, seconds)
 
 
@@ -60,19 +62,25 @@ def main(argv=None) -> list:
     args = argparse.ArgumentParser()
     args.add_argument("--seconds", type=int, default=10)
     args.add_argument("--rounds", type=int, default=2)
+    args.add_argument("--baseline", metavar="DIR", help="also run the hbdaemon package in DIR")
     opts = args.parse_args(argv)
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt install wrk")
-    rows = [("server", "round", "heartbeats/s", "p50 ms", "p99 ms", "server CPU µs/heartbeat", "non-2xx")]
-    totals = {"floor": [], "hbdaemon": []}
+    servers = [("floor", floor_run), ("hbdaemon", hbdaemon_run)]
+    if opts.baseline:
+        servers.insert(1, ("baseline", lambda s: hbdaemon_run(s, os.path.abspath(opts.baseline))))
+    rows = [("server", "round", "heartbeats/s", "p50 ms", "p99 ms", "server CPU µs/heartbeat",
+             "non-2xx")]
+    totals = {name: [] for name, _ in servers}
     for rnd in range(1, opts.rounds + 1):
-        for name, fn in (("floor", floor_run), ("hbdaemon", hbdaemon_run)):
+        for name, fn in servers:
             r = fn(opts.seconds)
             totals[name].append(r["rate"])
             rows.append((name, rnd, f"{r['rate']:.0f}", f"{r['p50']:.2f}", f"{r['p99']:.2f}",
                          f"{r['cpu_us']:.0f}", r["non2xx"]))
-    ratio = sum(totals["hbdaemon"]) / sum(totals["floor"])
-    rows.append(("hbdaemon / floor", "", f"{ratio:.2f}", "", "", "", ""))
+    for name, _ in servers[1:]:
+        ratio = sum(totals[name]) / sum(totals["floor"])
+        rows.append((f"{name} / floor", "", f"{ratio:.2f}", "", "", "", ""))
     report(f"HTTP: wrk -t2 -c32 -d{opts.seconds}s, keep-alive", rows)
     return rows
 

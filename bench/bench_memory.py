@@ -16,7 +16,8 @@ def main(argv=None) -> list:
     args = argparse.ArgumentParser()
     args.add_argument("--agents", type=int, default=10000)
     opts = args.parse_args(argv)
-    with hbdaemon() as (proc, url, sock):
+    # no per-uid limit on new ids (agent.new_agents_per_minute): one connection registers all
+    with hbdaemon(agent={"new_agents_per_minute": 0}) as (proc, url, sock):
         idle = rss_bytes(proc.pid)
         s = socket.socket(socket.AF_UNIX)
         s.connect(sock)

@@ -43,11 +43,12 @@ def get_json(url: str):
 
 
 @contextlib.contextmanager
-def hbdaemon(stderr=None, **overrides):
+def hbdaemon(stderr=None, repo: str = REPO, **overrides):
     """Run the real daemon (log level warning) and yield (proc, http_url, socket_path).
 
     overrides: config sections merged over the defaults, e.g. agent={"max_agents": 10};
-    stderr: a file for the daemon's log (default: this process's stderr)."""
+    stderr: a file for the daemon's log (default: this process's stderr);
+    repo: the directory whose hbdaemon package runs (another version, to compare)."""
     tmp = tempfile.mkdtemp(prefix="hbb", dir="/tmp")
     port = free_port()
     sock = os.path.join(tmp, "hb.sock")
@@ -59,7 +60,7 @@ def hbdaemon(stderr=None, **overrides):
     path = os.path.join(tmp, "hb.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
-    proc = subprocess.Popen([sys.executable, "-m", "hbdaemon", "-c", path], cwd=REPO, stderr=stderr)
+    proc = subprocess.Popen([sys.executable, "-m", "hbdaemon", "-c", path], cwd=repo, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: get_json(url + "/healthz") and os.path.exists(sock))
@@ -85,6 +86,12 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_bytes(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
+
+
+def percentile(values, p: float) -> float:
+    """Nearest rank on the sorted values (as bench_crash reports its p99)."""
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def machine() -> str:

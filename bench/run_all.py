@@ -6,7 +6,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_crash  # noqa: E402
+import bench_flood  # noqa: E402
 import bench_http  # noqa: E402
+import bench_lock  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_unix  # noqa: E402
 from common import machine  # noqa: E402
@@ -18,6 +20,8 @@ def main() -> None:
     bench_unix.main([])
     bench_crash.main([])
     bench_memory.main([])
+    bench_flood.main([])
+    bench_lock.main([])
 
 
 if __name__ == "__main__":
