@@ -84,10 +84,20 @@ class SharedRender:
         with self._lock:
             started = self._clock()
             if self._value is None or started >= self._fresh_until:
+                self._value = None  # the old copy goes before the new one is built
                 self._value = self._render()
                 done = self._clock()
                 self._fresh_until = done + 2 * (done - started)
             return self._value
+
+    def drop_stale(self) -> None:
+        """Free the kept copy once it is too old to be served (tens of MB at 50,000 agents)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._clock() >= self._fresh_until:
+                    self._value = None
+            finally:
+                self._lock.release()
 
 
 class ApiError(Exception):
@@ -116,6 +126,11 @@ class Api:
         """(status, JSON-able document, text or bytes, content type) for a resolved route; raises
         ApiError. `by` names the client, for the record of who forgot an agent."""
         return getattr(self, "serve_" + route.action)(query, agent_id, by)
+
+    def drop_stale(self) -> None:
+        """Free rendered documents no longer fresh (the daemon's main loop calls it)."""
+        for shared in (self._agents, self._history, self._metrics):
+            shared.drop_stale()
 
     def serve_page(self, query, agent_id, by) -> Tuple[int, object, str]:
         return 200, STATUS_PAGE, HTML

@@ -100,7 +100,8 @@ class Daemon:
                 self.http = HeartbeatHTTPServer(h.host, h.port, self.api, self.pool.submit,
                                                 credentials=self.credentials,
                                                 idle_timeout=h.idle_timeout,
-                                                max_connections=h.max_connections)
+                                                max_connections=h.max_connections,
+                                                crowded=self.pool.crowded)
             except OSError as exc:
                 self.unix.close()
                 self.unix.remove_socket()
@@ -191,6 +192,7 @@ class Daemon:
                 self.reload()
             if self.notifier.watchdog_interval and self._healthy():
                 self.notifier.notify("WATCHDOG=1")
+            self.api.drop_stale()
 
     def _healthy(self) -> bool:
         """Feed the watchdog only while the health checker keeps up."""

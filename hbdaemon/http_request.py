@@ -22,11 +22,28 @@ class Target(NamedTuple):
     authority: Optional[str]
 
 
+_SEEN: dict = {}  # raw target or Host -> its parse: agents send the same few every time
+_SEEN_MAX = 1024    # a client sending new ones each time only misses the cache
+
+
+def _remember(key: str, value):
+    if len(_SEEN) < _SEEN_MAX:
+        _SEEN[key] = value
+    return value
+
+
 def parse_target(raw: str) -> Target:
     """Decode a request target once: `/%61gents//x/` and `/agents/x` are the same path.
 
     Raises BadRequest for anything that is not an origin-form or absolute-form target.
     """
+    known = _SEEN.get(raw)
+    if type(known) is Target:
+        return known
+    return _remember(raw, _parse_target(raw))
+
+
+def _parse_target(raw: str) -> Target:
     authority = None
     scheme = _SCHEME.match(raw)
     if scheme:
@@ -61,6 +78,14 @@ def host_name(authority: str) -> str:
     else:
         host = authority
     return host.lower().rstrip(".")
+
+
+def is_loopback_host(authority: str) -> bool:
+    """is_loopback_name(host_name(authority)), remembered for the Host values seen."""
+    known = _SEEN.get(("host", authority))
+    if known is None:
+        known = _remember(("host", authority), is_loopback_name(host_name(authority)))
+    return known
 
 
 def is_loopback_name(host: str) -> bool:

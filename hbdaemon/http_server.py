@@ -15,13 +15,13 @@ import queue
 import socket
 import struct
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from hbdaemon import __version__
 from hbdaemon.api import Api, ApiError, resolve
 from hbdaemon.auth import OPEN, Credentials, Grant
 from hbdaemon.connlimit import ConnectionLimitMixIn
-from hbdaemon.http_request import BadRequest, host_name, is_loopback_name, parse_target, same_origin
+from hbdaemon.http_request import BadRequest, is_loopback_host, parse_target, same_origin
 from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339,
                                parse_heartbeat, warning_reason)
 from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS
@@ -54,10 +54,11 @@ class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer)
 
     def __init__(self, host: str, port: int, api: Api, submit, *,
                  credentials: Optional[Credentials] = None, idle_timeout: float = 30.0,
-                 max_connections: int = 256):
+                 max_connections: int = 256, crowded: Callable[[], bool] = lambda: False):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.api = api
         self.submit = submit
+        self.crowded = crowded  # the queue is half full: keep the rest for known agents
         self.credentials = credentials or Credentials()
         self.idle_timeout = idle_timeout
         self.init_connection_limit(max_connections)
@@ -266,7 +267,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             raise Refusal(400, "bad_host", "more than one Host header")
         host = authority if authority is not None else (hosts[0] if hosts else None)
-        if host is not None and not is_loopback_name(host_name(host)):
+        if host is not None and not is_loopback_host(host):
             raise Refusal(421, "bad_host", "this daemon answers only to localhost and loopback "
                           "addresses", log_it=True)
 
@@ -291,6 +292,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         if not grant.covers(hb.agent_id):
             raise self._not_covered(grant, hb.agent_id)
         host = self._client()
+        if hb.agent_id not in server.api.registry and server.crowded():
+            raise Refusal(503, "queue_full", "busy; new agents wait while known ones are "
+                          "heard", (("Retry-After", "1"),))
         refusal = server.api.registry.admit(hb.agent_id, host)
         if refusal == ID_CONFLICT:
             raise Refusal(409, refusal, f"agent {hb.agent_id} is held by a live Unix connection; "

@@ -273,13 +273,18 @@ class Registry:
         self._dirty.add(hb.agent_id)
 
     def _emit(self) -> None:
-        """Hand queued events to the sink, outside the registry lock and in order."""
-        if not self._outbox:
-            return
-        with self._emit_lock:
-            while self._outbox:
-                agent_id, old, new, reason, kind = self._outbox.popleft()
-                self._on_event(agent_id, old, new, reason, kind=kind)
+        """Hand queued events to the sink, outside the registry lock and in order. A thread
+        that finds another emitting leaves its events to it: heartbeats never wait for a
+        burst of events to be logged."""
+        while self._outbox:
+            if not self._emit_lock.acquire(blocking=False):
+                return  # the emitter drains ours too: it looks again after releasing
+            try:
+                while self._outbox:
+                    agent_id, old, new, reason, kind = self._outbox.popleft()
+                    self._on_event(agent_id, old, new, reason, kind=kind)
+            finally:
+                self._emit_lock.release()
 
     def connection_closed(self, conn_id: int, agent_ids: Iterable[str]) -> None:
         """A Unix connection that spoke for `agent_ids` ended: each is `dead` at once if
@@ -449,6 +454,9 @@ class Registry:
         with self._lock:
             return {s.value: self._counts[s] for s in State}
 
+    def __contains__(self, agent_id: str) -> bool:
+        return agent_id in self._records  # one dict lookup: atomic, no lock needed
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)
@@ -513,7 +521,11 @@ class Registry:
 
 
 def _slices(items: list) -> Iterable[list]:
+    """`items` SLICE at a time, yielding the CPU between slices: a thread waiting for the
+    lock gets it (and the GIL) before the next slice, not after the whole pass."""
     for start in range(0, len(items), SLICE):
+        if start:
+            time.sleep(0)
         yield items[start:start + SLICE]
 
 

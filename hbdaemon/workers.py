@@ -35,6 +35,10 @@ class WorkerPool:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    def crowded(self) -> bool:
+        """At least half full: the HTTP receiver keeps the rest for agents it knows."""
+        return self._queue.qsize() * 2 >= self.capacity
+
     def start(self) -> None:
         self._threads = [spawn(f"hb-worker-{n + 1}", self._work) for n in range(self._size)]
 
