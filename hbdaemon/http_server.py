@@ -143,18 +143,25 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(414)
             return
         self.raw_requestline = line
-        stream, self.rfile = self.rfile, _HeadReader(self.rfile, MAX_HEAD_BYTES)
-        try:
-            parsed = self.parse_request()  # a refusal is answered through send_error
-        finally:
-            self.rfile = stream
-        if not parsed:
+        if not self._parse_head():  # a refusal is answered through send_error
             return
         try:
             self._serve()
         except Refusal as refusal:
             self._refuse(refusal)
         self.wfile.flush()
+
+    def _parse_head(self) -> bool:
+        """parse_request within MAX_HEAD_BYTES: directly when the whole head has arrived
+        already (the usual case: one packet), else through a reader that counts."""
+        ahead = self.rfile.peek(MAX_HEAD_BYTES)[:MAX_HEAD_BYTES]
+        if ahead.startswith((b"\r\n", b"\n")) or b"\n\r\n" in ahead or b"\n\n" in ahead:
+            return self.parse_request()
+        stream, self.rfile = self.rfile, _HeadReader(self.rfile, MAX_HEAD_BYTES)
+        try:
+            return self.parse_request()
+        finally:
+            self.rfile = stream
 
     def handle_expect_100(self):
         # Send "100 Continue" only once the request is known to be acceptable (_read_body).
@@ -177,9 +184,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             self.request_version = "HTTP/1.1"
             self.close_connection = True
             raise Refusal(400, "bad_request", "HTTP/0.9 requests are not served")
-        if self.headers.defects or self.headers.get_payload():
-            # the email parser stops at a malformed line and keeps the rest as "payload":
-            # the headers after it (Content-Length, Host, Origin) would go unseen
+        if self.headers.defects:
+            # the email parser stops at a malformed line (noted as a defect) and keeps the
+            # rest as "payload": the headers after it (Content-Length, Host, Origin) go unseen
             self.close_connection = True
             raise Refusal(400, "bad_header", "malformed header line")
         self._length = self._framing()
@@ -200,7 +207,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             raise Refusal(403, "foreign_origin", "requests from web pages of another origin "
                           "are refused", log_it=True)
         grant = OPEN
-        if route.credential:
+        if route.credential and server.credentials.required:
             grant = server.credentials.check(self.headers.get("Authorization"))
             if grant is None:
                 raise Refusal(401, "unauthorized", "missing or wrong bearer token",

@@ -199,6 +199,9 @@ class Registry:
         """None if an HTTP heartbeat for `agent_id` from address `remote` may be applied, else
         why not (ID_CONFLICT, MAX_AGENTS, RATE_LIMITED). Takes a new-id token from the
         address's bucket when the id is new: pass admitted=True to apply() afterwards."""
+        rec = self._records.get(agent_id)
+        if rec is not None and not rec.connected:
+            return None  # known and not held (apply() checks again, under the lock)
         with self._lock:
             refusal = self._refusal(agent_id, None, remote, admitted=False)
         self._emit()
