@@ -17,6 +17,7 @@ import contextlib
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -30,20 +31,11 @@ from hbdaemon.protocol import Heartbeat
 from hbdaemon.registry import Registry
 from hbdaemon.stats import ReceiverStats
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))
+from support.clock import FakeClock  # noqa: E402  (the tests' fake clock)
+
 APPLY_EVERY = 0.001
-
-
-class FakeClock:
-    """Callable like time.monotonic; advance() moves it."""
-
-    def __init__(self, start: float = 1000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class TimedLock:
