@@ -184,9 +184,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             self.request_version = "HTTP/1.1"
             self.close_connection = True
             raise Refusal(400, "bad_request", "HTTP/0.9 requests are not served")
-        if self.headers.defects:
-            # the email parser stops at a malformed line (noted as a defect) and keeps the
-            # rest as "payload": the headers after it (Content-Length, Host, Origin) go unseen
+        if self.headers.defects or self.headers.get_payload():
+            # the email parser stops at a malformed line (or a bare CR) and keeps the rest
+            # as "payload": the headers after it (Content-Length, Host, Origin) go unseen
             self.close_connection = True
             raise Refusal(400, "bad_header", "malformed header line")
         self._length = self._framing()

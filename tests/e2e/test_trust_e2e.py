@@ -371,7 +371,8 @@ def test_a_flood_of_new_ids_from_an_unprivileged_user_drowns_nothing(daemon_fact
     assert 0 < d.log().count("too many new") < 20  # refusals are logged, not one line each
 
 
-@pytest.mark.parametrize("line", [b"X", b"Bad Name: x", b"Content-Length : 24", b"X-A: a\rb"])
+@pytest.mark.parametrize("line", [b"X", b"Bad Name: x", b"Content-Length : 24", b"X-A: a\rb",
+                                  b"X-A: \r"])
 def test_a_malformed_header_line_is_refused_not_the_end_of_the_headers(daemon_factory, line):
     d = daemon_factory().start()
     smuggled = b"GET /agents HTTP/1.1\r\nHost: localhost\r\n\r\n"

@@ -76,6 +76,8 @@ def test_at_the_cap_only_a_waiting_connection_makes_room_never_one_being_served(
         assert (status, retry) == (503, "1")  # nobody to evict: the one slot is working
         gate.set()
         assert busy.recv(4096).startswith(b"HTTP/1.1 200")
+        wait_for(lambda: all(type(v) is float for v in server._conns.values()),
+                 what="the served connection waiting for its next request")
         assert post(port)[0] == 200  # now idle between requests: it makes room
         assert busy.recv(1) == b"" and server.evicted_total == 1
         busy.close()
