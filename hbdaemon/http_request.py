@@ -88,6 +88,29 @@ def is_loopback_host(authority: str) -> bool:
     return known
 
 
+def is_loopback_address(address: str) -> bool:
+    """True for a client address as the kernel gives it (normalised text) in 127.0.0.0/8,
+    ::1 or IPv4-mapped 127.x: a client on this host. A string test: it runs per heartbeat."""
+    return address.startswith(("127.", "::ffff:127.")) or address == "::1"
+
+
+def address_block(address: str) -> str:
+    """The block one client can freely pick addresses from: all of loopback (any local user
+    can bind 127.x.y.z), an IPv6 /64, else the address itself."""
+    if is_loopback_address(address):
+        return "loopback"
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    mapped = getattr(parsed, "ipv4_mapped", None)
+    if mapped is not None:
+        return str(mapped)
+    if parsed.version == 6:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return address
+
+
 def is_loopback_name(host: str) -> bool:
     """True for `localhost` and loopback address literals (127.0.0.0/8, ::1, ::ffff:127.x)."""
     if host == "localhost":

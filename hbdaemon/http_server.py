@@ -21,7 +21,8 @@ from hbdaemon import __version__
 from hbdaemon.api import Api, ApiError, resolve
 from hbdaemon.auth import OPEN, Credentials, Grant
 from hbdaemon.connlimit import ConnectionLimitMixIn
-from hbdaemon.http_request import BadRequest, is_loopback_host, parse_target, same_origin
+from hbdaemon.http_request import (BadRequest, is_loopback_address, is_loopback_host,
+                                   parse_target, same_origin)
 from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339,
                                parse_heartbeat, warning_reason)
 from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS
@@ -36,12 +37,6 @@ MAX_HEAD_BYTES = 16384    # all header lines together; more: 431 (memory per con
 _PAGE_HEADERS = (("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
                   "style-src 'unsafe-inline'; connect-src 'self'; img-src data:"),
                  ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store"))
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and their IPv4-mapped form: a client on this host."""
-    return host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1") \
-        or host.startswith("::ffff:127.")
 
 
 class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer):
@@ -312,7 +307,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
                           "too many new agent ids from this address; try again shortly",
                           (("Retry-After", retry),), log_it=True)
         try:
-            server.submit((hb, started, host, is_loopback(host)))
+            server.submit((hb, started, host, is_loopback_address(host)))
         except queue.Full:
             raise Refusal(503, "queue_full", "queue full; retry later",
                           (("Retry-After", "1"),)) from None

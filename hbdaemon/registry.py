@@ -1,7 +1,6 @@
 """The registry: the single owner of agent records and of every change of state."""
 
 import collections
-import ipaddress
 import logging
 import threading
 import time
@@ -10,6 +9,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from hbdaemon import process
 from hbdaemon.health import ENDED, WATCHED, PolicySet, State, judge_heartbeat
+from hbdaemon.http_request import address_block
 from hbdaemon.protocol import Heartbeat, format_rfc3339, parse_rfc3339
 
 log = logging.getLogger(__name__)
@@ -558,20 +558,9 @@ def _holder(rec: AgentRecord, peer: Optional[Peer]) -> str:
 
 
 def _source(peer: Optional[Peer], remote: str) -> str:
-    """Who creates new ids, for the limiter: a Unix peer's uid, or an HTTP client's address
-    (all of loopback is one source: any local user can bind 127.x.y.z; IPv6 by /64)."""
-    if peer is not None:
-        return f"uid:{peer.uid}"
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:
-        return f"addr:{remote}"
-    mapped = getattr(address, "ipv4_mapped", None) or address
-    if mapped.is_loopback:
-        return "addr:loopback"
-    if mapped.version == 6:
-        return f"addr:{ipaddress.ip_network(f'{mapped}/64', strict=False)}"
-    return f"addr:{mapped}"
+    """Who creates new ids, for the limiter: a Unix peer's uid, or an HTTP client's block of
+    addresses (see address_block)."""
+    return f"uid:{peer.uid}" if peer is not None else f"addr:{address_block(remote)}"
 
 
 def _who(peer: Optional[Peer], remote: str) -> str:

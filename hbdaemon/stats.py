@@ -61,10 +61,10 @@ class ReceiverStats:
         if message:
             self.warn(reason, message)
 
-    def warn(self, reason: str, message: str) -> bool:
-        """Log a refusal at WARNING, at most once per LOG_INTERVAL per reason, so that a
-        flood of bad requests cannot flood the log; the next line says how many were not.
-        True if this one was logged."""
+    def warn(self, reason: str, message: str, *args) -> bool:
+        """Log a refusal (`message % args`, formatted only if logged) at WARNING, at most
+        once per LOG_INTERVAL per reason, so that a flood of bad requests cannot flood the
+        log; the next line says how many were not. True if this one was logged."""
         now = self._clock()
         with self._lock:
             last, unlogged = self._logged.get(reason, (None, 0))
@@ -73,7 +73,7 @@ class ReceiverStats:
                 return False
             self._logged[reason] = (now, 0)
         more = f" (and {unlogged} more like it in the last {now - last:.0f}s)" if unlogged else ""
-        log.warning("%s%s", message, more)
+        log.warning("%s%s", message % args if args else message, more)
         return True
 
     def snapshot(self) -> dict:

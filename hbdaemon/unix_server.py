@@ -203,11 +203,10 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
     def _note(self, reason: str, message: str, *args, count: bool = True) -> None:
         """Count a refused line (unless `count` is False) and log the problem: at WARNING at
         most once per reason every few seconds across all connections, else at DEBUG."""
-        text = message % args
         if count:
             self.server.stats.note_rejected(TRANSPORT, reason)
-        if not self.server.stats.warn(f"unix:{reason}", text):
-            log.debug("%s", text)
+        if not self.server.stats.warn(f"unix:{reason}", message, *args):
+            log.debug(message, *args)  # formatted only at debug level: a flood is cheap
 
     def _drop(self, peer: Peer, agent_id, reason: str, message: str) -> None:
         self._note(reason, "unix: closing connection of %s (pid %d): %s",
