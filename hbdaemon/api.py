@@ -3,7 +3,7 @@
 import json
 import threading
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from hbdaemon import convert
 from hbdaemon.events import EventLog
@@ -69,18 +69,22 @@ def resolve(method: str, path: str) -> Tuple[Route, Optional[str]]:
     return route, agent_id
 
 
+# An answer's body: bytes, or parts (bytes) sent one after the other
+Body = Union[bytes, Tuple[bytes, ...]]
+
+
 class SharedRender:
     """An expensive document (every agent): rendered by one thread at a time and reused for
     twice as long as rendering took, so a crowd of readers costs at most a third of a core
     and one copy in memory, however many ask at once. Thread-safe; blocks while rendering."""
 
-    def __init__(self, render: Callable[[], bytes], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, render: Callable[[], Body], clock: Callable[[], float] = time.monotonic):
         self._render, self._clock = render, clock
         self._lock = threading.Lock()
-        self._value: Optional[bytes] = None
+        self._value: Optional[Body] = None
         self._fresh_until = 0.0
 
-    def get(self) -> bytes:
+    def get(self) -> Body:
         with self._lock:
             started = self._clock()
             if self._value is None or started >= self._fresh_until:
@@ -116,7 +120,7 @@ class Api:
                  wallclock: Callable[[], float] = time.time):
         self.registry, self.events, self.stats = registry, events, stats
         self._extra_stats, self._wall = extra_stats, wallclock
-        self._agents = SharedRender(lambda: _json({"agents": registry.snapshot()}))
+        self._agents = SharedRender(lambda: _json_list("agents", registry.snapshot_chunks()))
         self._history = SharedRender(lambda: _json(
             {"step": registry.history_step, "agents": registry.history()}))
         self._metrics = SharedRender(lambda: metrics().encode())
@@ -205,3 +209,16 @@ def _is_number(text: str) -> bool:
 
 def _json(doc) -> bytes:
     return json.dumps(doc).encode()
+
+
+def _json_list(name: str, chunks: Iterable[list]) -> Tuple[bytes, ...]:
+    """_json({name: [every item of every chunk]}) in parts, to be sent one after another:
+    a chunk at a time is a dict, and the document is never copied whole into one string."""
+    parts = [b'{"%s": [' % name.encode()]
+    for chunk in chunks:
+        if chunk:
+            if len(parts) > 1:
+                parts.append(b", ")
+            parts.append(json.dumps(chunk)[1:-1].encode())
+    parts.append(b"]}")
+    return tuple(parts)

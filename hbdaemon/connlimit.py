@@ -1,5 +1,7 @@
 """A socketserver mix-in that caps concurrent connections and can close them all on stop."""
 
+import collections
+import contextlib
 import logging
 import socket
 import sys
@@ -119,3 +121,38 @@ def _hang_up(request: socket.socket) -> None:
         request.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+NEW_ID_SLOTS = 2  # threads at a time doing intake that is not a known agent's heartbeat
+NO_GATE = contextlib.nullcontext()
+
+
+class FairGate:
+    """At most `slots` threads inside at a time, the others let in in the order they came.
+
+    A Semaphore lets a thread that just left barge back in ahead of those it woke; here a
+    leaving thread hands its slot to the first waiter. Threads waiting here are parked, not
+    competing for the GIL, so a thread with urgent work (a process died) gets it soon."""
+
+    def __init__(self, slots: int):
+        self._lock = threading.Lock()
+        self._free = slots
+        self._waiters: collections.deque = collections.deque()
+
+    def __enter__(self):
+        with self._lock:
+            if self._free and not self._waiters:
+                self._free -= 1
+                return self
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the thread that hands us its slot
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._free += 1

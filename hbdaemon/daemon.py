@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ from hbdaemon.api import Api
 from hbdaemon.auth import Credentials
 from hbdaemon.checker import HealthChecker
 from hbdaemon.config import Config, ConfigError, read_token
+from hbdaemon.connlimit import NEW_ID_SLOTS, FairGate
 from hbdaemon.events import EventLog
 from hbdaemon.health import PolicySet
 from hbdaemon.hooks import HookRunner
@@ -45,6 +47,25 @@ def preflight(cfg: Config) -> Credentials:
     return Credentials.from_config(cfg)
 
 
+def raise_open_file_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards the hard one so that every permitted connection
+    (and its pidfd) fits: the usual soft limit is 1024, below what the defaults allow."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open file limit from %d to %d: %s", soft, target, exc)
+            return
+    if target < needed:
+        log.warning("the open file limit (%d) is below the %d that the connection limits need; "
+                    "connections beyond it are refused (raise LimitNOFILE= or ulimit -n)",
+                    target, needed)
+
+
 class Daemon:
     """One running hbdaemon. start() and stop() are called from the main thread."""
 
@@ -65,6 +86,10 @@ class Daemon:
                            self.registry.take_dirty)
         self.hooks = HookRunner(cfg.hooks, cfg.agent.restart, self.events.record, self.registry.get)
         self.checker = HealthChecker(self.registry, hc.stall_threshold)
+        # Intake that is not a known agent's heartbeat (new ids, refusals, the API) passes
+        # one gate shared by both receivers, a few threads at a time, in order of arrival:
+        # a flood of new ids then cannot keep a crash verdict or a known agent from the GIL.
+        self.gate = FairGate(NEW_ID_SLOTS)
         self.pool = WorkerPool(self._process_http, cfg.http.workers, cfg.http.queue_size)
         self.api = Api(self.registry, self.events, self.stats, self.extra_stats, self.render_metrics)
         self.upstream: Optional[UpstreamReporter] = None
@@ -88,11 +113,13 @@ class Daemon:
             log.info("remembered %d agents and %d events from %s", len(agents), len(events),
                      self.store.path)
         u, h = self.cfg.unix, self.cfg.http
+        # each Unix connection holds its socket and its peer's pidfd; each HTTP one a socket
+        raise_open_file_limit(2 * u.max_connections + h.max_connections + 64)
         try:
             self.unix = UnixHeartbeatServer(
                 u.socket_path, self.registry, self.stats, mode=u.socket_mode, group=u.socket_group,
                 verify_peer_pid=u.verify_peer_pid, idle_timeout=self.cfg.unix_idle_timeout,
-                max_connections=u.max_connections)
+                max_connections=u.max_connections, gate=self.gate)
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot listen on {u.socket_path}: {exc}") from None
         if h.port:
@@ -101,7 +128,7 @@ class Daemon:
                                                 credentials=self.credentials,
                                                 idle_timeout=h.idle_timeout,
                                                 max_connections=h.max_connections,
-                                                crowded=self.pool.crowded)
+                                                crowded=self.pool.crowded, gate=self.gate)
             except OSError as exc:
                 self.unix.close()
                 self.unix.remove_socket()

@@ -18,9 +18,9 @@ import time
 from typing import Callable, Optional
 
 from hbdaemon import __version__
-from hbdaemon.api import Api, ApiError, resolve
+from hbdaemon.api import Api, ApiError, Body, resolve
 from hbdaemon.auth import OPEN, Credentials, Grant
-from hbdaemon.connlimit import ConnectionLimitMixIn
+from hbdaemon.connlimit import NEW_ID_SLOTS, NO_GATE, ConnectionLimitMixIn, FairGate
 from hbdaemon.http_request import (BadRequest, is_loopback_address, is_loopback_host,
                                    parse_target, same_origin)
 from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339,
@@ -49,7 +49,8 @@ class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer)
 
     def __init__(self, host: str, port: int, api: Api, submit, *,
                  credentials: Optional[Credentials] = None, idle_timeout: float = 30.0,
-                 max_connections: int = 256, crowded: Callable[[], bool] = lambda: False):
+                 max_connections: int = 256, crowded: Callable[[], bool] = lambda: False,
+                 gate: Optional[FairGate] = None):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.api = api
         self.submit = submit
@@ -57,6 +58,7 @@ class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer)
         self.credentials = credentials or Credentials()
         self.idle_timeout = idle_timeout
         self.init_connection_limit(max_connections)
+        self.gate = gate or FairGate(NEW_ID_SLOTS)
         super().__init__((host, port), HeartbeatHTTPHandler)
         # DNS rebinding: a page whose name resolves to 127.0.0.1 must not reach the API
         self.loopback_only = ipaddress.ip_address(self.server_address[0]).is_loopback
@@ -86,15 +88,6 @@ _accepted_cache = [0, b""]
 _date_cache = [0, ""]
 
 
-def _accepted_body() -> bytes:
-    """The 200 answer, rebuilt at most once a millisecond (it is on the hot path)."""
-    now = time.time()
-    millis = int(now * 1000)
-    if _accepted_cache[0] != millis:
-        _accepted_cache[:] = [millis, _json_body(True, "heartbeat accepted")]
-    return _accepted_cache[1]
-
-
 class Refusal(Exception):
     """A request answered with an error: status, counted reason, message, extra headers."""
 
@@ -120,6 +113,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
         super().setup()
+        self._known = False  # the last request was a heartbeat of a known agent, accepted
 
     # -- the request boundary -------------------------------------------------------------
 
@@ -138,6 +132,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(414)
             return
         self.raw_requestline = line
+        self.server.api.registry.yield_to_verdicts()
         if not self._parse_head():  # a refusal is answered through send_error
             return
         try:
@@ -213,16 +208,20 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             raise Refusal(411, "no_length", "Content-Length required")
         body = self._read_body()
         server.note_busy(self.connection)  # the request is in: not one to evict
-        if heartbeat:
-            return self._intake(body, grant)
-        try:
-            code, doc, content_type = server.api.handle(route, agent_id, target.query,
-                                                        by=f"{route.method} from {self._client()}")
-        except ApiError as exc:
-            return self._reply(exc.code, _json_body(False, exc.message))
-        if isinstance(doc, str):
-            doc = doc.encode()
-        body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        # the gate (see Daemon.gate) is held for work only, never while the client is waited
+        # for: the request is read, and answers past the write buffer are sent after it
+        known, self._known = self._known, False
+        with (NO_GATE if known else server.gate):
+            if heartbeat:
+                return self._intake(body, grant)
+            try:
+                code, doc, content_type = server.api.handle(
+                    route, agent_id, target.query, by=f"{route.method} from {self._client()}")
+            except ApiError as exc:
+                return self._reply(exc.code, _json_body(False, exc.message))
+            if isinstance(doc, str):
+                doc = doc.encode()
+            body = doc if isinstance(doc, (bytes, tuple)) else json.dumps(doc).encode()
         headers = _PAGE_HEADERS if content_type.startswith("text/html") else ()
         self._reply(code, body, content_type, headers=headers)
 
@@ -294,7 +293,8 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         if not grant.covers(hb.agent_id):
             raise self._not_covered(grant, hb.agent_id)
         host = self._client()
-        if hb.agent_id not in server.api.registry and server.crowded():
+        known = hb.agent_id in server.api.registry
+        if not known and server.crowded():
             raise Refusal(503, "queue_full", "busy; new agents wait while known ones are "
                           "heard", (("Retry-After", "1"),))
         refusal = server.api.registry.admit(hb.agent_id, host)
@@ -315,12 +315,26 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             raise Refusal(503, "shutting_down", "daemon is shutting down",
                           (("Retry-After", "1"),)) from None
+        self._known = known
         for warning in hb.warnings:
             stats.note_warning(TRANSPORT, warning_reason(warning))
-        if hb.warnings:
-            return self._reply(200, _json_body(True, "heartbeat accepted",
-                                               warnings=list(hb.warnings)))
-        self._reply(200, _accepted_body())
+        if hb.warnings or self.close_connection:
+            extra = {"warnings": list(hb.warnings)} if hb.warnings else {}
+            return self._reply(200, _json_body(True, "heartbeat accepted", **extra))
+        self.log_request(200)
+        self.wfile.write(self._accepted_reply())
+
+    def _accepted_reply(self) -> bytes:
+        """The whole usual 200 answer, head and body, as _reply would send it; rebuilt at
+        most once a millisecond (the body's timestamp), as it is most of what we send."""
+        millis = int(time.time() * 1000)
+        if _accepted_cache[0] != millis:
+            body = _json_body(True, "heartbeat accepted")
+            head = (f"{self.protocol_version} 200 OK\r\nServer: {self.version_string()}\r\n"
+                    f"Date: {self.date_time_string()}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n")
+            _accepted_cache[:] = [millis, head.encode("latin-1") + body]
+        return _accepted_cache[1]
 
     # -- answers --------------------------------------------------------------------------
 
@@ -342,18 +356,24 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
     def _client(self) -> str:
         return self.client_address[0] if self.client_address else "-"
 
-    def _reply(self, code: int, body: bytes, content_type: str = "application/json",
+    def _reply(self, code: int, body: Body, content_type: str = "application/json",
                headers=()) -> None:
+        """Answer with `body`: bytes, or parts sent one after the other (api.Body)."""
         self.send_response(code)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length",
+                         str(len(body) if isinstance(body, bytes) else sum(map(len, body))))
         for name, value in headers:
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if isinstance(body, bytes):
             self.wfile.write(body)
+        else:
+            self.wfile.writelines(body)
 
     def date_time_string(self, timestamp=None):
         # The Date header, formatted once a second rather than once a request.

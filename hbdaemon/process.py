@@ -54,14 +54,61 @@ def _wait_exit(pid: int, timeout: float) -> Optional[bool]:
     a poll that needs it back at every step, which a busy daemon gives slowly. True if it
     exited, False if it still runs, None if pidfds are not available here."""
     try:
-        fd = os.pidfd_open(pid)
+        fd = _open_pidfd(pid)
+    except ProcessLookupError:
+        return True
+    if fd is None:
+        return None
+    try:
+        return _readable(fd, timeout)
+    finally:
+        os.close(fd)
+
+
+def _open_pidfd(pid: int) -> Optional[int]:
+    """A pidfd for `pid`, or None where the kernel or Python has none. Raises
+    ProcessLookupError if there is no such process."""
+    try:
+        return os.pidfd_open(pid)
     except AttributeError:  # Python built without it
         return None
     except ProcessLookupError:
-        return True
+        raise
     except OSError:  # ENOSYS on old kernels, EPERM under some sandboxes
         return None
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """A pidfd turns readable when its process has exited (poll: any fd number, unlike select)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
+class PeerProcess:
+    """The process at the other end of a Unix connection, held by a pidfd from the moment it
+    connects (Linux >= 5.3): its end is then seen without reading /proc, and a pid reused
+    since cannot be mistaken for it. Without pidfds it is looked up by pid and start time."""
+
+    __slots__ = ("pid", "started", "_fd")
+
+    def __init__(self, pid: int):
+        self.pid, self.started = pid, create_time(pid)
+        try:
+            self._fd = _open_pidfd(pid)
+        except ProcessLookupError:
+            self._fd = -1  # already gone
+
+    def exited(self, timeout: float = 0.0) -> bool:
+        """Has the process ended? Waits up to `timeout` seconds for it to."""
+        if self._fd == -1:
+            return True
+        if self._fd is None:
+            return wait_gone(self.pid, self.started) if timeout else \
+                pid_gone(self.pid, self.started)
+        return _readable(self._fd, timeout)
+
+    def close(self) -> None:
+        if self._fd is not None and self._fd >= 0:
+            os.close(self._fd)
+        self._fd = None

@@ -1,6 +1,7 @@
 """The registry: the single owner of agent records and of every change of state."""
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -187,6 +188,11 @@ class Registry:
         self.max_agents = max_agents
         self.limiter = NewAgentLimiter(new_agents_per_minute, clock)
         self._lock = threading.Lock()
+        # A verdict that a process died must not queue behind intake for the lock: a Lock is
+        # not fair, and busy receivers retake it before a woken waiter gets the GIL. While
+        # `_urgent` is set, intake waits at the turnstile instead (see _intake_lock).
+        self._turnstile = threading.Lock()
+        self._urgent = 0
         self._records: Dict[str, AgentRecord] = {}
         self._counts = collections.Counter()  # agents per state, kept as they change
         self._dirty: set = set()
@@ -202,10 +208,33 @@ class Registry:
         rec = self._records.get(agent_id)
         if rec is not None and not rec.connected:
             return None  # known and not held (apply() checks again, under the lock)
-        with self._lock:
+        with self._intake_lock():
             refusal = self._refusal(agent_id, None, remote, admitted=False)
         self._emit()
         return refusal
+
+    def yield_to_verdicts(self) -> None:
+        """Wait while a verdict waits for the lock (one attribute read when none does). Busy
+        receivers call it between requests too: each that waits here leaves the GIL to it."""
+        if self._urgent:
+            with self._turnstile:
+                pass
+
+    def _intake_lock(self) -> threading.Lock:
+        """The lock, once no verdict waits for it."""
+        self.yield_to_verdicts()
+        return self._lock
+
+    @contextlib.contextmanager
+    def _urgent_lock(self):
+        """The lock ahead of intake: receivers hold back at the turnstile meanwhile."""
+        with self._turnstile:
+            self._urgent += 1
+            try:
+                with self._lock:
+                    yield
+            finally:
+                self._urgent -= 1
 
     def _refusal(self, agent_id: str, peer: Optional[Peer], remote: str,
                  admitted: bool) -> Optional[str]:
@@ -236,7 +265,7 @@ class Registry:
         """Record one validated heartbeat and judge the agent; None if applied, else the
         reason it was refused (see admit)."""
         now, wall = self._clock(), self._wall()
-        with self._lock:
+        with self._intake_lock():
             refusal = self._refusal(hb.agent_id, peer, remote, admitted)
             if refusal is None:
                 self._apply(hb, transport, peer, remote, local, now, wall)
@@ -289,42 +318,57 @@ class Registry:
             finally:
                 self._emit_lock.release()
 
-    def connection_closed(self, conn_id: int, agent_ids: Iterable[str]) -> None:
+    def connection_closed(self, conn_id: int, agent_ids: Iterable[str],
+                          exited: Optional[Callable[[float], bool]] = None) -> None:
         """A Unix connection that spoke for `agent_ids` ended: each is `dead` at once if
-        the connection's process is gone.
+        the connection's process is gone. `exited(timeout)` says whether it is, waiting up to
+        `timeout` (default: its pid and start time looked up in /proc).
 
-        Blocks up to ~0.2 s (outside the lock) while an exiting process finishes dying:
-        once per connection, however many ids it spoke for.
+        Usually (kill -9) the process is gone by the time its EOF is read: then one pass.
+        Else this blocks up to ~0.2 s (outside the lock) while an exiting process finishes
+        dying: once per connection, however many ids it spoke for.
         """
+        ids = list(agent_ids)
+        if not ids:
+            return
+        gone = exited is not None and exited(0.0)
         watch: List[Tuple[AgentRecord, int]] = []
-        for chunk in _slices(list(agent_ids)):
-            with self._lock:
+        for chunk in _slices(ids):
+            with self._urgent_lock():
                 for agent_id in chunk:
                     rec = self._records.get(agent_id)
                     if rec is None or rec.conn_id != conn_id:
                         continue  # forgotten, or the agent has reconnected meanwhile
                     rec.connected, rec.conflict_noted = False, False
                     self._dirty.add(agent_id)
-                    if rec.state not in ENDED and rec.check_pid is not None:
+                    if rec.state in ENDED or rec.check_pid is None:
+                        continue
+                    if gone:
+                        self._convict_closed(rec)
+                    else:
                         watch.append((rec, rec.heartbeats))
+            if gone:
+                self._emit()
         if not watch:
             return
         pid, started = watch[0][0].check_pid, watch[0][0].check_started  # one peer per connection
-        if not self._wait_gone(pid, started):
+        if not (exited(sum(process.EXIT_RECHECKS)) if exited is not None
+                else self._wait_gone(pid, started)):
             log.info("agent %s%s: connection closed, process %d still running; waiting for it "
                      "to reconnect", watch[0][0].agent_id,
                      f" and {len(watch) - 1} more" if len(watch) > 1 else "", pid)
             return
         for chunk in _slices(watch):
-            with self._lock:
+            with self._urgent_lock():
                 for rec, seen in chunk:
-                    if self._records.get(rec.agent_id) is not rec or rec.conn_id != conn_id \
-                            or rec.heartbeats != seen or rec.state in ENDED:
-                        continue
-                    self._change(rec, State.DEAD,
-                                 f"process {pid} is gone: connection closed without stopping",
-                                 self._clock(), self._wall())
+                    if self._records.get(rec.agent_id) is rec and rec.conn_id == conn_id \
+                            and rec.heartbeats == seen and rec.state not in ENDED:
+                        self._convict_closed(rec)
             self._emit()
+
+    def _convict_closed(self, rec: AgentRecord) -> None:
+        self._change(rec, State.DEAD, f"process {rec.check_pid} is gone: connection closed "
+                     "without stopping", self._clock(), self._wall())
 
     # -- the health checker's pass -------------------------------------------------------
 
@@ -433,10 +477,19 @@ class Registry:
 
     def snapshot(self) -> List[dict]:
         """Every record as the API shows it, sorted by agent_id."""
-        views = self._copy(AgentRecord.view)
-        now = self._clock()
-        views.sort(key=lambda v: v["agent_id"])
-        return [present(v, now) for v in views]
+        return [view for chunk in self.snapshot_chunks() for view in chunk]
+
+    def snapshot_chunks(self) -> Iterable[List[dict]]:
+        """snapshot() a slice at a time: whoever formats it holds one slice of records as
+        dicts at a time, not all of them (10,000 agents are ~12 MB of dicts)."""
+        with self._lock:
+            ids = list(self._records)
+        ids.sort()  # outside the lock: 100,000 ids take tens of ms
+        for chunk in _slices(ids):
+            with self._lock:
+                views = [rec.view() for rec in map(self._records.get, chunk) if rec is not None]
+            now = self._clock()
+            yield [present(view, now) for view in views]
 
     def metric_rows(self) -> List[tuple]:
         """(agent_id, state, last_seen, cpu, memory, heartbeats, flapping) per agent: cheap to scrape."""
@@ -490,14 +543,20 @@ class Registry:
 
     def take_dirty(self, limit: int = 1000) -> List[Tuple[str, Optional[dict]]]:
         """Up to `limit` records changed since they were last taken: (agent_id, stored form
-        or None if forgotten). Call again until it returns nothing."""
-        with self._lock:
-            out = []
-            while self._dirty and len(out) < limit:
-                agent_id = self._dirty.pop()
-                rec = self._records.get(agent_id)
-                out.append((agent_id, rec.to_store() if rec else None))
-            return out
+        or None if forgotten). Call again until it returns nothing. Holds the lock for at
+        most SLICE records at a time."""
+        out: List[Tuple[str, Optional[dict]]] = []
+        while len(out) < limit:
+            if out:
+                time.sleep(0)
+            with self._lock:
+                for _ in range(min(SLICE, limit - len(out), len(self._dirty))):
+                    agent_id = self._dirty.pop()
+                    rec = self._records.get(agent_id)
+                    out.append((agent_id, rec.to_store() if rec else None))
+                if not self._dirty:
+                    break
+        return out
 
     def load(self, stored: List[dict]) -> None:
         """Bring back records from the store after a restart: watched ones become `unknown`."""
@@ -566,3 +625,4 @@ def _source(peer: Optional[Peer], remote: str) -> str:
 def _who(peer: Optional[Peer], remote: str) -> str:
     """`a Unix connection of uid 1000` or `HTTP client 10.0.0.5`: for events and logs."""
     return f"a Unix connection of uid {peer.uid}" if peer is not None else f"HTTP client {remote}"
+

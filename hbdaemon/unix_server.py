@@ -10,9 +10,10 @@ import socketserver
 import stat
 import struct
 import time
+from typing import Optional
 
 from hbdaemon import process
-from hbdaemon.connlimit import ConnectionLimitMixIn
+from hbdaemon.connlimit import NEW_ID_SLOTS, NO_GATE, ConnectionLimitMixIn, FairGate
 from hbdaemon.protocol import MAX_MESSAGE_BYTES, ProtocolError, parse_heartbeat, warning_reason
 from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS, RATE_LIMITED, Peer, Registry
 from hbdaemon.stats import ReceiverStats
@@ -78,7 +79,7 @@ class UnixHeartbeatServer(ConnectionLimitMixIn, socketserver.ThreadingUnixStream
 
     def __init__(self, path: str, registry: Registry, stats: ReceiverStats, *, mode: int = 0o660,
                  group: str = "", verify_peer_pid: bool = True, idle_timeout: float = 270.0,
-                 max_connections: int = 1024):
+                 max_connections: int = 1024, gate: Optional[FairGate] = None):
         self.socket_path = path
         self.registry = registry
         self.stats = stats
@@ -87,6 +88,7 @@ class UnixHeartbeatServer(ConnectionLimitMixIn, socketserver.ThreadingUnixStream
         self.verify_peer_pid = verify_peer_pid
         self.idle_timeout = idle_timeout or None
         self.closing = False
+        self.gate = gate or FairGate(NEW_ID_SLOTS)
         self._conn_ids = itertools.count(1)
         self._identity = None
         self.init_connection_limit(max_connections)
@@ -141,23 +143,28 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
         server = self.server
         pid, uid, gid = _PEERCRED.unpack(self.connection.getsockopt(
             socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-        peer = Peer(server.next_conn_id(), pid, uid, gid, process.create_time(pid))
+        peer_process = process.PeerProcess(pid)
+        peer = Peer(server.next_conn_id(), pid, uid, gid, peer_process.started)
         spoken = set()  # every id this connection spoke for: each is judged when it ends
         try:
             self._read_heartbeats(peer, spoken)
         finally:  # whatever ended the loop, no record may stay `connected` to a closed socket
-            if not server.closing:
-                server.registry.connection_closed(peer.conn_id, spoken)
+            try:
+                if not server.closing:
+                    server.registry.connection_closed(peer.conn_id, spoken, peer_process.exited)
+            finally:
+                peer_process.close()
 
     def _read_heartbeats(self, peer: Peer, spoken: set) -> None:
         server, pid = self.server, peer.pid
-        agent_id = None
+        self._last_id = None
+        known = False  # the last line was applied for an agent known before: it skips the gate
         while True:
             try:
                 line = self.rfile.readline(MAX_MESSAGE_BYTES + 1)
             except socket.timeout:
                 log.info("unix: closing idle connection of %s (pid %d): nothing for %.0fs",
-                         agent_id or "an unnamed peer", pid, server.idle_timeout)
+                         self._last_id or "an unnamed peer", pid, server.idle_timeout)
                 server.stats.note_rejected(TRANSPORT, "idle_timeout")
                 return
             except OSError as exc:
@@ -167,38 +174,49 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
                 return
             if line.isspace():
                 continue  # blank lines are harmless keep-alives
-            started = time.perf_counter()
-            server.stats.note_received(TRANSPORT)
-            if len(line) > MAX_MESSAGE_BYTES and not line.endswith(b"\n"):
-                self._drop(peer, agent_id, "too_large",
-                           f"line longer than {MAX_MESSAGE_BYTES} bytes")
+            server.registry.yield_to_verdicts()
+            with (NO_GATE if known else server.gate):
+                known = self._take(line, peer, spoken)
+            if known is None:
                 return
-            try:
-                hb = parse_heartbeat(line.rstrip(b"\r\n"), require_agent_id=False)
-            except ProtocolError as exc:
-                if exc.field is None:  # not JSON at all: the stream cannot be trusted
-                    self._drop(peer, agent_id, exc.reason, str(exc))
-                    return
-                self._note(exc.reason, "unix: rejected heartbeat from pid %d: %s", pid, exc)
-                continue
-            if server.verify_peer_pid and hb.pid != pid:
-                self._note("pid_mismatch", "unix: rejected heartbeat of %s: it says pid %d but "
-                           "the peer is pid %d (set unix.verify_peer_pid: false for agents in "
-                           "other pid namespaces)", hb.agent_id, hb.pid, pid)
-                continue
-            refusal = server.registry.apply(hb, TRANSPORT, peer)
-            if refusal is not None:
-                self._note(refusal, "unix: refused heartbeat of %s from pid %d (uid %d): %s",
-                           hb.agent_id, pid, peer.uid, _REFUSALS[refusal])
-                continue
-            agent_id = hb.agent_id
-            spoken.add(agent_id)
-            for warning in hb.warnings:
-                server.stats.note_warning(TRANSPORT, warning_reason(warning))
-            if hb.warnings:
-                self._note("field_dropped", "unix: heartbeat of %s applied without: %s",
-                           hb.agent_id, "; ".join(hb.warnings), count=False)
-            server.stats.note_processed(TRANSPORT, time.perf_counter() - started)
+
+    def _take(self, line: bytes, peer: Peer, spoken: set) -> Optional[bool]:
+        """Apply one line: True if it was a heartbeat of an agent known before, False if not
+        (or refused), None if the connection must be closed."""
+        server, pid = self.server, peer.pid
+        started = time.perf_counter()
+        server.stats.note_received(TRANSPORT)
+        if len(line) > MAX_MESSAGE_BYTES and not line.endswith(b"\n"):
+            self._drop(peer, "too_large", f"line longer than {MAX_MESSAGE_BYTES} bytes")
+            return None
+        try:
+            hb = parse_heartbeat(line.rstrip(b"\r\n"), require_agent_id=False)
+        except ProtocolError as exc:
+            if exc.field is None:  # not JSON at all: the stream cannot be trusted
+                self._drop(peer, exc.reason, str(exc))
+                return None
+            self._note(exc.reason, "unix: rejected heartbeat from pid %d: %s", pid, exc)
+            return False
+        if server.verify_peer_pid and hb.pid != pid:
+            self._note("pid_mismatch", "unix: rejected heartbeat of %s: it says pid %d but "
+                       "the peer is pid %d (set unix.verify_peer_pid: false for agents in "
+                       "other pid namespaces)", hb.agent_id, hb.pid, pid)
+            return False
+        known = hb.agent_id in server.registry
+        refusal = server.registry.apply(hb, TRANSPORT, peer)
+        if refusal is not None:
+            self._note(refusal, "unix: refused heartbeat of %s from pid %d (uid %d): %s",
+                       hb.agent_id, pid, peer.uid, _REFUSALS[refusal])
+            return False
+        self._last_id = hb.agent_id
+        spoken.add(hb.agent_id)
+        for warning in hb.warnings:
+            server.stats.note_warning(TRANSPORT, warning_reason(warning))
+        if hb.warnings:
+            self._note("field_dropped", "unix: heartbeat of %s applied without: %s",
+                       hb.agent_id, "; ".join(hb.warnings), count=False)
+        server.stats.note_processed(TRANSPORT, time.perf_counter() - started)
+        return known
 
     def _note(self, reason: str, message: str, *args, count: bool = True) -> None:
         """Count a refused line (unless `count` is False) and log the problem: at WARNING at
@@ -208,6 +226,6 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
         if not self.server.stats.warn(f"unix:{reason}", message, *args):
             log.debug(message, *args)  # formatted only at debug level: a flood is cheap
 
-    def _drop(self, peer: Peer, agent_id, reason: str, message: str) -> None:
+    def _drop(self, peer: Peer, reason: str, message: str) -> None:
         self._note(reason, "unix: closing connection of %s (pid %d): %s",
-                     agent_id or "an unnamed peer", peer.pid, message)
+                   self._last_id or "an unnamed peer", peer.pid, message)

@@ -5,6 +5,8 @@ import json
 import os
 import queue
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -41,7 +43,10 @@ def serve_http(submit, metrics=lambda: "", max_connections=256):
 
 def post(port):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("POST", "/heartbeat", body=json.dumps({"agent_id": "a", "pid": 1}))
+    try:
+        conn.request("POST", "/heartbeat", body=json.dumps({"agent_id": "a", "pid": 1}))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused at accept: the answer was sent, and the socket closed, before the body
     resp = conn.getresponse()
     body = json.loads(resp.read())
     conn.close()
@@ -148,3 +153,53 @@ def test_daemon_notifies_systemd_and_leaves_no_thread_or_socket(short_tmp):
     client.close()
     wait_for(lambda: hb_threads() <= before, timeout=5, what=f"threads to end: {hb_threads() - before}")
     listener.close()
+
+
+def test_the_usual_200_is_the_same_answer_on_keep_alive_and_on_a_closing_connection():
+    server, thread = serve_http(lambda item: None)
+    port = server.server_address[1]
+    body = b'{"agent_id": "a", "pid": 1}'
+    try:
+        answers = []
+        for version, extra in (("HTTP/1.1", b""), ("HTTP/1.0", b"")):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(f"POST /heartbeat {version}\r\nHost: localhost\r\n".encode() + extra
+                          + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                if version == "HTTP/1.1":
+                    s.shutdown(socket.SHUT_WR)
+                data = b""
+                while not data.endswith(b"}"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            answers.append(data)
+        for data in answers:
+            head, _, payload = data.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            assert lines[0] == b"HTTP/1.1 200 OK"
+            fields = dict(line.split(b": ", 1) for line in lines[1:])
+            assert fields[b"Content-Type"] == b"application/json"
+            assert int(fields[b"Content-Length"]) == len(payload)
+            assert fields[b"Server"].startswith(b"hbdaemon/") and b"Date" in fields
+            doc = json.loads(payload)
+            assert doc["success"] is True and doc["message"] == "heartbeat accepted"
+        assert b"Connection: close" in answers[1] and b"Connection" not in answers[0]
+    finally:
+        server.shutdown()
+        server.close()
+        thread.join(5)
+
+
+def test_the_open_file_limit_is_raised_for_the_connections_it_must_hold():
+    code = ("import resource, sys; from hbdaemon.daemon import raise_open_file_limit; "
+            "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); "
+            "raise_open_file_limit(2000); "
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], min(hard, 2000) "
+            "if hard != resource.RLIM_INFINITY else 2000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))))
+    got, want = out.stdout.split()
+    assert got == want, out.stderr

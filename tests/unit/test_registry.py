@@ -430,3 +430,39 @@ def test_loopback_is_one_source_and_ipv6_counts_by_64():
     for i, remote in enumerate(("2001:db8::1", "2001:db8::2", "2001:db8::ffff")):
         assert w.registry.admit(f"v6-{i}", remote) == (None if i < 2 else "rate_limited")
     assert w.registry.admit("other", "2001:db8:0:1::1") is None  # another /64
+
+
+def test_a_connection_whose_process_is_gone_at_eof_is_dead_in_one_pass():
+    w = World()
+    for i in range(3):
+        w.beat(f"t-{i}", pid=100, conn=4)
+    asked = []
+    w.registry.connection_closed(4, ["t-0", "t-1", "t-2"],
+                                 exited=lambda timeout: asked.append(timeout) or True)
+    assert asked == [0.0]  # looked once, without waiting
+    assert {w.state(f"t-{i}") for i in range(3)} == {"dead"}
+    assert w.events[-1][3] == "process 100 is gone: connection closed without stopping"
+    assert not w.registry.get("t-0")["connected"]
+
+
+def test_a_connection_whose_process_still_runs_at_eof_is_waited_for_then_kept():
+    w = World()
+    w.beat("a", pid=100, conn=4)
+    asked = []
+    w.registry.connection_closed(4, ["a"], exited=lambda timeout: asked.append(timeout) and False)
+    assert asked[0] == 0.0 and asked[1] > 0  # a look, then one bounded wait
+    assert w.state("a") == "healthy" and not w.registry.get("a")["connected"]
+
+
+def test_intake_waits_at_the_turnstile_while_a_verdict_waits_for_the_lock():
+    import threading
+    w = World()
+    w.beat("a", pid=100, conn=1)
+    applied = threading.Event()
+    with w.registry._urgent_lock():
+        thread = threading.Thread(target=lambda: (w.beat("b", pid=200, conn=2), applied.set()))
+        thread.start()
+        assert not applied.wait(0.2)  # held back, not queued on the lock ahead of the verdict
+    assert applied.wait(5)
+    thread.join(5)
+    assert w.state("b") == "healthy"
