@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from hbdaemon import __version__, logsetup, metrics
+from hbdaemon import __version__, logsetup, metrics, process
 from hbdaemon.api import Api
 from hbdaemon.auth import Credentials
 from hbdaemon.checker import HealthChecker
@@ -163,7 +163,11 @@ class Daemon:
 
     def _process_http(self, item) -> None:
         hb, started, host, local = item
-        refusal = self.registry.apply(hb, HTTP, remote=host, local=local, admitted=True)
+        # a local agent's process start time, read once per pid (outside the registry lock)
+        birth = process.create_time(hb.pid) if local and \
+            self.registry.needs_start_time(hb.agent_id, hb.pid) else None
+        refusal = self.registry.apply(hb, HTTP, remote=host, local=local, admitted=True,
+                                      started=birth)
         if refusal is not None:  # the id was taken or the table filled since it was admitted
             self.stats.note_rejected(HTTP, refusal)
             return

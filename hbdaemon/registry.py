@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 
 HISTORY_LEN = 60  # samples kept per agent for the status page's sparklines
 SLICE = 500       # records handled per hold of the lock in whole-table passes (~1 ms)
+MAX_INTERVAL = 86400.0  # the longest heartbeat interval the restart grace is sized from
+# After a restart an agent may need two of its intervals to come back (the Go agent
+# reconnects only at its next tick after a failed write): its grace is the longer of
+# heartbeat_timeout and this many observed intervals.
+RESTART_INTERVALS = 2.5
 
 # Why a heartbeat was refused (the receivers count these as reject reasons).
 ID_CONFLICT = "id_conflict"    # the id is held by another live Unix connection
@@ -45,7 +50,8 @@ class AgentRecord:
                  "memory", "transport", "last_seen", "agent_time", "first_seen", "heartbeats",
                  "due_from", "policy", "over_since", "below_count", "changes", "flapping",
                  "conn_id", "connected", "local", "check_pid", "check_started", "remote",
-                 "peer_uid", "owner_uid", "summary", "hist_at", "hist", "conflict_noted")
+                 "peer_uid", "owner_uid", "summary", "hist_at", "hist", "conflict_noted",
+                 "interval")
 
     def __init__(self, agent_id: str, wall: float, now: float, policy):
         self.agent_id = agent_id
@@ -79,6 +85,7 @@ class AgentRecord:
         self.summary = None          # set when the agent is a downstream hbdaemon
         self.hist_at = 0.0           # wall time of the last history sample
         self.hist = None             # array('f'): cpu, memory, cpu, memory, ... (one small object)
+        self.interval = None         # seconds between heartbeats, smoothed (sizes restart grace)
         self.conflict_noted = False  # an id_conflict event was recorded for the current holder
 
     def deadline(self) -> float:
@@ -96,6 +103,7 @@ class AgentRecord:
             "connected": self.connected, "remote": self.remote, "peer_uid": self.peer_uid,
             "owner_uid": self.owner_uid, "flapping": self.flapping, "summary": self.summary,
             "recent_changes": len(self.changes) if self.changes else 0,
+            "interval": None if self.interval is None else round(self.interval, 3),
             "heartbeat_timeout": self.policy.heartbeat_timeout,
             "cpu_threshold": self.policy.cpu_threshold,
             "memory_threshold": self.policy.memory_threshold,
@@ -112,7 +120,8 @@ class AgentRecord:
                 "first_seen": self.first_seen, "heartbeats": self.heartbeats,
                 "local": self.local, "check_pid": self.check_pid,
                 "check_started": self.check_started, "remote": self.remote,
-                "peer_uid": self.peer_uid, "owner_uid": self.owner_uid, "summary": self.summary}
+                "peer_uid": self.peer_uid, "owner_uid": self.owner_uid, "summary": self.summary,
+                "interval": self.interval}
 
 
 def present(view: dict, now: float) -> dict:
@@ -261,19 +270,21 @@ class Registry:
                              "they are refused", "id_conflict"))
 
     def apply(self, hb: Heartbeat, transport: str, peer: Optional[Peer] = None,
-              remote: str = "", local: bool = False, admitted: bool = False) -> Optional[str]:
+              remote: str = "", local: bool = False, admitted: bool = False,
+              started: Optional[float] = None) -> Optional[str]:
         """Record one validated heartbeat and judge the agent; None if applied, else the
-        reason it was refused (see admit)."""
+        reason it was refused (see admit). `started`: the start time of a local HTTP
+        agent's process, when needs_start_time said so (against pid reuse)."""
         now, wall = self._clock(), self._wall()
         with self._intake_lock():
             refusal = self._refusal(hb.agent_id, peer, remote, admitted)
             if refusal is None:
-                self._apply(hb, transport, peer, remote, local, now, wall)
+                self._apply(hb, transport, peer, remote, local, started, now, wall)
         self._emit()
         return refusal
 
     def _apply(self, hb: Heartbeat, transport: str, peer: Optional[Peer], remote: str,
-               local: bool, now: float, wall: float) -> None:
+               local: bool, started: Optional[float], now: float, wall: float) -> None:
         rec = self._records.get(hb.agent_id)
         if rec is None:
             rec = AgentRecord(hb.agent_id, wall, now, self._policies.for_agent(hb.agent_id))
@@ -285,6 +296,9 @@ class Registry:
         if hb.memory is not None:
             rec.memory = hb.memory
         rec.agent_time, rec.summary = hb.timestamp, hb.summary
+        if rec.heartbeats and rec.state in WATCHED and now > rec.due_from:
+            gap = min(now - rec.due_from, MAX_INTERVAL)
+            rec.interval = gap if rec.interval is None else rec.interval + (gap - rec.interval) / 4
         rec.last_seen, rec.due_from, rec.transport = wall, now, transport
         rec.heartbeats += 1
         if wall - rec.hist_at >= self.history_step:
@@ -298,11 +312,21 @@ class Registry:
             rec.remote = ""
         else:
             rec.conn_id, rec.connected, rec.local, rec.remote = None, False, local, remote
-            rec.check_pid, rec.check_started, rec.peer_uid = (hb.pid if local else None), None, None
+            if not local:
+                rec.check_pid, rec.check_started = None, None
+            elif rec.check_pid != hb.pid:
+                rec.check_pid, rec.check_started = hb.pid, started
+            rec.peer_uid = None
         state, reason = judge_heartbeat(rec, rec.policy, now)
         if state is not rec.state:
             self._change(rec, state, reason, now, wall)
         self._dirty.add(hb.agent_id)
+
+    def needs_start_time(self, agent_id: str, pid: int) -> bool:
+        """Whether apply() of a local HTTP heartbeat wants its process's start time: the
+        agent is new or has a new pid (an unlocked read; apply decides under the lock)."""
+        rec = self._records.get(agent_id)
+        return rec is None or rec.check_pid != pid
 
     def _emit(self) -> None:
         """Hand queued events to the sink, outside the registry lock and in order. A thread
@@ -381,9 +405,13 @@ class Registry:
             recs = list(self._records.values())
         expired: List[Tuple[AgentRecord, int]] = []
         stale: List[Tuple[AgentRecord, State]] = []
+        hushed: List[Tuple[AgentRecord, int]] = []  # local, no_heartbeat: is the process gone?
+        calmed: List[AgentRecord] = []  # state changes gone out of the flap window
         next_due = None
         for rec in recs:  # unlocked reads: every candidate is checked again under the lock
             state = rec.state
+            if rec.changes and rec.changes[0] < now - health.flap_window:
+                calmed.append(rec)
             if state in WATCHED:
                 due = rec.deadline()
                 if due <= now:
@@ -392,6 +420,12 @@ class Registry:
                     next_due = due
             elif _forget_after(state, health) <= wall - rec.state_since:
                 stale.append((rec, state))
+            elif state is State.NO_HEARTBEAT and rec.local and rec.check_pid is not None:
+                hushed.append((rec, rec.heartbeats))
+        for chunk in _slices(calmed):
+            with self._lock:
+                for rec in chunk:
+                    self._recount_changes(rec, now)
         for chunk in _slices(stale):
             with self._lock:
                 for rec, state in chunk:
@@ -414,7 +448,24 @@ class Registry:
                     else:
                         self._change(rec, State.NO_HEARTBEAT, silent, now, wall)
             self._emit()
+        self._convict_hushed(hushed, now, wall)
         return next_due
+
+    def _convict_hushed(self, hushed: List[Tuple[AgentRecord, int]], now: float,
+                        wall: float) -> None:
+        """`dead` for local agents in no_heartbeat whose process has ended since (hung, then
+        killed; or its connection closed while it was alive): looked at every pass."""
+        gone = [(rec, seen) for rec, seen in hushed
+                if self._pid_gone(rec.check_pid, rec.check_started)]  # outside the lock
+        for chunk in _slices(gone):
+            with self._lock:
+                for rec, seen in chunk:
+                    if self._records.get(rec.agent_id) is rec and rec.heartbeats == seen \
+                            and rec.state is State.NO_HEARTBEAT:
+                        self._change(rec, State.DEAD, f"process {rec.check_pid} is gone (no "
+                                     f"heartbeat for {wall - (rec.last_seen or wall):.1f}s)",
+                                     now, wall)
+            self._emit()
 
     def grant_grace(self, reason: str) -> int:
         """Restart every watched agent's timeout from now (the checker itself was stalled)."""
@@ -438,16 +489,27 @@ class Registry:
         rec.state, rec.state_since, rec.reason = state, wall, reason
         if state not in WATCHED:
             rec.over_since, rec.below_count = None, 0
-        window = self._policies.health.flap_window
-        # a short list, not a deque: 10,000 idle agents must stay small
-        rec.changes = [t for t in (rec.changes or ()) if t >= now - window] + [now]
-        flapping = len(rec.changes) >= self._policies.health.flap_threshold
-        if flapping and not rec.flapping:
-            log.warning("agent %s: flapping (%d state changes in %.0fs)",
-                        rec.agent_id, len(rec.changes), window)
-        rec.flapping = flapping
+        rec.changes = (rec.changes or []) + [now]
+        self._recount_changes(rec, now)
         self._dirty.add(rec.agent_id)
         self._outbox.append((rec.agent_id, old, state, reason, "state"))
+
+    def _recount_changes(self, rec: AgentRecord, now: float) -> None:
+        """Keep the state changes within flap_window; flapping while they reach flap_threshold
+        (so the flag clears once the agent has been steady for a window)."""
+        health = self._policies.health
+        # a short list, not a deque: 10,000 idle agents must stay small
+        rec.changes = [t for t in (rec.changes or ()) if t >= now - health.flap_window] or None
+        flapping = rec.changes is not None and len(rec.changes) >= health.flap_threshold
+        if flapping != rec.flapping:
+            if flapping:
+                log.warning("agent %s: flapping (%d state changes in %.0fs)",
+                            rec.agent_id, len(rec.changes), health.flap_window)
+            else:
+                log.info("agent %s: no longer flapping (fewer than %d state changes in %.0fs)",
+                         rec.agent_id, health.flap_threshold, health.flap_window)
+            self._dirty.add(rec.agent_id)
+        rec.flapping = flapping
 
     def _drop(self, rec: AgentRecord, reason: str) -> None:
         """Forget an agent and everything kept for it; a `forgotten` event tells the rest."""
@@ -575,6 +637,9 @@ class Registry:
                             rec.state = State.UNKNOWN
                     elif name in AgentRecord.__slots__ and name not in ("policy", "changes"):
                         setattr(rec, name, value)
+                if type(rec.interval) not in (int, float) or not 0 < rec.interval <= MAX_INTERVAL:
+                    rec.interval = None
+                rec.due_from = now + _restart_grace(rec) - rec.policy.heartbeat_timeout
                 self._records[agent_id] = rec
                 self._counts[rec.state] += 1
                 if rec.state not in ENDED and rec.state is not State.UNKNOWN:
@@ -589,6 +654,12 @@ def _slices(items: list) -> Iterable[list]:
         if start:
             time.sleep(0)
         yield items[start:start + SLICE]
+
+
+def _restart_grace(rec: AgentRecord) -> float:
+    """How long an agent remembered from before a restart has to send its first heartbeat."""
+    timeout = rec.policy.heartbeat_timeout
+    return timeout if rec.interval is None else max(timeout, RESTART_INTERVALS * rec.interval)
 
 
 def _forget_after(state: State, health) -> float:

@@ -150,3 +150,54 @@ def test_a_message_of_exactly_64_kib_is_accepted_and_blank_lines_ignored(daemon_
     d.wait_state("big", "healthy")
     assert d.get("/stats")[2]["total_errors"] == 0
     s.close()
+
+
+def test_a_busy_go_agent_stays_healthy_and_its_stopping_line_is_stopped(daemon_factory):
+    d = daemon_factory().start()
+    pid = os.getpid()
+    busy = [line.replace('"cpu":0', '"cpu":' + cpu) for line, cpu in zip(GO_LINES, ("108.5", "133.7"))]
+    s = d.unix_send(busy[0].format(pid=pid).encode())
+    rec = d.wait_state(f"pid-{pid}", "healthy")
+    assert rec["cpu"] == 100.0
+    s.sendall(busy[1].format(pid=pid).encode())
+    d.wait_state(f"pid-{pid}", "stopped")
+    s.close()
+    wait_for(lambda: d.agent(f"pid-{pid}")["connected"] is False, what="the close to be seen")
+    assert d.state(f"pid-{pid}") == "stopped"
+    assert d.get("/stats")[2]["warnings_by_reason"] == {"metric_invalid": 2}
+
+
+def test_hung_past_the_idle_timeout_then_killed_is_dead_within_a_second(daemon_factory):
+    d = daemon_factory(unix={"idle_timeout": "0.5s"},
+                       agent={"health_check": {"heartbeat_timeout": "0.4s"}}).start()
+    agent = d.unix_agent("hung", interval=0.1)
+    d.wait_state("hung", "healthy")
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        d.wait_state("hung", "no_heartbeat", timeout=5)
+        wait_for(lambda: d.agent("hung")["connected"] is False, timeout=5,
+                 what="the idle connection to be closed")
+        killed = time.monotonic()
+        agent.kill()
+        agent.wait(5)
+        rec = d.wait_state("hung", "dead", timeout=5)
+        assert time.monotonic() - killed < 2.0
+        assert rec["reason"].startswith(f"process {agent.pid} is gone")
+    finally:
+        agent.kill()
+        agent.wait(5)
+
+
+def test_a_local_http_agent_that_exits_after_going_silent_is_dead(daemon_factory):
+    d = daemon_factory(agent={"health_check": {"heartbeat_timeout": "0.4s"}}).start()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert d.post({"agent_id": "web", "pid": child.pid})[0] == 200
+        d.wait_state("web", "no_heartbeat", timeout=5)
+        child.kill()
+        child.wait(5)
+        rec = d.wait_state("web", "dead", timeout=3)
+        assert rec["reason"].startswith(f"process {child.pid} is gone")
+    finally:
+        child.kill()
+        child.wait(5)

@@ -466,3 +466,72 @@ def test_intake_waits_at_the_turnstile_while_a_verdict_waits_for_the_lock():
     assert applied.wait(5)
     thread.join(5)
     assert w.state("b") == "healthy"
+
+
+def test_flapping_clears_after_a_steady_flap_window():
+    w = World(flap_threshold=4, flap_window=60.0)
+    w.beat()
+    for _ in range(2):
+        w.advance(11)
+        w.registry.check()
+        w.beat()
+    assert w.registry.get("a")["flapping"] is True
+    for _ in range(13):  # steady past the window: a heartbeat every 5 s, no change
+        w.advance(5)
+        w.beat()
+        w.registry.check()
+    rec = w.registry.get("a")
+    assert rec["flapping"] is False and rec["recent_changes"] == 0 and rec["state"] == "healthy"
+    assert "a" in dict(w.registry.take_dirty())  # the cleared flag is stored and scraped
+
+
+def test_a_local_agent_silent_then_gone_is_dead_at_the_next_pass():
+    w = World()
+    w.beat("hung", pid=300, conn=3)  # SIGSTOPped past the idle timeout: its socket closed
+    w.registry.connection_closed(3, ["hung"])
+    w.beat("web", pid=301, transport="http")  # a local HTTP agent
+    w.advance(11)
+    w.registry.check()
+    assert w.state("hung") == w.state("web") == "no_heartbeat"
+    w.advance(100)
+    w.registry.check()
+    assert w.state("hung") == "no_heartbeat"  # still there: stays no_heartbeat
+    w.dead_pids.update({300, 301})  # then killed
+    w.registry.check()
+    assert w.state("hung") == w.state("web") == "dead"
+    assert w.events[-1][3].startswith("process 301 is gone (no heartbeat for 111")
+
+
+def test_restart_grace_is_sized_from_the_agents_observed_interval():
+    w = World(heartbeat_timeout=5.0)
+    for _ in range(5):  # a 3 s interval against a 5 s timeout, as the Go agent runs
+        w.beat("go")
+        w.advance(3)
+    w.beat("fast")
+    assert w.registry.get("go")["interval"] == pytest.approx(3.0)
+    stored = [d for _, d in w.registry.take_dirty()]
+    w2 = World(heartbeat_timeout=5.0)
+    w2.registry.load(stored)
+    w2.advance(7.0)  # two intervals and a bit: the Go agent reconnects at its next tick
+    w2.registry.check()
+    assert w2.state("go") == "unknown" and w2.state("fast") == "no_heartbeat"
+    w2.advance(0.6)  # 2.5 intervals
+    w2.registry.check()
+    assert w2.state("go") == "no_heartbeat"
+    next(d for d in stored if d["agent_id"] == "go")["interval"] = 1e12  # a broken file
+    w3 = World(heartbeat_timeout=5.0)
+    w3.registry.load(stored)
+    assert w3.registry.get("go")["interval"] is None
+
+
+def test_a_local_http_agent_is_judged_against_its_process_start_time():
+    w = World()
+    assert w.registry.needs_start_time("web", 301)
+    w.registry.apply(Heartbeat("web", 301), "http", local=True, started=1000.0)
+    assert not w.registry.needs_start_time("web", 301)
+    assert w.registry.needs_start_time("web", 302)  # restarted: a new pid
+    seen = []
+    w.registry._pid_gone = lambda pid, started=None: seen.append((pid, started)) or False
+    w.advance(11)
+    w.registry.check()
+    assert seen == [(301, 1000.0)]
