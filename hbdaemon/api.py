@@ -117,9 +117,10 @@ class Api:
 
     def __init__(self, registry: Registry, events: EventLog, stats: ReceiverStats,
                  extra_stats: Callable[[], dict], metrics: Callable[[], str],
-                 wallclock: Callable[[], float] = time.time):
+                 wallclock: Callable[[], float] = time.time,
+                 problems: Callable[[], List[str]] = lambda: []):
         self.registry, self.events, self.stats = registry, events, stats
-        self._extra_stats, self._wall = extra_stats, wallclock
+        self._extra_stats, self._wall, self._problems = extra_stats, wallclock, problems
         self._agents = SharedRender(lambda: _json_list("agents", registry.snapshot_chunks()))
         self._history = SharedRender(lambda: _json(
             {"step": registry.history_step, "agents": registry.history()}))
@@ -140,6 +141,9 @@ class Api:
         return 200, STATUS_PAGE, HTML
 
     def serve_healthz(self, query, agent_id, by) -> Tuple[int, object, str]:
+        problems = self._problems()
+        if problems:  # a part of the daemon is down or stuck: say which
+            return 503, {"status": "failing", "problems": problems}, JSON
         return 200, {"status": "ok"}, JSON
 
     def serve_stats(self, query, agent_id, by) -> Tuple[int, object, str]:

@@ -6,12 +6,13 @@ import time
 from typing import Callable, Optional
 
 from hbdaemon.registry import Registry
-from hbdaemon.threads import join, spawn
+from hbdaemon.threads import Component, alive, guard, join
 
 log = logging.getLogger(__name__)
 
 MAX_SLEEP = 1.0
 MIN_SLEEP = 0.01
+STUCK_AFTER = 5.0  # plus stall_threshold: a pass is due at least every MAX_SLEEP
 
 
 class HealthChecker:
@@ -27,16 +28,24 @@ class HealthChecker:
         self.stall_threshold = stall_threshold
         self._clock = clock
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self.component: Optional[Component] = None
         self._planned: Optional[float] = None
         self.last_pass = clock()
 
+    @property
+    def stuck_after(self) -> float:
+        """Seconds without a pass after which the checker counts as stuck (and the systemd
+        watchdog goes unfed)."""
+        return STUCK_AFTER + self.stall_threshold
+
     def start(self) -> None:
-        self._thread = spawn("hb-health", self._loop)
+        self.component = guard("hb-health", self._loop, stuck_after=self.stuck_after)
 
     def stop(self, timeout: float) -> None:
         self._stop.set()
-        join(self._thread, timeout)
+        if self.component is not None:
+            self.component.stop()
+            join(self.component.thread, timeout)
 
     def run_once(self) -> float:
         """One pass; returns how long to sleep before the next."""
@@ -53,8 +62,5 @@ class HealthChecker:
     def _loop(self) -> None:
         delay = 0.0
         while not self._stop.wait(delay):
-            try:
-                delay = self.run_once()
-            except Exception:  # the checker must outlive any one bad pass
-                log.exception("health check pass failed")
-                delay = MAX_SLEEP
+            alive()
+            delay = self.run_once()  # raises: the guard logs, counts and restarts the loop

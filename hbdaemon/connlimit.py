@@ -9,6 +9,8 @@ import threading
 import time
 from typing import Dict, Optional
 
+from hbdaemon.threads import alive
+
 log = logging.getLogger(__name__)
 
 _EVICTED = object()  # a connection shut down to make room, until its thread ends
@@ -25,6 +27,10 @@ class ConnectionLimitMixIn:
     max_connections = 1024
     refuse_log_interval = 10.0  # seconds between "refused" log lines under a flood
     evict_waiting = False
+    def service_actions(self):
+        """Called by serve_forever at every turn of its loop: the listener is not stuck."""
+        super().service_actions()
+        alive()
 
     def init_connection_limit(self, max_connections: int) -> None:
         self.max_connections = max_connections

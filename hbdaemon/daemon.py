@@ -7,7 +7,7 @@ import resource
 import signal
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from hbdaemon import __version__, logsetup, metrics, process
 from hbdaemon.api import Api
@@ -23,12 +23,14 @@ from hbdaemon.registry import Registry
 from hbdaemon.sdnotify import Notifier
 from hbdaemon.stats import ReceiverStats
 from hbdaemon.store import Store
-from hbdaemon.threads import join, spawn
+from hbdaemon.threads import Component, guard, join, problems
 from hbdaemon.unix_server import UnixHeartbeatServer, group_id
 from hbdaemon.upstream import UpstreamReporter
 from hbdaemon.workers import WorkerPool
 
 log = logging.getLogger(__name__)
+
+LISTENER_STUCK = 30.0  # seconds without a turn of a listener's loop (it turns every 0.5 s)
 
 
 class StartupError(Exception):
@@ -91,7 +93,8 @@ class Daemon:
         # a flood of new ids then cannot keep a crash verdict or a known agent from the GIL.
         self.gate = FairGate(NEW_ID_SLOTS)
         self.pool = WorkerPool(self._process_http, cfg.http.workers, cfg.http.queue_size)
-        self.api = Api(self.registry, self.events, self.stats, self.extra_stats, self.render_metrics)
+        self.api = Api(self.registry, self.events, self.stats, self.extra_stats,
+                       self.render_metrics, problems=self.problems)
         self.upstream: Optional[UpstreamReporter] = None
         self.unix: Optional[UnixHeartbeatServer] = None
         self.http: Optional[HeartbeatHTTPServer] = None
@@ -159,7 +162,20 @@ class Daemon:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def _serve(self, server, name: str) -> None:
-        self._threads.append((server, spawn(name, server.serve_forever, 0.5)))
+        # serve_forever calls service_actions() at least every 0.5 s: the listener's pulse
+        server.component = guard(name, server.serve_forever, 0.5, stuck_after=LISTENER_STUCK)
+        self._threads.append((server, server.component))
+
+    @property
+    def components(self) -> List[Optional[Component]]:
+        """Every guarded long-lived thread (None: a part not running)."""
+        return ([self.checker.component, self.store.component, self.hooks.component,
+                 self.upstream.component if self.upstream else None]
+                + [component for _, component in self._threads] + self.pool.components)
+
+    def problems(self) -> List[str]:
+        """What keeps the daemon from doing its work: a component down, ended or stuck."""
+        return problems(self.components)
 
     def _process_http(self, item) -> None:
         hb, started, host, local = item
@@ -187,6 +203,9 @@ class Daemon:
             "max_agents": self.registry.max_agents,
             "hook_runs": self.hooks.runs, "hook_failures": self.hooks.failures,
             "store_writes": self.store.writes, "store_errors": self.store.errors,
+            "store_dropped_events": self.store.dropped_events,
+            "components": {c.name: {"restarts": c.restarts, "up": c.problem() is None}
+                           for c in self.components if c is not None},
         }
 
     def render_metrics(self) -> str:
@@ -226,8 +245,8 @@ class Daemon:
             self.api.drop_stale()
 
     def _healthy(self) -> bool:
-        """Feed the watchdog only while the health checker keeps up."""
-        return time.monotonic() - self.checker.last_pass < 5 + self.checker.stall_threshold
+        """Feed the watchdog only while every component is alive and keeps up."""
+        return not self.problems()
 
     def reload(self) -> bool:
         """Re-read the config (SIGHUP): thresholds, hooks, logging. A bad config changes nothing."""
@@ -257,6 +276,8 @@ class Daemon:
         self.registry.max_agents = new.agent.max_agents
         self.registry.limiter.per_minute = new.agent.new_agents_per_minute
         self.checker.stall_threshold = hc.stall_threshold
+        if self.checker.component is not None:
+            self.checker.component.stuck_after = self.checker.stuck_after
         self.hooks.configure(new.hooks, new.agent.restart)
         if self.http:
             self.http.credentials = credentials
@@ -272,9 +293,10 @@ class Daemon:
         self.notifier.notify("STOPPING=1")
         log.info("stopping: draining up to %.1fs", self.cfg.daemon.shutdown_timeout)
         deadline = time.monotonic() + self.cfg.daemon.shutdown_timeout
-        for server, thread in self._threads:
+        for server, component in self._threads:
+            component.stop()
             server.shutdown()
-            join(thread, 1.0)
+            join(component.thread, 1.0)
         if self.unix:
             self.unix.close()
         if self.http:

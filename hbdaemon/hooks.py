@@ -15,11 +15,12 @@ from typing import Callable, Dict, Optional, Tuple
 
 from hbdaemon.config import HookConfig, RestartConfig
 from hbdaemon.events import Event
-from hbdaemon.threads import join, spawn
+from hbdaemon.threads import Component, alive, guard, join, spawn
 
 log = logging.getLogger(__name__)
 
 MAX_PARALLEL = 8
+STUCK_AFTER = 30.0  # the scheduler wakes at least once a second
 OUTPUT_LIMIT = 2000
 
 
@@ -54,18 +55,21 @@ class HookRunner:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._slots: Dict[str, Dict[int, _Slot]] = {}  # agent -> hook index -> slot
+        # agent -> hook -> slot: keyed by the hook itself, so that a reload that removes or
+        # reorders hooks never points a waiting retry at another hook (or past the end)
+        self._slots: Dict[str, Dict[HookConfig, _Slot]] = {}
         self._running = 0
-        self._thread: Optional[threading.Thread] = None
+        self.component: Optional[Component] = None
         self.runs = 0
         self.failures = 0
 
     def configure(self, hooks: Tuple[HookConfig, ...], restart: RestartConfig) -> None:
-        """Replace the hooks (SIGHUP); backoff state starts afresh."""
+        """Replace the hooks (SIGHUP). A hook that stays keeps its waiting runs and backoff;
+        a removed one's are dropped (a run in progress finishes, and is not retried)."""
         with self._lock:
             self._hooks, self._restart = tuple(hooks), restart
             self._slots = {agent: kept for agent, kept in (
-                (agent, {i: s for i, s in slots.items() if s.running})
+                (agent, {h: s for h, s in slots.items() if h in self._hooks or s.running})
                 for agent, slots in self._slots.items()) if kept}
 
     def on_event(self, ev: Event) -> None:
@@ -79,24 +83,27 @@ class HookRunner:
             if ev.kind == "state" and ev.to_state == "healthy":
                 for slot in slots.values():
                     slot.attempts, slot.next_at, slot.suspended = 0, 0.0, False
-            for index, hook in enumerate(self._hooks):
+            for hook in self._hooks:
                 if trigger in hook.on:
-                    slot = self._slots.setdefault(ev.agent_id, slots).setdefault(index, _Slot())
+                    slot = self._slots.setdefault(ev.agent_id, slots).setdefault(hook, _Slot())
                     if not slot.suspended:
                         slot.pending = ev
                         self._wake.set()
 
     def start(self) -> None:
-        self._thread = spawn("hb-hooks", self._loop)
+        self.component = guard("hb-hooks", self._loop, stuck_after=STUCK_AFTER)
 
     def stop(self, timeout: float) -> None:
         """Stop scheduling; hooks already running finish on their own (bounded by their timeout)."""
         self._stop.set()
         self._wake.set()
-        join(self._thread, timeout)
+        if self.component is not None:
+            self.component.stop()
+            join(self.component.thread, timeout)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            alive()
             delay = self._dispatch()
             self._wake.wait(delay)
             self._wake.clear()
@@ -107,37 +114,66 @@ class HookRunner:
         delay = 1.0
         due = []
         with self._lock:
-            for agent, index, slot in ((a, i, s) for a, slots in self._slots.items()
-                                       for i, s in slots.items()):
+            for agent, hook, slot in ((a, h, s) for a, slots in self._slots.items()
+                                      for h, s in slots.items()):
                 if slot.pending is None or slot.running or slot.suspended:
+                    continue
+                if hook not in self._hooks:  # removed by a reload while its retry waited
+                    slot.pending = None
                     continue
                 if slot.next_at > now:
                     delay = min(delay, slot.next_at - now)
                     continue
                 if self._running >= MAX_PARALLEL:
                     break
-                due.append((index, self._hooks[index], agent, slot, slot.pending))
+                due.append((hook, agent, slot, slot.pending))
                 slot.pending, slot.running = None, True
                 self._running += 1
-        for index, hook, agent, slot, ev in due:
-            self._spawn(f"hb-hook-{index}", self._run, hook, agent, slot, ev)
+        for n, (hook, agent, slot, ev) in enumerate(due):
+            try:
+                self._spawn(f"hb-hook-{hook.label}", self._run, hook, agent, slot, ev)
+            except RuntimeError as exc:  # no thread to be had: give the runs back, try later
+                log.error("hooks: cannot start a thread (%s); %d runs wait", exc, len(due) - n)
+                with self._lock:
+                    for _, _, waiting, event in due[n:]:
+                        waiting.pending = waiting.pending or event
+                        waiting.running = False
+                        self._running -= 1
+                return 1.0
         return max(delay, 0.01)
 
     def _run(self, hook: HookConfig, agent: str, slot: _Slot, ev: Event) -> None:
-        record = self._lookup(agent) or {}
-        ok = self._execute(hook, ev, record)
+        ok, current = False, None
+        try:
+            ok = self._execute(hook, ev, self._lookup(agent) or {})
+            current = (self._lookup(agent) or {}).get("state")  # not under our lock: see on_event
+        except Exception:  # a run must always give its place back (below)
+            log.exception("hook %s for %s: failed to run", hook.label, agent)
+        finally:
+            self._finish(hook, agent, slot, ev, ok, current)
+
+    def _finish(self, hook: HookConfig, agent: str, slot: _Slot, ev: Event, ok: bool,
+                current: Optional[str]) -> None:
+        """Bookkeeping after a run: free its place, schedule a retry or suspend the hook."""
         suspended_after = None
-        current = (self._lookup(agent) or {}).get("state")  # not under our lock: see on_event
         with self._lock:
             self._running -= 1
             self.runs += 1
             self.failures += 0 if ok else 1
             slot.running = False
+            if hook not in self._hooks:  # removed by a reload while it ran: forget its slot
+                slots = self._slots.get(agent, {})
+                if slots.get(hook) is slot:
+                    del slots[hook]
+                    if not slots:
+                        self._slots.pop(agent, None)
+                self._wake.set()
+                return
             slot.attempts += 1
             rs = self._restart
             slot.next_at = self._clock() + min(rs.backoff_base * 2 ** (slot.attempts - 1),
                                                rs.backoff_max)
-            if not ok and slot.pending is None and current in hook.on:
+            if not ok and slot.pending is None and current in hook.on and hook in self._hooks:
                 slot.pending = ev  # retry after the backoff while the agent is still in that state
             if slot.attempts >= rs.max_retries and current != "healthy" and not slot.suspended:
                 slot.suspended, slot.pending = True, None

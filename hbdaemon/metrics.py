@@ -117,4 +117,14 @@ def render(registry, stats, events, extra: Callable[[], dict],
              [({}, more["hook_failures"])])
     w.family("hbdaemon_store_errors_total", "counter", "Failed writes to the state store.",
              [({}, more["store_errors"])])
+    w.family("hbdaemon_store_dropped_events_total", "counter",
+             "Events not written because the store kept failing (the newest max_events are "
+             "kept for the retry).", [({}, more.get("store_dropped_events", 0))])
+    components = more.get("components", {})
+    w.family("hbdaemon_component_restarts_total", "counter",
+             "Times a part of the daemon (a long-lived thread) raised and was started again.",
+             [({"component": name}, c["restarts"]) for name, c in sorted(components.items())])
+    w.family("hbdaemon_component_up", "gauge",
+             "1 while a part of the daemon runs and keeps up; 0 while it is down or stuck.",
+             [({"component": name}, int(c["up"])) for name, c in sorted(components.items())])
     return w.text()

@@ -9,12 +9,13 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from hbdaemon.events import Event
-from hbdaemon.threads import join, spawn
+from hbdaemon.threads import Component, alive, guard, join
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "hbdaemon.db"
 SCHEMA_VERSION = 1
+STUCK_AFTER = 60.0  # seconds past store_interval without a pass: the writer is stuck
 DIRTY_BATCH = 1000  # Registry.take_dirty's default limit: a full batch means more may wait
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,9 +48,10 @@ class Store:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self.component: Optional[Component] = None
         self.writes = 0
         self.errors = 0
+        self.dropped_events = 0  # events not kept while writes failed (max_events kept)
 
     def open(self) -> Tuple[List[dict], List[Event]]:
         """Prepare the database and return what it holds (agents, events oldest first).
@@ -63,8 +65,11 @@ class Store:
             raise StoreError(f"cannot create state_dir {self._state_dir}: {exc}") from None
         if not os.access(self._state_dir, os.W_OK | os.X_OK):
             raise StoreError(f"state_dir {self._state_dir} is not writable by this user")
+        self._check_access()
         try:
             return self._read()
+        except sqlite3.OperationalError as exc:  # cannot open or lock it: not a bad file
+            raise StoreError(f"cannot use the state store {self.path}: {exc}") from None
         except sqlite3.Error as exc:
             try:
                 aside = self._move_aside()
@@ -77,6 +82,17 @@ class Store:
             return self._read()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create a state store at {self.path}: {exc}") from None
+
+    def _check_access(self) -> None:
+        """A store we may not read or write (say, left root-owned 0600 by a run as root) is
+        an error to fix, not a corrupt file to move aside and forget."""
+        for suffix in ("", "-wal", "-shm"):
+            path = self.path + suffix
+            if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+                st = os.stat(path)
+                raise StoreError(f"{path} is not readable and writable by this user (uid "
+                                 f"{os.geteuid()}; the file is uid {st.st_uid}, mode "
+                                 f"{st.st_mode & 0o777:04o}): give it to the daemon's user")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -125,18 +141,21 @@ class Store:
         self._wake.set()
 
     def start(self) -> None:
-        self._thread = spawn("hb-store", self._loop)
+        self.component = guard("hb-store", self._loop, stuck_after=self._interval + STUCK_AFTER)
 
     def stop(self, timeout: float) -> None:
         """Write everything still pending and stop. Blocks up to `timeout`."""
         self._stop.set()
         self._wake.set()
-        join(self._thread, timeout)
+        if self.component is not None:
+            self.component.stop()
+            join(self.component.thread, timeout)
 
     def _loop(self) -> None:
         db = self._connect()
         try:
             while True:
+                alive()
                 self._wake.wait(self._interval)
                 stopping = self._stop.is_set()
                 # an event wakes us at once; let a burst of them gather for a moment
@@ -183,4 +202,12 @@ class Store:
             log.error("state store: write failed (%s); will retry", exc)
             with self._lock:
                 self._pending[:0] = events
+                # kept for the retry, but not without bound: the newest max_events
+                excess = len(self._pending) - self._max_events
+                if excess > 0:
+                    del self._pending[:excess]
+                    self.dropped_events += excess
+            if excess > 0:
+                log.error("state store: %d events dropped while writes fail (%d so far)",
+                          excess, self.dropped_events)
             return False

@@ -6,6 +6,7 @@ heartbeat_interval, and every reconnect_interval while that fails; the summary
 and shows. On a clean stop it says `stopping`, so the upstream shows it stopped.
 """
 
+import http.client
 import json
 import logging
 import os
@@ -20,9 +21,14 @@ from urllib.parse import urlsplit
 from hbdaemon import __version__
 from hbdaemon.config import ManagerConfig
 from hbdaemon.protocol import format_rfc3339
-from hbdaemon.threads import join, spawn
+from hbdaemon.threads import Component, alive, guard, join
 
 log = logging.getLogger(__name__)
+
+# What one failed report can raise: socket and urllib errors (OSError), a server that does
+# not speak HTTP (BadStatusLine, IncompleteRead: HTTPException), a bad URL (ValueError)
+SEND_ERRORS = (OSError, http.client.HTTPException, ValueError)
+STUCK_MARGIN = 30.0
 
 
 def heartbeat_url(url: str) -> str:
@@ -41,7 +47,7 @@ class UpstreamReporter:
         self._summary = summary
         self._token = token
         self._stop = threading.Event()
-        self._thread = None
+        self.component: Optional[Component] = None
         self._failing = False
         self._failures = 0
         self._cpu_mark = (time.monotonic(), time.process_time())
@@ -49,23 +55,29 @@ class UpstreamReporter:
     def start(self) -> None:
         log.info("reporting to upstream %s as %s every %.0fs", self.url, self.agent_id,
                  self.cfg.heartbeat_interval)
-        self._thread = spawn("hb-upstream", self._loop)
+        # stuck: no attempt for longer than a wait plus a timed-out attempt, and then some
+        stuck = max(self.cfg.heartbeat_interval, self.cfg.reconnect_interval) \
+            + 2 * self.cfg.timeout + STUCK_MARGIN
+        self.component = guard("hb-upstream", self._loop, stuck_after=stuck)
 
     def stop(self, timeout: float) -> None:
         """Stop the loop, then say `stopping` upstream (bounded by manager.timeout)."""
         self._stop.set()
-        join(self._thread, timeout)
+        if self.component is not None:
+            self.component.stop()
+            join(self.component.thread, timeout)
         try:
             self.send("stopping", timeout=min(timeout, self.cfg.timeout))
-        except OSError as exc:
+        except SEND_ERRORS as exc:
             log.debug("upstream: could not say stopping: %s", exc)
 
     def _loop(self) -> None:
         delay = 0.0
         while not self._stop.wait(delay):
+            alive()
             try:
                 self.send("running")
-            except OSError as exc:
+            except SEND_ERRORS as exc:  # e.g. BadStatusLine from a server that is not HTTP
                 self._failures += 1
                 if not self._failing:
                     log.warning("upstream %s: lost: %s (retrying every %.0fs)", self.url, exc,
@@ -80,7 +92,7 @@ class UpstreamReporter:
             delay = self.cfg.heartbeat_interval
 
     def send(self, status: str, timeout: Optional[float] = None) -> None:
-        """POST one heartbeat; raises OSError (urllib's errors are OSErrors) on failure."""
+        """POST one heartbeat; raises one of SEND_ERRORS on failure."""
         doc = {"agent_id": self.agent_id, "pid": os.getpid(), "status": status,
                "timestamp": format_rfc3339(time.time()), "version": f"hbdaemon-{__version__}",
                "summary": self._summary(), "memory": _rss(), "cpu": self._cpu()}

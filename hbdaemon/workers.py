@@ -2,11 +2,10 @@
 
 import logging
 import queue
-import threading
 import time
 from typing import Callable, List
 
-from hbdaemon.threads import spawn
+from hbdaemon.threads import Component, guard
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ class WorkerPool:
     def __init__(self, handle: Callable[[object], None], workers: int, queue_size: int):
         self._handle = handle
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._threads: List[threading.Thread] = []
+        self.components: List[Component] = []
         self._size = workers
         self._closed = False
         self.capacity = queue_size
@@ -40,7 +39,7 @@ class WorkerPool:
         return self._queue.qsize() * 2 >= self.capacity
 
     def start(self) -> None:
-        self._threads = [spawn(f"hb-worker-{n + 1}", self._work) for n in range(self._size)]
+        self.components = [guard(f"hb-worker-{n + 1}", self._work) for n in range(self._size)]
 
     def submit(self, item) -> None:
         """Queue one item; raises PoolClosed while stopping and queue.Full when full."""
@@ -52,14 +51,16 @@ class WorkerPool:
         """Refuse new work, let the workers drain the queue, then stop them (bounded)."""
         self._closed = True
         deadline = time.monotonic() + timeout
-        for _ in self._threads:
+        for c in self.components:
+            c.stop()
+        for _ in self.components:
             try:
                 self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
             except queue.Full:
                 break
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        alive = [t.name for t in self._threads if t.is_alive()]
+        for c in self.components:
+            c.thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [c.name for c in self.components if c.thread.is_alive()]
         if alive:
             log.warning("workers still busy after %.1fs, %d heartbeats dropped: %s",
                         timeout, self._queue.qsize(), ", ".join(alive))
@@ -69,7 +70,4 @@ class WorkerPool:
             item = self._queue.get()
             if item is _STOP:
                 return
-            try:
-                self._handle(item)
-            except Exception:  # one bad item must not kill the worker
-                log.exception("worker failed on %r", item)
+            self._handle(item)  # raises: the guard logs it, counts it, starts the worker again

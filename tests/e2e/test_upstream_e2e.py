@@ -62,3 +62,37 @@ def test_a_killed_downstream_on_this_host_is_dead_after_the_timeout(daemon_facto
     assert up.state("host-b") == "healthy"
     rec = up.wait_state("host-b", "dead", timeout=5)  # same host: its pid is seen gone
     assert rec["reason"].startswith("no heartbeat for")
+
+
+def test_an_upstream_that_does_not_speak_http_is_a_failed_report_not_a_dead_reporter(daemon_factory):
+    import socket
+    import threading
+    banner = socket.socket()
+    banner.bind(("127.0.0.1", 0))
+    banner.listen(16)
+    done = threading.Event()
+
+    def serve():  # what sshd answers on a wrong port
+        banner.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = banner.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        down = daemon_factory("down", manager={
+            "url": f"http://127.0.0.1:{banner.getsockname()[1]}", "heartbeat_interval": "0.2s",
+            "reconnect_interval": "0.1s", "timeout": "1s"}).start()
+        wait_for(lambda: "lost:" in down.log(), what="the failure logged")
+        time.sleep(0.5)  # several more failed attempts
+        assert "Traceback" not in down.log() and down.log().count("lost:") == 1
+        status, _, doc = down.get("/healthz")
+        assert status == 200, doc
+        assert 'hbdaemon_component_restarts_total{component="hb-upstream"} 0' in down.get("/metrics")[2]
+    finally:
+        done.set()
+        banner.close()

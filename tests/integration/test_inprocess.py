@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -203,3 +205,63 @@ def test_the_open_file_limit_is_raised_for_the_connections_it_must_hold():
                              os.path.abspath(__file__)))))
     got, want = out.stdout.split()
     assert got == want, out.stderr
+
+
+def test_a_part_that_raises_is_restarted_counted_and_named_by_healthz(short_tmp, monkeypatch):
+    from hbdaemon import threads
+    monkeypatch.setattr(threads, "RESTART_FIRST", 1.0)
+    notify_path = os.path.join(short_tmp, "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.settimeout(0.3)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = load_config("/nonexistent", environ={}, overrides={
+        "daemon.state_dir": os.path.join(short_tmp, "state"),
+        "unix.socket_path": os.path.join(short_tmp, "hb.sock"), "unix.socket_group": "",
+        "http.port": str(port)})
+    daemon = Daemon(cfg, notifier=Notifier({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "200000"}))
+    real_check, calls = daemon.registry.check, []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("a bug in one pass")
+        return real_check()
+
+    daemon.registry.check = check
+    daemon.start()
+    runner = threading.Thread(target=daemon.run_forever, name="test-run", daemon=True)
+    runner.start()
+    try:
+        url = daemon.http_url
+        wait_for(lambda: daemon.checker.component.failure is not None, what="the failure")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "/healthz", timeout=5)
+        doc = json.loads(refused.value.read())
+        assert refused.value.code == 503 and doc["status"] == "failing"
+        assert doc["problems"] == ["hb-health is down after KeyError: 'a bug in one pass' "
+                                   "(restart 1 pending)"]
+        drained = []
+        try:
+            while True:
+                drained.append(listener.recv(4096))
+        except socket.timeout:
+            pass
+        assert b"WATCHDOG=1" not in drained[1:]  # not fed while a part is down
+        wait_for(lambda: len(calls) >= 2 and daemon.problems() == [], timeout=5,
+                 what="the checker running again")
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert 'hbdaemon_component_restarts_total{component="hb-health"} 1' in text
+        assert 'hbdaemon_component_up{component="hb-health"} 1' in text
+        listener.settimeout(5)
+        assert listener.recv(4096) == b"WATCHDOG=1"  # fed again
+    finally:
+        daemon.request_stop()
+        runner.join(5)
+        daemon.stop()
+        listener.close()

@@ -117,3 +117,39 @@ def test_forgetting_an_agent_frees_its_hook_slots():
     assert set(runner._slots) == {"a", "b"}
     runner.on_event(Event(3, 0.0, "a", "dead", "dead", "forgotten on request", kind="forgotten"))
     assert set(runner._slots) == {"b"}
+
+
+def test_a_reload_that_removes_a_hook_while_it_runs_breaks_nothing():
+    h = Harness(ok=False, max_retries=10)
+    first = h.runner._hooks[0]
+    second = HookConfig(on=("dead",), command=("y",))
+    h.runner.configure((first, second), h.runner._restart)
+
+    def execute(hook, ev, record):  # SIGHUP lands while `y` runs: the list gets shorter
+        if hook is second and len(h.ran) == 1:
+            h.runner.configure((first,), h.runner._restart)
+        return h.execute(hook, ev, record)
+
+    h.runner._execute = execute
+    h.event("dead")  # both run and fail; `y` would retry at index 1
+    for _ in range(60):
+        h.clock.advance(1)
+        h.runner._dispatch()  # raised IndexError here, killing hb-hooks for good
+    assert len(h.ran) > 3 and h.runner._running == 0
+    assert {hook for slots in h.runner._slots.values() for hook in slots} == {first}
+
+
+def test_a_run_that_raises_gives_its_place_back():
+    h = Harness()
+
+    def broken(hook, ev, record):
+        raise RuntimeError("lookup blew up")
+
+    h.runner._execute = broken
+    for n in range(12):  # more than MAX_PARALLEL runs that all raise
+        h.runner.on_event(Event(n + 1, 0.0, f"a{n}", "healthy", "dead", "r"))
+        h.runner._dispatch()
+    assert h.runner._running == 0 and h.runner.failures == 12
+    h.runner._execute = h.execute
+    h.event("dead")
+    assert h.ran  # the scheduler still has room

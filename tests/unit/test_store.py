@@ -37,3 +37,20 @@ def test_an_unusable_state_dir_is_an_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot create state_dir"):
         Store(str(blocker / "state"), 10, 1.0).open()
+
+
+def test_events_kept_for_a_retry_while_writes_fail_are_bounded(tmp_path, caplog):
+    s = Store(str(tmp_path), max_events=5, interval=1.0)
+    s.open()
+    db = s._connect()
+    db.execute("PRAGMA query_only=1")  # every write fails, as on a full or read-only disk
+    for i in range(1, 21):
+        s.add_event(Event(i, float(i), "a", "unknown", "healthy", f"r{i}"))
+        s.flush(db)
+    assert s.errors == 20 and s.dropped_events == 15
+    assert [e.id for e in s._pending] == [16, 17, 18, 19, 20]  # the newest max_events
+    assert "events dropped while writes fail" in caplog.text
+    db.execute("PRAGMA query_only=0")
+    s.flush(db)
+    db.close()
+    assert [e.id for e in Store(str(tmp_path), 5, 1.0).open()[1]] == [16, 17, 18, 19, 20]
