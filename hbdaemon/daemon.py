@@ -79,7 +79,10 @@ class Daemon:
         self.credentials = preflight(cfg)
         hc = cfg.agent.health_check
         self.stats = ReceiverStats()
-        self.events = EventLog(cfg.daemon.max_events)
+        # events are shown once written (a kill -9 cannot take back what was seen), and
+        # their ids are reserved in the store before use (never given out twice)
+        self.events = EventLog(cfg.daemon.max_events, durable=True,
+                               reserve=lambda upto: self.store.reserve_ids(upto))
         self.registry = Registry(PolicySet(hc, cfg.agent.overrides), self.events.record,
                                  history_step=cfg.daemon.history_step,
                                  max_agents=cfg.agent.max_agents,
@@ -92,6 +95,7 @@ class Daemon:
         # one gate shared by both receivers, a few threads at a time, in order of arrival:
         # a flood of new ids then cannot keep a crash verdict or a known agent from the GIL.
         self.gate = FairGate(NEW_ID_SLOTS)
+        self._start_times = process.StartTimes()  # of local HTTP agents' processes
         self.pool = WorkerPool(self._process_http, cfg.http.workers, cfg.http.queue_size)
         self.api = Api(self.registry, self.events, self.stats, self.extra_stats,
                        self.render_metrics, problems=self.problems)
@@ -108,7 +112,8 @@ class Daemon:
     def start(self) -> None:
         """Store, then the Unix socket, then HTTP, then the threads. Raises StartupError."""
         agents, events = self.store.open()
-        self.events.restore(events)
+        self.events.restore(events, self.store.reserved_id)
+        self.store.on_written = self.events.mark_written
         self.events.subscribe(self.store.add_event)
         self.events.subscribe(self.hooks.on_event)
         self.registry.load(agents)
@@ -180,7 +185,7 @@ class Daemon:
     def _process_http(self, item) -> None:
         hb, started, host, local = item
         # a local agent's process start time, read once per pid (outside the registry lock)
-        birth = process.create_time(hb.pid) if local and \
+        birth = self._start_times.get(hb.pid) if local and \
             self.registry.needs_start_time(hb.agent_id, hb.pid) else None
         refusal = self.registry.apply(hb, HTTP, remote=host, local=local, admitted=True,
                                       started=birth)

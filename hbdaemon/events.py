@@ -38,34 +38,64 @@ class Event:
                 self.kind)
 
 
+ID_BLOCK = 10_000  # event ids reserved in the store at a time (see EventLog.reserve)
+
+
 class EventLog:
     """The most recent events in memory, with listeners called for each new one.
 
     Thread-safe. Listeners run in the caller's thread and must not block.
+
+    With `durable`, query() shows only events the store has written (mark_written): an
+    event anyone has seen through the API survives a kill -9. With `reserve`, ids are
+    reserved in the store ID_BLOCK at a time before they are given out, so an id is never
+    given to two events, even across a crash that lost the first one.
     """
 
-    def __init__(self, max_events: int, wallclock: Callable[[], float] = time.time):
+    def __init__(self, max_events: int, wallclock: Callable[[], float] = time.time,
+                 durable: bool = False, reserve: Optional[Callable[[int], None]] = None):
         self._ring = collections.deque(maxlen=max_events)
         self._lock = threading.Lock()
         self._wall = wallclock
         self._next_id = 1
+        self._reserved: Optional[int] = None  # ids up to here may be given out
+        self._reserve = reserve
+        self._written: Optional[int] = 0 if durable else None  # None: everything is shown
         self._listeners: List[Callable[[Event], None]] = []
         self.counts: Dict[str, int] = collections.Counter()
 
     def subscribe(self, listener: Callable[[Event], None]) -> None:
         self._listeners.append(listener)
 
-    def restore(self, events: List[Event]) -> None:
-        """Reload persisted events (oldest first) after a restart; ids continue after them."""
+    def restore(self, events: List[Event], reserved: int = 0) -> None:
+        """Reload persisted events (oldest first) after a restart; ids continue after them
+        and after every id reserved before (some may have been given out, then lost)."""
         with self._lock:
             for ev in events:
                 self._ring.append(ev)
                 self._next_id = max(self._next_id, ev.id + 1)
+            self._next_id = max(self._next_id, reserved + 1)
+            if self._written is not None and events:
+                self._written = max(self._written, events[-1].id)
+
+    def mark_written(self, last_id: int) -> None:
+        """The store has written every event up to `last_id`: they may be shown."""
+        with self._lock:
+            if self._written is not None and last_id > self._written:
+                self._written = last_id
 
     def record(self, agent_id: str, from_state, to_state, reason: str,
                kind: str = "state") -> Event:
         """Add an event, log it and hand it to every listener."""
         with self._lock:
+            if self._reserve is not None and (self._reserved is None
+                                              or self._next_id > self._reserved):
+                self._reserved = self._next_id + ID_BLOCK - 1
+                try:  # rare (once per ID_BLOCK events): a synchronous write to the store
+                    self._reserve(self._reserved)
+                except Exception as exc:
+                    log.error("cannot reserve event ids up to %d (%s): after a crash an id "
+                              "could be given out twice", self._reserved, exc)
             ev = Event(self._next_id, self._wall(), agent_id, str(from_state), str(to_state),
                        reason, kind)
             self._next_id += 1
@@ -87,8 +117,9 @@ class EventLog:
               after_id: int = 0, limit: int = 1000) -> List[Event]:
         """The newest `limit` events after `since` (epoch) / `after_id`, oldest first."""
         with self._lock:
-            events = list(self._ring)
+            events, written = list(self._ring), self._written
+        shown = float("inf") if written is None else written  # only what a crash cannot lose
         out = [ev for ev in events
-               if (since is None or ev.time >= since) and ev.id > after_id
+               if (since is None or ev.time >= since) and after_id < ev.id <= shown
                and (agent is None or ev.agent_id == agent)]
         return out[-limit:] if limit else out

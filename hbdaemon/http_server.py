@@ -15,10 +15,10 @@ import queue
 import socket
 import struct
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from hbdaemon import __version__
-from hbdaemon.api import Api, ApiError, Body, resolve
+from hbdaemon.api import JSON, Api, ApiError, Body, resolve
 from hbdaemon.auth import OPEN, Credentials, Grant
 from hbdaemon.connlimit import NEW_ID_SLOTS, NO_GATE, ConnectionLimitMixIn, FairGate
 from hbdaemon.http_request import (BadRequest, is_loopback_address, is_loopback_host,
@@ -209,19 +209,22 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         body = self._read_body()
         server.note_busy(self.connection)  # the request is in: not one to evict
         # the gate (see Daemon.gate) is held for work only, never while the client is waited
-        # for: the request is read, and answers past the write buffer are sent after it
+        # for: the request is read before it, and every answer is written after it
         known, self._known = self._known, False
         with (NO_GATE if known else server.gate):
             if heartbeat:
-                return self._intake(body, grant)
-            try:
-                code, doc, content_type = server.api.handle(
-                    route, agent_id, target.query, by=f"{route.method} from {self._client()}")
-            except ApiError as exc:
-                return self._reply(exc.code, _json_body(False, exc.message))
-            if isinstance(doc, str):
-                doc = doc.encode()
-            body = doc if isinstance(doc, (bytes, tuple)) else json.dumps(doc).encode()
+                warnings = self._intake(body, grant)
+            else:
+                try:
+                    code, doc, content_type = server.api.handle(
+                        route, agent_id, target.query, by=f"{route.method} from {self._client()}")
+                except ApiError as exc:
+                    code, doc, content_type = exc.code, _json_body(False, exc.message), JSON
+                if isinstance(doc, str):
+                    doc = doc.encode()
+                body = doc if isinstance(doc, (bytes, tuple)) else json.dumps(doc).encode()
+        if heartbeat:
+            return self._accepted(warnings)
         headers = _PAGE_HEADERS if content_type.startswith("text/html") else ()
         self._reply(code, body, content_type, headers=headers)
 
@@ -282,7 +285,8 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
 
     # -- intake ---------------------------------------------------------------------------
 
-    def _intake(self, body: bytes, grant: Grant) -> None:
+    def _intake(self, body: bytes, grant: Grant) -> Tuple[str, ...]:
+        """Check and queue one heartbeat; its warnings. Raises Refusal."""
         started = time.perf_counter()
         server = self.server
         stats = server.api.stats
@@ -318,8 +322,12 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         self._known = known
         for warning in hb.warnings:
             stats.note_warning(TRANSPORT, warning_reason(warning))
-        if hb.warnings or self.close_connection:
-            extra = {"warnings": list(hb.warnings)} if hb.warnings else {}
+        return hb.warnings
+
+    def _accepted(self, warnings: Tuple[str, ...]) -> None:
+        """The 200 for an accepted heartbeat."""
+        if warnings or self.close_connection:
+            extra = {"warnings": list(warnings)} if warnings else {}
             return self._reply(200, _json_body(True, "heartbeat accepted", **extra))
         self.log_request(200)
         self.wfile.write(self._accepted_reply())

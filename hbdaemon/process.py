@@ -20,6 +20,27 @@ def create_time(pid: int) -> Optional[float]:
         return None
 
 
+class StartTimes:
+    """create_time() remembered for `ttl` seconds: a burst of heartbeats from one process
+    (many ids, or a flood) reads /proc once. A pid reused within `ttl` is not noticed; a
+    second is far shorter than the kernel takes to cycle through pids."""
+
+    def __init__(self, ttl: float = 1.0, size: int = 4096, clock=time.monotonic):
+        self._ttl, self._size, self._clock = ttl, size, clock
+        self._seen: dict = {}  # pid -> (when read, start time)
+
+    def get(self, pid: int) -> Optional[float]:
+        now = self._clock()
+        hit = self._seen.get(pid)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        if len(self._seen) >= self._size:
+            self._seen.clear()
+        started = create_time(pid)
+        self._seen[pid] = (now, started)
+        return started
+
+
 def pid_gone(pid: int, started: Optional[float] = None) -> bool:
     """True if no process `pid` runs: absent, zombie, or a different process reusing the pid."""
     try:

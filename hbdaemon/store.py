@@ -52,6 +52,10 @@ class Store:
         self.writes = 0
         self.errors = 0
         self.dropped_events = 0  # events not kept while writes failed (max_events kept)
+        self.reserved_id = 0     # event ids given out may reach this (read by open())
+        self.on_written: Callable[[int], None] = lambda last_id: None
+        self._reserve_db: Optional[sqlite3.Connection] = None
+        self._reserve_lock = threading.Lock()
 
     def open(self) -> Tuple[List[dict], List[Event]]:
         """Prepare the database and return what it holds (agents, events oldest first).
@@ -117,6 +121,8 @@ class Store:
                     agents.append(json.loads(data))
                 except ValueError:
                     log.warning("state store: skipping unreadable record of agent %s", agent_id)
+            row = db.execute("SELECT value FROM meta WHERE key='event_id_reserved'").fetchone()
+            self.reserved_id = int(row[0]) if row and str(row[0]).isdigit() else 0
             rows = db.execute("SELECT id, time, agent_id, from_state, to_state, reason, kind "
                               "FROM events ORDER BY id DESC LIMIT ?", (self._max_events,))
             events = [Event.from_row(r) for r in rows][::-1]
@@ -134,6 +140,17 @@ class Store:
 
     # -- writer ---------------------------------------------------------------------------
 
+    def reserve_ids(self, upto: int) -> None:
+        """Record at once (from any thread) that event ids up to `upto` may be given out,
+        so that a restart never gives one of them to another event. Raises sqlite3.Error."""
+        with self._reserve_lock:
+            if self._reserve_db is None:
+                self._reserve_db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
+                                                   check_same_thread=False)
+            self._reserve_db.execute("INSERT OR REPLACE INTO meta VALUES "
+                                     "('event_id_reserved', ?)", (str(upto),))
+            self.reserved_id = upto
+
     def add_event(self, ev: Event) -> None:
         """Event listener: persist soon (the writer wakes at once)."""
         with self._lock:
@@ -150,6 +167,10 @@ class Store:
         if self.component is not None:
             self.component.stop()
             join(self.component.thread, timeout)
+        with self._reserve_lock:
+            if self._reserve_db is not None:
+                self._reserve_db.close()
+                self._reserve_db = None
 
     def _loop(self) -> None:
         db = self._connect()
@@ -191,11 +212,13 @@ class Store:
                                [(a, json.dumps(d)) for a, d in agents if d is not None])
                 db.executemany("DELETE FROM agents WHERE agent_id = ?",
                                [(a,) for a, d in agents if d is None])
-                if events:
-                    db.execute("DELETE FROM events WHERE id <= ?",
-                               (events[-1].id - self._max_events,))
+                if events:  # keep the newest max_events (ids have gaps: see EventLog)
+                    db.execute("DELETE FROM events WHERE id <= (SELECT id FROM events "
+                               "ORDER BY id DESC LIMIT 1 OFFSET ?)", (self._max_events,))
             self._unsaved.clear()
             self.writes += 1
+            if events:
+                self.on_written(events[-1].id)  # now they may be shown: a crash keeps them
             return True
         except sqlite3.Error as exc:
             self.errors += 1

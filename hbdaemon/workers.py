@@ -2,6 +2,7 @@
 
 import logging
 import queue
+import threading
 import time
 from typing import Callable, List
 
@@ -28,6 +29,7 @@ class WorkerPool:
         self.components: List[Component] = []
         self._size = workers
         self._closed = False
+        self._closing = threading.Lock()
         self.capacity = queue_size
 
     @property
@@ -42,14 +44,17 @@ class WorkerPool:
         self.components = [guard(f"hb-worker-{n + 1}", self._work) for n in range(self._size)]
 
     def submit(self, item) -> None:
-        """Queue one item; raises PoolClosed while stopping and queue.Full when full."""
-        if self._closed:
-            raise PoolClosed()
-        self._queue.put_nowait(item)
+        """Queue one item; raises PoolClosed while stopping and queue.Full when full. An item
+        taken is ahead of the stop markers, so stop() applies it (a 200 means applied)."""
+        with self._closing:
+            if self._closed:
+                raise PoolClosed()
+            self._queue.put_nowait(item)
 
     def stop(self, timeout: float) -> None:
         """Refuse new work, let the workers drain the queue, then stop them (bounded)."""
-        self._closed = True
+        with self._closing:  # no submit() between the check and its put, from here on
+            self._closed = True
         deadline = time.monotonic() + timeout
         for c in self.components:
             c.stop()

@@ -120,6 +120,7 @@ def test_events_query_and_metrics(daemon_factory):
     d.post(beat("e1"))
     d.post(beat("e2"))
     d.wait_state("e2", "healthy")
+    d.wait_events("e2", lambda e: e["to"] == "healthy")  # shown once written
     events = d.get("/events?agent=e1")[2]["events"]
     assert [(e["agent_id"], e["from"], e["to"]) for e in events] == [("e1", "unknown", "healthy")]
     assert set(events[0]) >= {"time", "agent_id", "from", "to", "reason"}

@@ -17,16 +17,40 @@ def beat(agent_id, **fields):
 
 
 def test_sigterm_drains_removes_the_socket_and_exits_0(daemon_factory):
+    import threading
     d = daemon_factory().start()
     agent = d.unix_agent("a", interval=0.1)
-    for i in range(20):
-        d.post(beat(f"h{i}"))
+    accepted, stop = [], threading.Event()
+
+    def post_until_refused(k):  # heartbeats still arriving while SIGTERM lands
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            try:
+                status = d.post(beat(f"h{k}-{i}"))[0]
+            except OSError:
+                return
+            if status == 200:
+                accepted.append(f"h{k}-{i}")
+            elif status == 503:
+                return
+
+    posters = [threading.Thread(target=post_until_refused, args=(k,)) for k in range(4)]
+    for t in posters:
+        t.start()
+    wait_for(lambda: len(accepted) >= 40, what="heartbeats accepted")
     assert d.stop() == 0
+    stop.set()
+    for t in posters:
+        t.join(10)
     assert not os.path.exists(d.socket_path)
     log = d.log()
     assert "stopping: draining" in log and "stopped" in log
     agent.kill()
     agent.wait(5)
+    d.start()  # what the daemon wrote at its stop: every heartbeat answered 200 was applied
+    known = {a["agent_id"] for a in d.get("/agents")[2]["agents"]}
+    assert set(accepted) <= known, sorted(set(accepted) - known)[:5]
 
 
 def test_sigint_also_stops_cleanly(daemon_factory):
@@ -37,13 +61,15 @@ def test_sigint_also_stops_cleanly(daemon_factory):
 
 
 def test_restart_after_kill_9_keeps_agents_and_events_as_unknown(daemon_factory):
-    d = daemon_factory().start()
+    d = daemon_factory(daemon={"store_interval": "0.1s"}).start()
     d.post(beat("keep", version="7.1"))
     d.post(beat("gone", status="stopping"))
     d.wait_state("keep", "healthy")
     d.wait_state("gone", "stopped")
+    d.wait_events("gone", lambda e: e["to"] == "stopped")
+    wait_for(lambda: d.agent("keep")["heartbeats"] == 1, what="keep's record")
+    time.sleep(0.3)  # a few store_intervals (0.1 s): the records are written too
     before = d.events()
-    time.sleep(2.5)  # one store_interval: the records are written
     d.proc.kill()
     d.proc.wait(5)
     assert os.path.exists(d.socket_path)  # left behind by kill -9: stale
@@ -51,11 +77,33 @@ def test_restart_after_kill_9_keeps_agents_and_events_as_unknown(daemon_factory)
     rec = d.agent("keep")
     assert rec["state"] == "unknown" and rec["version"] == "7.1"
     assert d.state("gone") == "stopped"
+    (restarted,) = d.wait_events("keep", lambda e: e["to"] == "unknown")
+    assert "daemon restarted" in restarted["reason"]
     after = d.events()
     assert [e["id"] for e in after[:len(before)]] == [e["id"] for e in before]
-    assert after[-1]["to"] == "unknown" and "daemon restarted" in after[-1]["reason"]
     d.post(beat("keep"))
     d.wait_state("keep", "healthy")
+
+
+def test_an_event_seen_through_the_api_survives_kill_9_and_its_id_is_never_reused(daemon_factory):
+    d = daemon_factory().start()  # the production store_interval: events must not wait for it
+    seen = []
+    for trial in range(3):
+        agent = f"svc-{trial}"
+        assert d.post(beat(agent))[0] == 200
+        assert d.post(beat(agent, status="stopping"))[0] == 200
+        (ev,) = d.wait_events(agent, lambda e: e["to"] == "stopped", timeout=5)
+        d.proc.kill()  # at once: nothing else gets a chance to be written
+        d.proc.wait(5)
+        seen.append(ev)
+        d.start()
+        ids = {e["id"]: e for e in d.events()}
+        for old in seen:  # every event anyone saw is still there, under the same id
+            assert ids[old["id"]] == old
+        assert d.state(agent) == "stopped"  # not unknown, then dead
+        assert d.post(beat(f"new-{trial}"))[0] == 200
+        (fresh,) = d.wait_events(f"new-{trial}", lambda e: e["to"] == "healthy")
+        assert fresh["id"] > max(e["id"] for e in seen)
 
 
 def test_unknown_agents_get_one_timeout_of_grace_after_restart(daemon_factory):

@@ -158,7 +158,7 @@ def test_http_cannot_speak_for_an_agent_held_by_a_unix_connection(daemon_factory
     rec = d.agent("db-1")
     assert (rec["transport"], rec["pid"], rec["state"], rec["connected"]) == \
         ("unix", agent.pid, "healthy", True)
-    conflicts = [e for e in d.events("db-1") if e["kind"] == "id_conflict"]
+    conflicts = d.wait_events("db-1", lambda e: e["kind"] == "id_conflict")
     assert len(conflicts) == 1 and "HTTP client 127.0.0.1" in conflicts[0]["reason"]
     assert d.get("/stats")[2]["errors_by_reason"]["id_conflict"] == 3
     agent.kill()
@@ -173,7 +173,7 @@ def test_a_second_unix_connection_cannot_take_a_held_id(daemon_factory):
     wait_for(lambda: d.get("/stats")[2]["errors_by_reason"].get("id_conflict", 0) >= 3,
              what="the twin's heartbeats refused")
     assert d.agent("db-1")["pid"] == real.pid
-    conflicts = [e for e in d.events("db-1") if e["kind"] == "id_conflict"]
+    conflicts = d.wait_events("db-1", lambda e: e["kind"] == "id_conflict")
     assert len(conflicts) == 1 and "Unix connection of uid" in conflicts[0]["reason"]
     assert d.log().count("sent heartbeats for this id") == 1  # logged once, not per line
     real.kill()
@@ -248,8 +248,8 @@ def test_silent_agents_are_forgotten_after_forget_silent_after(daemon_factory):
     d.post(json.loads(beat("quiet", pid=1)))  # pid 1 lives on: no_heartbeat, not dead
     d.wait_state("quiet", "no_heartbeat")
     wait_for(lambda: d.agent("quiet") is None, timeout=5, what="the silent agent forgotten")
-    forgotten = [e for e in d.events("quiet") if e["kind"] == "forgotten"]
-    assert forgotten and "no_heartbeat" in forgotten[0]["reason"]
+    forgotten = d.wait_events("quiet", lambda e: e["kind"] == "forgotten")
+    assert "no_heartbeat" in forgotten[0]["reason"]
     assert 'agent_id="quiet"' not in d.get("/metrics")[2]
 
 
@@ -260,7 +260,7 @@ def test_delete_is_recorded_with_who_asked_and_frees_the_metric_series(daemon_fa
     assert 'agent_id="gone-1"' in d.get("/metrics")[2]
     assert d.request("DELETE", "/agents/gone-1")[0] == 200
     assert 'agent_id="gone-1"' not in d.get("/metrics")[2]
-    (event,) = [e for e in d.events("gone-1") if e["kind"] == "forgotten"]
+    (event,) = d.wait_events("gone-1", lambda e: e["kind"] == "forgotten")
     assert event["reason"] == "forgotten on request by DELETE from 127.0.0.1"
 
 

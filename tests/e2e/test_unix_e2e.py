@@ -39,8 +39,8 @@ def test_kill_9_of_a_connected_agent_is_dead_well_under_a_second(daemon_factory)
     took = time.monotonic() - killed
     agent.wait(5)
     assert took < 1.0, f"dead after {took:.3f}s"
-    ev = d.events("victim")[-1]
-    assert ev["from"] == "healthy" and ev["to"] == "dead" and "is gone" in ev["reason"]
+    (ev,) = d.wait_events("victim", lambda e: e["to"] == "dead")
+    assert ev["from"] == "healthy" and "is gone" in ev["reason"]
 
 
 def test_sigterm_of_the_agent_is_stopped_not_dead(daemon_factory):

@@ -265,3 +265,30 @@ def test_a_part_that_raises_is_restarted_counted_and_named_by_healthz(short_tmp,
         runner.join(5)
         daemon.stop()
         listener.close()
+
+
+def test_every_item_the_pool_took_is_handled_even_when_stop_races_submit():
+    for _ in range(30):
+        handled, taken = set(), set()
+        pool = WorkerPool(handled.add, workers=2, queue_size=1_000_000)
+        pool.start()
+        go = threading.Event()
+
+        def submitter(k):
+            go.wait()
+            for i in range(100_000):
+                try:
+                    pool.submit((k, i))
+                except PoolClosed:
+                    return
+                taken.add((k, i))
+
+        threads = [threading.Thread(target=submitter, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        go.set()
+        time.sleep(0.002)
+        pool.stop(timeout=30)
+        for t in threads:
+            t.join(30)
+        assert taken and taken <= handled  # a 200 means applied

@@ -116,6 +116,14 @@ class DaemonProcess(ManagedProcess):
     def events(self, agent: str = None) -> list:
         return self.get("/events" + (f"?agent={agent}" if agent else ""))[2]["events"]
 
+    def wait_events(self, agent: str, match, timeout: float = 5.0) -> list:
+        """The agent's events matching `match(event)`, once there is one: an event shows in
+        /events once the store has written it, a moment after the state changed."""
+        found = []
+        wait_for(lambda: found.extend(e for e in self.events(agent) if match(e)) or found,
+                 timeout, what=f"an event of {agent}")
+        return found
+
     # -- Unix ----------------------------------------------------------------------------
 
     def unix_agent(self, agent_id: str, interval: float = 0.2) -> subprocess.Popen:
