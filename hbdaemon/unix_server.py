@@ -13,7 +13,7 @@ import time
 from typing import Iterable, List, Optional
 
 from hbdaemon import process
-from hbdaemon.connlimit import NEW_ID_SLOTS, NO_GATE, ConnectionLimitMixIn, FairGate
+from hbdaemon.connlimit import NEW_ID_SLOTS, ConnectionLimitMixIn, FairGate
 from hbdaemon.protocol import MAX_MESSAGE_BYTES, ProtocolError, parse_heartbeat, warning_reason
 from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS, RATE_LIMITED, Peer, Registry
 from hbdaemon.stats import ReceiverStats
