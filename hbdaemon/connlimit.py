@@ -2,6 +2,7 @@
 
 import collections
 import contextlib
+import errno
 import logging
 import socket
 import sys
@@ -41,6 +42,8 @@ class ConnectionLimitMixIn:
         self._refused_logged = 0.0
         self.refused_total = 0
         self.evicted_total = 0
+        self.accept_failures = 0  # accept() failed for want of a file descriptor
+        self._files_logged = float("-inf")
 
     @property
     def active_connections(self) -> int:
@@ -97,6 +100,25 @@ class ConnectionLimitMixIn:
 
     def refuse_connection(self, request) -> None:
         """Say goodbye to a connection over the cap (subclasses may answer something first)."""
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # no descriptor for the connection
+                self._out_of_files(exc)
+            raise  # serve_forever drops this attempt and goes on
+
+    def _out_of_files(self, exc: OSError) -> None:
+        """The connection waits in the backlog until a descriptor frees: say so (at most
+        every refuse_log_interval) and pause, instead of retrying accept() in a busy loop."""
+        self.accept_failures += 1
+        now = time.monotonic()
+        if now - self._files_logged >= self.refuse_log_interval:
+            log.error("%s: cannot accept connections: %s (raise the open file limit, "
+                      "LimitNOFILE= or ulimit -n)", type(self).__name__, exc.strerror)
+            self._files_logged = now
+        time.sleep(0.1)
 
     def _refuse(self, request) -> None:
         self.refused_total += 1

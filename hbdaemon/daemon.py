@@ -64,8 +64,8 @@ def raise_open_file_limit(needed: int) -> None:
             return
     if target < needed:
         log.warning("the open file limit (%d) is below the %d that the connection limits need; "
-                    "connections beyond it are refused (raise LimitNOFILE= or ulimit -n)",
-                    target, needed)
+                    "connections beyond it wait until a descriptor frees (raise LimitNOFILE= "
+                    "or ulimit -n)", target, needed)
 
 
 class Daemon:
@@ -204,6 +204,7 @@ class Daemon:
             "http_connections": self.http.active_connections if self.http else 0,
             "connections_refused": sum(s.refused_total for s in (self.unix, self.http) if s),
             "connections_evicted": self.http.evicted_total if self.http else 0,
+            "accept_failures": sum(s.accept_failures for s in (self.unix, self.http) if s),
             "agents": len(self.registry), "agents_by_state": self.registry.counts(),
             "max_agents": self.registry.max_agents,
             "hook_runs": self.hooks.runs, "hook_failures": self.hooks.failures,

@@ -210,8 +210,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         server.note_busy(self.connection)  # the request is in: not one to evict
         # the gate (see Daemon.gate) is held for work only, never while the client is waited
         # for: the request is read before it, and every answer is written after it
+        # a heartbeat on a connection whose last one was a known agent's skips it
         known, self._known = self._known, False
-        with (NO_GATE if known else server.gate):
+        with (NO_GATE if known and heartbeat else server.gate):
             if heartbeat:
                 warnings = self._intake(body, grant)
             else:

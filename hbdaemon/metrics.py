@@ -108,6 +108,9 @@ def render(registry, stats, events, extra: Callable[[], dict],
     w.family("hbdaemon_connections_evicted_total", "counter",
              "HTTP connections closed at the connection cap to make room (the one waiting "
              "longest for its next request).", [({}, more["connections_evicted"])])
+    w.family("hbdaemon_accept_failures_total", "counter",
+             "Connections that could not be accepted for want of a file descriptor.",
+             [({}, more.get("accept_failures", 0))])
     w.family("hbdaemon_events_total", "counter",
              "Events recorded, by the state entered (or the event kind).",
              [({"to": k}, n) for k, n in sorted(dict(events.counts).items())])

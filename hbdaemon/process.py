@@ -16,7 +16,7 @@ def create_time(pid: int) -> Optional[float]:
     """The process's start time (to tell a reused pid apart), or None if unknown."""
     try:
         return psutil.Process(pid).create_time()
-    except (psutil.Error, OverflowError, ValueError):
+    except (psutil.Error, OSError, OverflowError, ValueError):  # OSError: EMFILE, say
         return None
 
 
@@ -51,8 +51,8 @@ def pid_gone(pid: int, started: Optional[float] = None) -> bool:
             return True
     except psutil.NoSuchProcess:  # includes ZombieProcess
         return True
-    except (psutil.AccessDenied, OverflowError, ValueError):
-        return False
+    except (psutil.AccessDenied, OSError, OverflowError, ValueError):
+        return False  # cannot tell (no file descriptor to read /proc, say): not gone
     return False
 
 

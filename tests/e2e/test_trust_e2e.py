@@ -355,6 +355,9 @@ def test_a_flood_of_new_ids_from_an_unprivileged_user_drowns_nothing(daemon_fact
     assert result["uid"] == 65534 and result["unix_sent"] == 150000
     assert sum(result["http"].values()) == 50000 and set(result["http"]) <= {"200", "429"}
     assert during and set(during) == {200}
+    # the socket's lines may still wait for the new-id gate after the sender is done
+    wait_for(lambda: sum(d.get("/stats")[2]["errors_by_reason"].values())
+             + d.get("/stats")[2]["agents"] - 2 >= 200000, timeout=60, what="every line judged")
     stats = d.get("/stats")[2]
     # agent.new_agents_per_minute (1000) per uid on the socket and per address over HTTP,
     # plus what the two buckets refilled while the flood ran

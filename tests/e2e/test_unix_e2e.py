@@ -201,3 +201,28 @@ def test_a_local_http_agent_that_exits_after_going_silent_is_dead(daemon_factory
     finally:
         child.kill()
         child.wait(5)
+
+
+def test_out_of_file_descriptors_the_listener_waits_and_recovers(daemon_factory):
+    import resource
+
+    def low_limit():  # soft and hard: the daemon cannot raise it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96))
+
+    d = daemon_factory().start(preexec_fn=low_limit)
+    assert "is below the" in d.log()  # said at start
+    conns = []
+    try:
+        for i in range(60):  # each costs the daemon a socket and a pidfd
+            conns.append(d.unix_send(json.dumps({"agent_id": f"fd-{i}", "pid": os.getpid()}).encode()
+                                     + b"\n", wait=0))
+        wait_for(lambda: "cannot accept connections" in d.log(), what="the failure logged")
+    finally:
+        for s in conns:
+            s.close()
+    wait_for(lambda: d.get("/healthz")[0] == 200, what="the daemon answering again")
+    s = d.unix_send(json.dumps({"agent_id": "after", "pid": os.getpid()}).encode() + b"\n")
+    d.wait_state("after", "healthy")
+    s.close()
+    assert "hbdaemon_accept_failures_total" in d.get("/metrics")[2]
+    assert "Traceback" not in d.log()

@@ -19,8 +19,13 @@ wait_state() {
     for _ in $(seq 1 50); do [ "$(state "$1")" = "$2" ] && break; sleep 0.2; done
     state "$1"
 }
-user_of() {
-    ps -o user= -p "$(systemctl show -P MainPID "$1")"
+user_of() {  # the main process's user, once systemd has set it (a fork is root at first)
+    for _ in $(seq 1 25); do
+        user=$(ps -o user= -p "$(systemctl show -P MainPID "$1")")
+        [ "$user" != root ] && break
+        sleep 0.2
+    done
+    echo "$user"
 }
 
 check daemon-active active "$(systemctl is-active hbdaemon)"
@@ -28,6 +33,8 @@ check agent-active active "$(systemctl is-active agentd)"
 check daemon-ready "receiving heartbeats" "$(systemctl show -P StatusText hbdaemon)"
 check daemon-user hbdaemon "$(user_of hbdaemon)"
 check agent-user agentd "$(user_of agentd)"
+check daemon-restarts 0 "$(systemctl show -P NRestarts hbdaemon)"
+check agent-restarts 0 "$(systemctl show -P NRestarts agentd)"
 check agent-healthy healthy "$(wait_state "$agent" healthy)"
 # SO_PEERCRED must name the agent's real user under the hardened unit (no PrivateUsers=)
 check agent-peer-uid "$(id -u agentd)" "$(field "$agent" peer_uid)"
@@ -50,4 +57,5 @@ sleep 1
 check agent-runs-without-daemon active "$(systemctl is-active agentd)"
 systemctl start hbdaemon; check daemon-start 0 $?
 check agent-back healthy "$(wait_state "$agent" healthy)"
+journalctl -u hbdaemon -u agentd -q --no-pager | tail -60 | sed 's/^/journal: /'  # for a failure
 echo done

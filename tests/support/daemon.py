@@ -58,11 +58,11 @@ class DaemonProcess(ManagedProcess):
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config, f)
 
-    def start(self, wait: bool = True, args=()) -> "DaemonProcess":
+    def start(self, wait: bool = True, args=(), preexec_fn=None) -> "DaemonProcess":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hbdaemon", "-c", self.config_path, *args],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=preexec_fn)
         log.close()
         if wait:
             self.wait_ready()
