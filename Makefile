@@ -19,10 +19,14 @@ run: $(STAMP)
 	@mkdir -p run
 	@echo "hbdaemon: unix socket ./run/hbdaemon.sock, http http://127.0.0.1:8690; agentd status: http://127.0.0.1:8691"
 	@echo "try: curl -s localhost:8690/agents   (Ctrl-C stops both)"
-	@$(PY) -m hbdaemon -c etc/dev/hbdaemon.yaml & daemon=$$!; \
-	  trap 'kill -TERM $$daemon 2>/dev/null; wait $$daemon' EXIT; \
-	  trap 'exit 0' INT TERM; \
-	  sleep 1; $(PY) -m agentd -c etc/dev/agentd.yaml
+	@daemon=; agent=; \
+	  stop() { trap - INT TERM EXIT; kill -TERM $$agent $$daemon 2>/dev/null; \
+	           [ -z "$$agent$$daemon" ] || wait $$agent $$daemon; exit 0; }; \
+	  trap stop INT TERM EXIT; \
+	  $(PY) -m hbdaemon -c etc/dev/hbdaemon.yaml & daemon=$$!; \
+	  for i in $$(seq 50); do [ -S run/hbdaemon.sock ] && break; sleep 0.1; done; \
+	  $(PY) -m agentd -c etc/dev/agentd.yaml & agent=$$!; \
+	  wait $$agent
 
 ## test: run the whole test suite
 test: $(STAMP)

@@ -14,6 +14,8 @@ from agentd.transport import Backoff, HttpTransport, TransportError, UnixTranspo
 
 log = logging.getLogger(__name__)
 
+WINDOW = 0.8  # of the interval: the shortest window a CPU figure is measured over
+
 
 def read_token(path: str) -> Optional[str]:
     """The bearer token from `path`, or None if no file is configured. Raises OSError."""
@@ -47,7 +49,8 @@ class Agent:
         self.cfg = cfg
         self.agent_id = cfg.effective_agent_id
         self.pid = os.getpid()
-        self.sampler = sampler or ProcessSampler()
+        # a CPU figure once a whole interval has been sampled (scheduling jitter allowed)
+        self.sampler = sampler or ProcessSampler(min_window=cfg.heartbeat.interval * WINDOW)
         self.transport = make_transport(cfg.heartbeat)
         self.stats = AgentStats(self.agent_id, cfg.effective_version, self.transport.name, clock)
         self.backoff = Backoff(cfg.heartbeat.reconnect_min, cfg.heartbeat.reconnect_max)
@@ -87,7 +90,7 @@ class Agent:
                      self._target(), self.backoff.attempts)
         self._failing = False
         self.backoff.reset()
-        self.stats.on_success(status, cpu, memory)
+        self.stats.on_success(status, 0.0 if cpu is None else cpu, memory)
         if self._on_success:
             self._on_success(self.stats)
         return None
@@ -122,6 +125,7 @@ class Agent:
                          new.url if new.transport == "http" else new.socket_path)
             self.backoff = Backoff(new.reconnect_min, new.reconnect_max)
             self.scheduler.set_interval(new.interval)
+            self.sampler.min_window = new.interval * WINDOW
             self.cfg = cfg
 
     def stop(self) -> None:

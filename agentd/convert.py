@@ -8,6 +8,7 @@ copy (tests/unit/test_shared_copies.py keeps them equal; `make sync-copies` refr
 import math
 import os
 import re
+from urllib.parse import urlsplit
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -177,10 +178,18 @@ def socket_path(value) -> str:
 
 
 def http_url(value) -> str:
-    """An http:// URL."""
+    """An http:// URL whose host and port urllib can use (checked here, not at first use)."""
     url = text(value).strip()
     if not re.fullmatch(r"http://[^/\s]+(/\S*)?", url):
         raise ValueError("an http:// URL such as http://127.0.0.1:8690/heartbeat")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port out of range or not a number, a bad [IPv6] literal
+        raise ValueError(f"an http:// URL with a valid host and port 1-65535 ({exc})") from None
+    if not parts.hostname or port == 0:
+        raise ValueError("an http:// URL with a host and a port 1-65535, such as "
+                         "http://127.0.0.1:8690/heartbeat")
     return url
 
 

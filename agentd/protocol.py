@@ -12,11 +12,13 @@ def format_rfc3339(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
-def encode_heartbeat(agent_id: str, pid: int, status: str, version: str, cpu: float,
-                     memory: int, now: Optional[float] = None) -> bytes:
-    """The heartbeat as one line of JSON, newline included."""
+def encode_heartbeat(agent_id: str, pid: int, status: str, version: str,
+                     cpu: Optional[float], memory: int, now: Optional[float] = None) -> bytes:
+    """The heartbeat as one line of JSON, newline included (no cpu field if cpu is None)."""
     doc = {"agent_id": agent_id, "pid": pid,
            "timestamp": format_rfc3339(time.time() if now is None else now),
-           "version": version, "status": status,
-           "cpu": round(min(100.0, max(0.0, cpu)), 2), "memory": max(0, int(memory))}
+           "version": version, "status": status}
+    if cpu is not None:
+        doc["cpu"] = round(min(100.0, max(0.0, cpu)), 2)
+    doc["memory"] = max(0, int(memory))
     return (json.dumps(doc, separators=(",", ":")) + "\n").encode()

@@ -74,6 +74,9 @@ class AgentService:
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return False, f"reload refused: {exc}"
+        except Exception as exc:  # a reload must never kill the agent (under systemd: a loop)
+            log.exception("reload failed, keeping the running configuration")
+            return False, f"reload failed: {exc}"
         if (new.http.host, new.http.port) != (self.cfg.http.host, self.cfg.http.port):
             log.warning("http settings changed: the status API keeps its address until a restart")
         self.cfg = new

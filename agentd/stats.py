@@ -14,25 +14,31 @@ class ProcessSampler:
     The same numbers as psutil's cpu_percent() / cpu_count() and memory_info().rss, read
     the cheap way: the process CPU clock and one pread of /proc/self/statm. psutil's
     /proc parsing cost ~0.35 ms a heartbeat, a third of the agent's budget. Primed at
-    creation, so the first sample is a real reading; the last values are cached.
+    creation; a CPU figure needs a window of at least `min_window` seconds (a heartbeat
+    interval): the first beat, a few milliseconds after start, would report the
+    interpreter's own start-up as load. Until then cpu is None (the field is left out).
     """
 
     def __init__(self, cpu_time: Callable[[], float] = time.process_time,
                  rss: Optional[Callable[[], int]] = None,
-                 clock: Callable[[], float] = time.monotonic, cpu_count: Optional[int] = None):
+                 clock: Callable[[], float] = time.monotonic, cpu_count: Optional[int] = None,
+                 min_window: float = 0.0):
         self._cpu_time, self._clock = cpu_time, clock
         self._rss = rss or StatmReader().rss
         self._cpus = cpu_count or os.cpu_count() or 1
         self._last = (clock(), cpu_time())
-        self.cpu = 0.0
+        self.min_window = min_window
+        self.cpu: Optional[float] = None
         self.memory = 0
 
-    def sample(self) -> Tuple[float, int]:
-        """(cpu percent of the machine 0-100 since the last sample, rss bytes)."""
+    def sample(self) -> Tuple[Optional[float], int]:
+        """(cpu percent of the machine 0-100 over the last window, or None before the first
+        full window; rss bytes). A sample sooner than min_window after the last one keeps
+        the last figure and lets the window grow."""
         now, used = self._clock(), self._cpu_time()
         then, before = self._last
-        self._last = (now, used)
-        if now > then:
+        if now > then and now - then >= self.min_window:
+            self._last = (now, used)
             self.cpu = min(100.0, max(0.0, (used - before) / (now - then) * 100.0 / self._cpus))
         try:
             self.memory = self._rss()

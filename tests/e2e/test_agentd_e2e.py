@@ -202,3 +202,29 @@ def test_heartbeat_sender_library_in_three_lines(daemon_factory):
     proc.stdin.close()
     assert proc.wait(10) == 0
     d.wait_state("lib-app", "stopped")
+
+
+def test_a_url_urllib_cannot_use_fails_check_config_and_never_kills_the_agent(daemon_factory,
+                                                                               agentd_factory):
+    d = daemon_factory().start()
+    a = agentd_factory("urls", d).start()
+    d.wait_state("urls", "healthy")
+    for n, bad in enumerate(("http://127.0.0.1:99999/heartbeat", "http://[::1/heartbeat",
+                             "http://:8690/x")):
+        a.config["heartbeat"]["url"] = bad
+        a.write_config()
+        out = subprocess.run([sys.executable, "-m", "agentd", "-config", a.config_path,
+                              "--check-config"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and "heartbeat.url" in out.stderr, (bad, out.stderr)
+        a.proc.send_signal(signal.SIGHUP)  # the same file on a reload: refused, still alive
+        wait_for(lambda: a.log().count("reload refused") > n, what="the reload refused")
+        assert a.proc.poll() is None
+    beats = d.agent("urls")["heartbeats"]
+    wait_for(lambda: d.agent("urls")["heartbeats"] > beats, what="the agent still beating")
+
+
+def test_the_first_heartbeat_does_not_report_start_up_as_load(daemon_factory, agentd_factory):
+    d = daemon_factory().start()
+    agentd_factory("fresh", d, heartbeat={"interval": "5s"}).start()
+    rec = d.wait_state("fresh", "healthy")
+    assert rec["heartbeats"] == 1 and rec["cpu"] == 0.0  # not the interpreter's start-up

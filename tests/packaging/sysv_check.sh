@@ -35,4 +35,13 @@ check agent-stopped stopped "$(wait_state "$agent" stopped)"
 test -e /run/hbdaemon/hbdaemon.sock; check socket-removed 1 $?
 /etc/init.d/hbdaemon status >/dev/null 2>&1; check daemon-status-stopped 3 $?
 grep -q "ready: unix socket" /var/log/hbdaemon/hbdaemon.log; check daemon-logged 0 $?
+# an HBDAEMON_* override in /etc/default/hbdaemon reaches the daemon
+cp /etc/default/hbdaemon /tmp/default.saved
+echo "HBDAEMON_HTTP_PORT=8697" >> /etc/default/hbdaemon
+/etc/init.d/hbdaemon start; check daemon-start-with-override 0 $?
+check default-override-applied ok "$(python3 -c "import urllib.request as u
+try: print('ok' if u.urlopen('http://127.0.0.1:8697/healthz', timeout=5).status == 200 else 'no')
+except Exception as e: print(e)")"
+/etc/init.d/hbdaemon stop; check daemon-stop-with-override 0 $?
+cp /tmp/default.saved /etc/default/hbdaemon
 echo "done"

@@ -153,6 +153,30 @@ def test_sampler_primes_and_reports_percent_of_the_whole_machine():
     assert (sampler.cpu, sampler.memory) == (37.5, 4096)
 
 
+def test_sampler_reports_no_cpu_before_a_whole_window_and_keeps_the_last_figure_after():
+    clock, cpu_used = FakeClock(0.0), FakeClock(5.0)
+    sampler = ProcessSampler(cpu_time=cpu_used, rss=lambda: 4096, clock=clock, cpu_count=2,
+                             min_window=2.4)
+    clock.advance(0.005)
+    cpu_used.advance(0.005)  # start-up: a whole core for 5 ms
+    assert sampler.sample() == (None, 4096)  # not 50 %: no figure yet
+    clock.advance(2.995)
+    cpu_used.advance(0.055)
+    assert sampler.sample() == (pytest.approx(1.0), 4096)  # over the whole 3 s
+    clock.advance(0.1)  # a reconnect beat right after: the last figure, the window grows
+    cpu_used.advance(0.1)
+    assert sampler.sample() == (pytest.approx(1.0), 4096)
+    clock.advance(2.9)
+    assert sampler.sample() == (pytest.approx(100 * 0.1 / 3.0 / 2), 4096)
+
+
+def test_a_heartbeat_without_cpu_leaves_the_field_out():
+    line = encode_heartbeat("web-1", 4242, "starting", "1.2.3", None, 1 << 20, now=1795811724.5)
+    assert b'"cpu"' not in line
+    hb = parse_heartbeat(line.rstrip(b"\n"), require_agent_id=True)
+    assert hb.cpu == 0.0 and hb.memory == 1 << 20 and not hb.warnings  # the default
+
+
 def test_sampler_reads_this_process_for_real():
     sampler = ProcessSampler()
     sum(i * i for i in range(200000))
