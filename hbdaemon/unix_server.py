@@ -21,7 +21,7 @@ from hbdaemon.stats import ReceiverStats
 log = logging.getLogger(__name__)
 
 TRANSPORT = "unix"
-RECV_SIZE = 65536
+RECV_SIZE = 8192  # as io.BufferedReader reads: a read every ~50 lines lets other threads in
 GATE_BATCH = 64  # lines already received that one pass of the gate may apply
 _PEERCRED = struct.Struct("3i")
 _REFUSALS = {ID_CONFLICT: "another live connection holds this id",

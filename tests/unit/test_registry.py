@@ -166,13 +166,19 @@ def test_overrides_apply_by_glob_first_match_wins():
     assert w.registry.get("db-1")["heartbeat_timeout"] == 2.0
 
 
-def test_flapping_is_reported_on_the_record():
+def flapping_world() -> World:
+    """An agent that went silent and came back twice: 5 changes, flap_threshold 4."""
     w = World(flap_threshold=4, flap_window=60.0)
     w.beat()
     for _ in range(2):
         w.advance(11)
         w.registry.check()
         w.beat()
+    return w
+
+
+def test_flapping_is_reported_on_the_record():
+    w = flapping_world()
     assert w.registry.get("a")["flapping"] is True
     assert w.registry.get("a")["recent_changes"] == 5
 
@@ -469,12 +475,7 @@ def test_intake_waits_at_the_turnstile_while_a_verdict_waits_for_the_lock():
 
 
 def test_flapping_clears_after_a_steady_flap_window():
-    w = World(flap_threshold=4, flap_window=60.0)
-    w.beat()
-    for _ in range(2):
-        w.advance(11)
-        w.registry.check()
-        w.beat()
+    w = flapping_world()
     assert w.registry.get("a")["flapping"] is True
     for _ in range(13):  # steady past the window: a heartbeat every 5 s, no change
         w.advance(5)
