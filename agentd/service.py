@@ -9,6 +9,7 @@ from agentd import logsetup
 from agentd.agent import Agent
 from agentd.api import StatusApiServer
 from agentd.config import AgentdConfig, ConfigError
+from agentd.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class AgentService:
         self.agent = Agent(cfg)
         self.api = None
         self._api_thread = None
-        self._wakeup = threading.Event()
+        self._wakeup = Wakeup()  # set by signal handlers: a self-pipe, not an Event
         self._reload_lock = threading.Lock()  # SIGHUP and POST /reload may coincide
         self._stop_requested = False
         self._reload_requested = False
@@ -56,7 +57,6 @@ class AgentService:
     def run_forever(self) -> None:
         while not self._stop_requested:
             self._wakeup.wait(5.0)  # signal handlers set it: the timeout is only a safety net
-            self._wakeup.clear()
             if self._reload_requested and not self._stop_requested:
                 self._reload_requested = False
                 self.reload()

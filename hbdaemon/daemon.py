@@ -5,7 +5,6 @@ import logging
 import os
 import resource
 import signal
-import threading
 import time
 from typing import Callable, List, Optional
 
@@ -26,6 +25,7 @@ from hbdaemon.store import Store
 from hbdaemon.threads import Component, guard, join, problems
 from hbdaemon.unix_server import UnixHeartbeatServer, group_id
 from hbdaemon.upstream import UpstreamReporter
+from hbdaemon.wakeup import Wakeup
 from hbdaemon.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class Daemon:
         self.unix: Optional[UnixHeartbeatServer] = None
         self.http: Optional[HeartbeatHTTPServer] = None
         self._threads = []
-        self._wakeup = threading.Event()
+        self._wakeup = Wakeup()  # set by signal handlers: a self-pipe, not an Event
         self._stop_requested = False
         self._reload_requested = False
 
@@ -242,7 +242,6 @@ class Daemon:
         tick = min(1.0, self.notifier.watchdog_interval or 1.0)
         while not self._stop_requested:
             self._wakeup.wait(tick)
-            self._wakeup.clear()
             if self._reload_requested and not self._stop_requested:
                 self._reload_requested = False
                 self.reload()

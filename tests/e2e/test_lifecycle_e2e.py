@@ -235,3 +235,17 @@ def test_a_corrupt_store_is_moved_aside_and_the_daemon_starts_fresh(daemon_facto
     assert "is unreadable" in d.log() and "moved it to" in d.log()
     assert any(n.startswith("hbdaemon.db.corrupt-") for n in os.listdir(state))
     assert d.post(beat("fresh"))[0] == 200
+
+
+def test_a_storm_of_signals_never_wedges_the_main_loop(daemon_factory, agentd_factory):
+    d = daemon_factory().start()
+    a = agentd_factory("stormy", d).start()
+    d.wait_state("stormy", "healthy")
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # handlers that took a lock could deadlock here
+        for proc in (d.proc, a.proc):
+            proc.send_signal(signal.SIGHUP)
+    assert d.get("/healthz")[0] == 200 and a.api("/status") is not None
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(15) == 0
+    assert d.stop() == 0
