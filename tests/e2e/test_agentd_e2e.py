@@ -82,7 +82,7 @@ def test_daemon_restart_costs_at_most_one_interval(daemon_factory, agentd_factor
     d = daemon_factory().start()
     a = agentd_factory("survivor", d).start()
     d.wait_state("survivor", "healthy")
-    time.sleep(0.3)  # the new agent's record reaches the store
+    d.wait_events("survivor", lambda e: e["to"] == "healthy")  # written, with its record
     d.proc.kill()
     d.proc.wait(5)
     time.sleep(0.5)
@@ -100,8 +100,8 @@ def test_sigterm_of_the_agent_is_stopped(daemon_factory, agentd_factory):
     assert a.stop() == 0
     rec = d.wait_state("bye", "stopped")
     assert rec["status"] == "stopping"
-    time.sleep(0.3)
-    assert d.state("bye") == "stopped"
+    wait_for(lambda: d.agent("bye")["connected"] is False, what="the close to be seen")
+    assert d.state("bye") == "stopped"  # judged at the close: still stopped
 
 
 def test_kill_9_of_a_unix_agent_is_dead_within_a_second(daemon_factory, agentd_factory):
