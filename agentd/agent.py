@@ -25,10 +25,11 @@ def read_token(path: str) -> Optional[str]:
         return f.read().strip() or None
 
 
-def make_transport(hb: HeartbeatConfig):
+def make_transport(hb: HeartbeatConfig, on_closed: Optional[Callable[[], None]] = None):
+    """The configured transport; on_closed: the daemon hung up a Unix connection."""
     if hb.transport == "http":
         return HttpTransport(hb.url, hb.timeout, read_token(hb.auth_token_file))
-    return UnixTransport(hb.socket_path, hb.timeout)
+    return UnixTransport(hb.socket_path, hb.timeout, on_closed)
 
 
 def _connection_keys(hb: HeartbeatConfig) -> tuple:
@@ -51,7 +52,7 @@ class Agent:
         self.pid = os.getpid()
         # a CPU figure once a whole interval has been sampled (scheduling jitter allowed)
         self.sampler = sampler or ProcessSampler(min_window=cfg.heartbeat.interval * WINDOW)
-        self.transport = make_transport(cfg.heartbeat)
+        self.transport = make_transport(cfg.heartbeat, self._connection_lost)
         self.stats = AgentStats(self.agent_id, cfg.effective_version, self.transport.name, clock)
         self.backoff = Backoff(cfg.heartbeat.reconnect_min, cfg.heartbeat.reconnect_max)
         self.scheduler = Scheduler(cfg.heartbeat.interval, self._tick, clock)
@@ -95,6 +96,17 @@ class Agent:
             self._on_success(self.stats)
         return None
 
+    def _connection_lost(self) -> None:
+        """The daemon closed our connection (a restart, say; called from the transport's
+        watcher thread): reconnect now with the usual backoff, not at the next beat."""
+        with self._lock:
+            if self._stopped or self._failing:
+                return
+            self._failing = True
+        log.warning("agent %s: the daemon closed the connection; reconnecting (with backoff)",
+                    self.agent_id)
+        self.scheduler.soon(0.0)
+
     def _failed(self, exc: TransportError) -> Optional[float]:
         self.stats.on_failure(str(exc))
         if self._on_failure:
@@ -115,7 +127,8 @@ class Agent:
         old, new = self.cfg.heartbeat, cfg.heartbeat
         transport = None
         if _connection_keys(old) != _connection_keys(new):
-            transport = make_transport(new)  # may raise OSError (token file): nothing changed yet
+            # may raise OSError (token file): nothing changed yet
+            transport = make_transport(new, self._connection_lost)
         with self._lock:
             if transport is not None:
                 self.transport.close()

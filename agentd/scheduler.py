@@ -34,6 +34,9 @@ class Scheduler:
         self._timer = None
         self._due = 0.0
         self._stopped = False
+        self._generation = 0  # of the armed timer: an older one that still fires does nothing
+        self._running = False  # a tick is under way: soon() leaves the re-arming to it
+        self._soon: Optional[float] = None
 
     def start(self) -> None:
         """First tick at once."""
@@ -48,21 +51,37 @@ class Scheduler:
             if self._timer is not None:
                 self._timer.cancel()
 
+    def soon(self, delay: float) -> None:
+        """Run tick(False) within `delay` seconds, ahead of the next slot (the connection was
+        lost: reconnect now, not at the next beat)."""
+        with self._lock:
+            if self._stopped:
+                return
+            if self._running:
+                self._soon = delay if self._soon is None else min(self._soon, delay)
+                return
+            self._arm(delay)
+
     def set_interval(self, interval: float) -> None:
         """A new interval, counted from the next slot (SIGHUP)."""
         with self._lock:
             self.interval = interval
 
     def _arm(self, delay: float) -> None:
-        self._timer = self._timer_factory(delay, self._fire)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._generation += 1
+        generation = self._generation
+        self._timer = self._timer_factory(delay, lambda: self._fire(generation))
         self._timer.daemon = True
         self._timer.name = "agentd-beat"
         self._timer.start()
 
-    def _fire(self) -> None:
+    def _fire(self, generation: int) -> None:
         with self._lock:
-            if self._stopped:
-                return
+            if self._stopped or generation != self._generation:
+                return  # stopped, or replaced by soon()
+            self._running = True
             due = self._clock() >= self._due - 0.001
         try:
             retry = self._tick(due)
@@ -70,6 +89,7 @@ class Scheduler:
             log.exception("heartbeat tick failed")
             retry = None
         with self._lock:
+            self._running = False
             if self._stopped:
                 return
             now = self._clock()
@@ -78,4 +98,6 @@ class Scheduler:
             delay = self._due - now
             if retry is not None:
                 delay = min(delay, retry)
+            if self._soon is not None:
+                delay, self._soon = min(delay, self._soon), None
             self._arm(max(0.0, delay))

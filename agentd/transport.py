@@ -4,6 +4,7 @@ import json
 import random
 import select
 import socket
+import threading
 import time
 from typing import Callable, Optional
 from urllib.parse import urlsplit
@@ -46,9 +47,11 @@ class UnixTransport:
 
     name = "unix"
 
-    def __init__(self, path: str, timeout: float):
+    def __init__(self, path: str, timeout: float,
+                 on_closed: Optional[Callable[[], None]] = None):
         self.path, self.timeout = path, timeout
         self._sock: Optional[socket.socket] = None
+        self._on_closed = on_closed  # called (from a watcher thread) when the daemon hangs up
 
     @property
     def connected(self) -> bool:
@@ -85,6 +88,28 @@ class UnixTransport:
                 sock.close()
                 raise TransportError(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
         self._sock = sock
+        if self._on_closed is not None:
+            threading.Thread(target=self._watch, args=(sock,), name="agentd-watch",
+                             daemon=True).start()
+
+    def _watch(self, sock: socket.socket) -> None:
+        """The daemon never writes: the socket turning readable means it closed (a restart,
+        say). Tell the agent at once, not when the next heartbeat fails an interval later."""
+        poller = select.poll()
+        try:
+            poller.register(sock, select.POLLIN | select.POLLRDHUP)
+        except (OSError, ValueError):  # closed meanwhile
+            return
+        while True:
+            try:
+                if poller.poll():
+                    break
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):
+                return
+        if sock is self._sock and self._on_closed is not None:
+            self._on_closed()
 
     def _peer_closed(self) -> bool:
         try:
@@ -94,11 +119,13 @@ class UnixTransport:
             return True
 
     def close(self) -> None:
-        if self._sock is not None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
             try:
-                self._sock.close()
-            finally:
-                self._sock = None
+                sock.shutdown(socket.SHUT_RDWR)  # wakes its watcher, which then sees it is old
+            except OSError:
+                pass
+            sock.close()
 
 
 class HttpTransport:

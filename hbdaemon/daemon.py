@@ -188,7 +188,7 @@ class Daemon:
         birth = self._start_times.get(hb.pid) if local and \
             self.registry.needs_start_time(hb.agent_id, hb.pid) else None
         refusal = self.registry.apply(hb, HTTP, remote=host, local=local, admitted=True,
-                                      started=birth)
+                                      started=birth, received=started)
         if refusal is not None:  # the id was taken or the table filled since it was admitted
             self.stats.note_rejected(HTTP, refusal)
             return

@@ -4,7 +4,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 from hbdaemon.protocol import format_rfc3339
 
@@ -60,7 +60,10 @@ class EventLog:
         self._next_id = 1
         self._reserved: Optional[int] = None  # ids up to here may be given out
         self._reserve = reserve
-        self._written: Optional[int] = 0 if durable else None  # None: everything is shown
+        # ids given out and not yet written (None: no such gate, everything is shown).
+        # Threads record events concurrently and the store may write a later id first:
+        # shown are the ids below the oldest one still unwritten.
+        self._unwritten: Optional[set] = set() if durable else None
         self._listeners: List[Callable[[Event], None]] = []
         self.counts: Dict[str, int] = collections.Counter()
 
@@ -75,14 +78,12 @@ class EventLog:
                 self._ring.append(ev)
                 self._next_id = max(self._next_id, ev.id + 1)
             self._next_id = max(self._next_id, reserved + 1)
-            if self._written is not None and events:
-                self._written = max(self._written, events[-1].id)
 
-    def mark_written(self, last_id: int) -> None:
-        """The store has written every event up to `last_id`: they may be shown."""
+    def mark_written(self, ids: Iterable[int]) -> None:
+        """The store has written these events (or given up on them): they may be shown."""
         with self._lock:
-            if self._written is not None and last_id > self._written:
-                self._written = last_id
+            if self._unwritten is not None:
+                self._unwritten.difference_update(ids)
 
     def record(self, agent_id: str, from_state, to_state, reason: str,
                kind: str = "state") -> Event:
@@ -100,6 +101,8 @@ class EventLog:
                        reason, kind)
             self._next_id += 1
             self._ring.append(ev)
+            if self._unwritten is not None:
+                self._unwritten.add(ev.id)
             self.counts[ev.to_state if kind == "state" else kind] += 1
         level = logging.WARNING if ev.to_state in _ALARMING or kind != "state" else logging.INFO
         if kind == "state":
@@ -117,8 +120,9 @@ class EventLog:
               after_id: int = 0, limit: int = 1000) -> List[Event]:
         """The newest `limit` events after `since` (epoch) / `after_id`, oldest first."""
         with self._lock:
-            events, written = list(self._ring), self._written
-        shown = float("inf") if written is None else written  # only what a crash cannot lose
+            events = list(self._ring)
+            # only what a crash cannot lose: below the oldest event not yet written
+            shown = min(self._unwritten) - 1 if self._unwritten else float("inf")
         out = [ev for ev in events
                if (since is None or ev.time >= since) and after_id < ev.id <= shown
                and (agent is None or ev.agent_id == agent)]

@@ -28,6 +28,7 @@ ID_CONFLICT = "id_conflict"    # the id is held by another live Unix connection
 MAX_AGENTS = "max_agents"      # the table is full and the id is new
 RATE_LIMITED = "rate_limited"  # this source created too many new ids this minute
 UNKNOWN = "unknown_agent"      # forget: no such agent
+SUPERSEDED = "superseded"      # an HTTP heartbeat received before one already applied
 
 # on_event(agent_id, from_state, to_state, reason, kind="state"): called after the registry
 # lock is released, in the order the changes happened (one emitter at a time).
@@ -51,7 +52,7 @@ class AgentRecord:
                  "due_from", "policy", "over_since", "below_count", "changes", "flapping",
                  "conn_id", "connected", "local", "check_pid", "check_started", "remote",
                  "peer_uid", "owner_uid", "summary", "hist_at", "hist", "conflict_noted",
-                 "interval")
+                 "interval", "received")
 
     def __init__(self, agent_id: str, wall: float, now: float, policy):
         self.agent_id = agent_id
@@ -86,6 +87,7 @@ class AgentRecord:
         self.hist_at = 0.0           # wall time of the last history sample
         self.hist = None             # array('f'): cpu, memory, cpu, memory, ... (one small object)
         self.interval = None         # seconds between heartbeats, smoothed (sizes restart grace)
+        self.received = None         # perf_counter() at receipt of the last HTTP heartbeat applied
         self.conflict_noted = False  # an id_conflict event was recorded for the current holder
 
     def deadline(self) -> float:
@@ -271,15 +273,24 @@ class Registry:
 
     def apply(self, hb: Heartbeat, transport: str, peer: Optional[Peer] = None,
               remote: str = "", local: bool = False, admitted: bool = False,
-              started: Optional[float] = None) -> Optional[str]:
+              started: Optional[float] = None,
+              received: Optional[float] = None) -> Optional[str]:
         """Record one validated heartbeat and judge the agent; None if applied, else the
         reason it was refused (see admit). `started`: the start time of a local HTTP
-        agent's process, when needs_start_time said so (against pid reuse)."""
+        agent's process, when needs_start_time said so (against pid reuse). `received`:
+        when an HTTP heartbeat arrived (perf_counter); workers may apply two of one agent
+        out of order, and the older is then SUPERSEDED, not applied over the newer."""
         now, wall = self._clock(), self._wall()
         with self._intake_lock():
             refusal = self._refusal(hb.agent_id, peer, remote, admitted)
+            if refusal is None and received is not None:
+                rec = self._records.get(hb.agent_id)
+                if rec is not None and rec.received is not None and received < rec.received:
+                    refusal = SUPERSEDED
             if refusal is None:
                 self._apply(hb, transport, peer, remote, local, started, now, wall)
+                if received is not None:
+                    self._records[hb.agent_id].received = received
         self._emit()
         return refusal
 

@@ -53,7 +53,7 @@ class Store:
         self.errors = 0
         self.dropped_events = 0  # events not kept while writes failed (max_events kept)
         self.reserved_id = 0     # event ids given out may reach this (read by open())
-        self.on_written: Callable[[int], None] = lambda last_id: None
+        self.on_written: Callable[[List[int]], None] = lambda ids: None
         self._reserve_db: Optional[sqlite3.Connection] = None
         self._reserve_lock = threading.Lock()
 
@@ -218,7 +218,7 @@ class Store:
             self._unsaved.clear()
             self.writes += 1
             if events:
-                self.on_written(events[-1].id)  # now they may be shown: a crash keeps them
+                self.on_written([ev.id for ev in events])  # may be shown: a crash keeps them
             return True
         except sqlite3.Error as exc:
             self.errors += 1
@@ -227,9 +227,12 @@ class Store:
                 self._pending[:0] = events
                 # kept for the retry, but not without bound: the newest max_events
                 excess = len(self._pending) - self._max_events
+                dropped = self._pending[:max(0, excess)]
                 if excess > 0:
                     del self._pending[:excess]
                     self.dropped_events += excess
+            if dropped:  # given up on: they must not keep every later event from showing
+                self.on_written([ev.id for ev in dropped])
             if excess > 0:
                 log.error("state store: %d events dropped while writes fail (%d so far)",
                           excess, self.dropped_events)

@@ -228,3 +228,18 @@ def test_the_first_heartbeat_does_not_report_start_up_as_load(daemon_factory, ag
     agentd_factory("fresh", d, heartbeat={"interval": "5s"}).start()
     rec = d.wait_state("fresh", "healthy")
     assert rec["heartbeats"] == 1 and rec["cpu"] == 0.0  # not the interpreter's start-up
+
+
+def test_a_daemon_restart_costs_about_its_own_restart_time_not_an_interval(daemon_factory,
+                                                                             agentd_factory):
+    d = daemon_factory().start()
+    a = agentd_factory("prompt", d, heartbeat={"interval": "30s"}).start()
+    d.wait_state("prompt", "healthy")
+    d.wait_events("prompt", lambda e: e["to"] == "healthy")
+    assert d.stop() == 0  # the agent's next beat is 30 s away
+    wait_for(lambda: "closed the connection" in a.log(), timeout=5, what="the hang-up noticed")
+    d.start()
+    rec = d.wait_state("prompt", "healthy", timeout=10)  # not 30 s
+    assert rec["heartbeats"] == 2
+    wait_for(lambda: "reconnected" in a.log(), what="the reconnect logged")
+    assert a.proc.poll() is None

@@ -536,3 +536,13 @@ def test_a_local_http_agent_is_judged_against_its_process_start_time():
     w.advance(11)
     w.registry.check()
     assert seen == [(301, 1000.0)]
+
+
+def test_an_http_heartbeat_applied_after_a_newer_one_is_superseded_not_applied():
+    w = World()
+    # two workers took the agent's two heartbeats; the second (stopping) got applied first
+    assert w.registry.apply(Heartbeat("web", 301, status="stopping"), "http", received=2.0) is None
+    assert w.registry.apply(Heartbeat("web", 301), "http", received=1.0) == "superseded"
+    assert w.state("web") == "stopped" and w.registry.get("web")["heartbeats"] == 1
+    assert w.registry.apply(Heartbeat("web", 301), "http", received=3.0) is None
+    assert w.state("web") == "healthy"
