@@ -122,7 +122,7 @@ class Store:
                 except ValueError:
                     log.warning("state store: skipping unreadable record of agent %s", agent_id)
             row = db.execute("SELECT value FROM meta WHERE key='event_id_reserved'").fetchone()
-            self.reserved_id = int(row[0]) if row and str(row[0]).isdigit() else 0
+            self.reserved_id = _reserved_mark(row[0] if row else None)
             rows = db.execute("SELECT id, time, agent_id, from_state, to_state, reason, kind "
                               "FROM events ORDER BY id DESC LIMIT ?", (self._max_events,))
             events = [Event.from_row(r) for r in rows][::-1]
@@ -237,3 +237,14 @@ class Store:
                 log.error("state store: %d events dropped while writes fail (%d so far)",
                           excess, self.dropped_events)
             return False
+
+
+def _reserved_mark(value) -> int:
+    """The stored event id reservation; 0 (ids continue after the stored events) for a
+    value that is missing or not a plausible id (SQLite ids stop at 2^63 - 1)."""
+    text = str(value) if value is not None else ""
+    if text.isascii() and text.isdigit() and len(text) <= 15:
+        return int(text)
+    if value is not None:
+        log.warning("state store: ignoring event_id_reserved=%r (not an id)", text[:40])
+    return 0

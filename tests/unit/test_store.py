@@ -54,3 +54,14 @@ def test_events_kept_for_a_retry_while_writes_fail_are_bounded(tmp_path, caplog)
     s.flush(db)
     db.close()
     assert [e.id for e in Store(str(tmp_path), 5, 1.0).open()[1]] == [16, 17, 18, 19, 20]
+
+
+@pytest.mark.parametrize("value", ["-5", "abc", "²", "9" * 40, ""])
+def test_a_hostile_id_reservation_in_the_store_is_ignored(tmp_path, value):
+    s = Store(str(tmp_path), max_events=5, interval=1.0)
+    s.open()
+    db = s._connect()
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('event_id_reserved', ?)", (value,))
+    db.close()
+    again = Store(str(tmp_path), max_events=5, interval=1.0)
+    assert again.open() == ([], []) and again.reserved_id == 0
