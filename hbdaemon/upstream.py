@@ -13,9 +13,7 @@ import os
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 from hbdaemon import __version__
@@ -28,6 +26,7 @@ log = logging.getLogger(__name__)
 # What one failed report can raise: socket and urllib errors (OSError), a server that does
 # not speak HTTP (BadStatusLine, IncompleteRead: HTTPException), a bad URL (ValueError)
 SEND_ERRORS = (OSError, http.client.HTTPException, ValueError)
+MAX_ANSWER = 4096  # bytes of an upstream's answer read (and shown in the log on an error)
 STUCK_MARGIN = 30.0
 
 
@@ -96,15 +95,13 @@ class UpstreamReporter:
         doc = {"agent_id": self.agent_id, "pid": os.getpid(), "status": status,
                "timestamp": format_rfc3339(time.time()), "version": f"hbdaemon-{__version__}",
                "summary": self._summary(), "memory": _rss(), "cpu": self._cpu()}
-        req = urllib.request.Request(self.url, data=json.dumps(doc).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
         if self._token:
-            req.add_header("Authorization", f"Bearer {self._token}")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout or self.cfg.timeout) as resp:
-                resp.read()
-        except urllib.error.HTTPError as exc:
-            raise OSError(f"upstream answered {exc.code}: {exc.read()[:200]!r}") from None
+            headers["Authorization"] = f"Bearer {self._token}"
+        status, body = post(self.url, json.dumps(doc).encode(), headers,
+                            timeout or self.cfg.timeout)
+        if not 200 <= status < 300:
+            raise OSError(f"upstream answered {status}: {body[:200]!r}")
 
     def _cpu(self) -> float:
         """This daemon's CPU since the last report, as a percent of the machine."""
@@ -114,6 +111,35 @@ class UpstreamReporter:
         if now <= then:
             return 0.0
         return round(min(100.0, (used - before) / (now - then) * 100 / (os.cpu_count() or 1)), 2)
+
+
+def post(url: str, body: bytes, headers: Dict[str, str], timeout: float) -> Tuple[int, bytes]:
+    """POST `body`; (status, the answer's first MAX_ANSWER bytes). The whole exchange ends
+    within `timeout`: a server that trickles a byte a second, or answers `100 Continue`
+    for ever, has its connection shut, so a hostile upstream cannot hang the reporter (and
+    starve the watchdog) or fill the memory with an endless answer."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    conn.connect()
+    sock = conn.sock
+    deadline = threading.Timer(timeout, _shut, (sock,))
+    deadline.daemon = True
+    deadline.start()
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", path, body, headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read(MAX_ANSWER)
+    finally:
+        deadline.cancel()
+        conn.close()
+
+
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+    except OSError:
+        pass
 
 
 def _rss() -> int:

@@ -96,3 +96,73 @@ def test_an_upstream_that_does_not_speak_http_is_a_failed_report_not_a_dead_repo
     finally:
         done.set()
         banner.close()
+
+
+def _serve_raw(answer):
+    """A TCP server on loopback that runs answer(conn) for each connection; (port, stop)."""
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def loop():
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=answer, args=(conn, done), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+
+    def stop():
+        done.set()
+        listener.close()
+    return listener.getsockname()[1], stop
+
+
+def _endless(conn, done):
+    with conn:
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+            while not done.is_set():
+                conn.sendall(b"x" * 65536)
+        except OSError:
+            pass
+
+
+def _trickle(conn, done):
+    with conn:
+        try:
+            conn.recv(65536)
+            for _ in range(600):
+                if done.is_set():
+                    return
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n"[:1])
+                time.sleep(0.1)
+        except OSError:
+            pass
+
+
+def test_a_hostile_upstream_can_neither_fill_the_memory_nor_hang_the_reporter(daemon_factory):
+    import psutil
+    for answer in (_endless, _trickle):
+        port, stop = _serve_raw(answer)
+        try:
+            down = daemon_factory(f"down-{answer.__name__}", manager={
+                "url": f"http://127.0.0.1:{port}", "heartbeat_interval": "0.2s",
+                "reconnect_interval": "0.2s", "timeout": "1s"}).start()
+            if answer is _trickle:  # the endless answer's first 4 KiB say 200: a report made
+                wait_for(lambda: "lost:" in down.log(), what="the failed report logged")
+            deadline = time.monotonic() + 4.0
+            while time.monotonic() < deadline:  # reports keep failing, and keep being tried
+                assert psutil.Process(down.proc.pid).memory_info().rss < 300e6
+                assert down.get("/healthz")[0] == 200, down.get("/healthz")[2]
+                time.sleep(0.5)
+            assert "Traceback" not in down.log()
+        finally:
+            stop()
