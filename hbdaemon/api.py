@@ -182,7 +182,7 @@ class Api:
         since = self._since(query.get("since", [""])[-1])
         agent = query.get("agent", [""])[-1] or None
         try:
-            after = int(query.get("after", ["0"])[-1])
+            after = int(query["after"][-1]) if "after" in query else None
             limit = int(query.get("limit", ["1000"])[-1])
         except ValueError:
             raise ApiError(400, "after and limit must be whole numbers") from None

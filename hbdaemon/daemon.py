@@ -180,7 +180,7 @@ class Daemon:
 
     def problems(self) -> List[str]:
         """What keeps the daemon from doing its work: a component down, ended or stuck."""
-        return problems(self.components)
+        return problems(self.components) + [p for p in (self.store.problem(),) if p]
 
     def _process_http(self, item) -> None:
         hb, started, host, local = item

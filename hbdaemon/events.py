@@ -117,13 +117,17 @@ class EventLog:
         return ev
 
     def query(self, since: Optional[float] = None, agent: Optional[str] = None,
-              after_id: int = 0, limit: int = 1000) -> List[Event]:
-        """The newest `limit` events after `since` (epoch) / `after_id`, oldest first."""
+              after_id: Optional[int] = None, limit: int = 1000) -> List[Event]:
+        """Events after `since` (epoch) / `after_id`, oldest first, at most `limit`: the
+        newest ones, or with `after_id` the next ones (a follower pages forward, and a burst
+        larger than `limit` is not skipped)."""
         with self._lock:
             events = list(self._ring)
             # only what a crash cannot lose: below the oldest event not yet written
             shown = min(self._unwritten) - 1 if self._unwritten else float("inf")
         out = [ev for ev in events
-               if (since is None or ev.time >= since) and after_id < ev.id <= shown
+               if (since is None or ev.time >= since) and (after_id or 0) < ev.id <= shown
                and (agent is None or ev.agent_id == agent)]
-        return out[-limit:] if limit else out
+        if not limit:
+            return out
+        return out[-limit:] if after_id is None else out[:limit]

@@ -3,6 +3,7 @@
 import collections
 import contextlib
 import logging
+import math
 import threading
 import time
 from array import array
@@ -634,9 +635,10 @@ class Registry:
     def load(self, stored: List[dict]) -> None:
         """Bring back records from the store after a restart: watched ones become `unknown`."""
         now, wall = self._clock(), self._wall()
+        skipped = 0
         with self._lock:
             for data in stored:
-                agent_id = data.get("agent_id")
+                agent_id = data.get("agent_id") if isinstance(data, dict) else None
                 if not isinstance(agent_id, str) or agent_id in self._records:
                     continue
                 rec = AgentRecord(agent_id, wall, now, self._policies.for_agent(agent_id))
@@ -644,17 +646,21 @@ class Registry:
                     if name == "state":
                         try:
                             rec.state = State(value)
-                        except ValueError:
+                        except (TypeError, ValueError):
                             rec.state = State.UNKNOWN
-                    elif name in AgentRecord.__slots__ and name not in ("policy", "changes"):
+                    elif name in _STORED and _STORED[name](value):
                         setattr(rec, name, value)
-                if type(rec.interval) not in (int, float) or not 0 < rec.interval <= MAX_INTERVAL:
+                    elif name in _STORED:
+                        skipped += 1  # a value of the wrong kind: the field keeps its default
+                if rec.interval is not None and not 0 < rec.interval <= MAX_INTERVAL:
                     rec.interval = None
                 rec.due_from = now + _restart_grace(rec) - rec.policy.heartbeat_timeout
                 self._records[agent_id] = rec
                 self._counts[rec.state] += 1
                 if rec.state not in ENDED and rec.state is not State.UNKNOWN:
                     self._change(rec, State.UNKNOWN, f"daemon restarted; was {rec.state}", now, wall)
+        if skipped:
+            log.warning("state store: %d stored fields of the wrong kind were left out", skipped)
         self._emit()
 
 
@@ -665,6 +671,36 @@ def _slices(items: list) -> Iterable[list]:
         if start:
             time.sleep(0)
         yield items[start:start + SLICE]
+
+
+def _number(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _optional(check):
+    return lambda value: value is None or check(value)
+
+
+def _text(value) -> bool:
+    return type(value) is str
+
+
+def _count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+# What a stored record may bring back, and the kind of each value: the file is input too
+# (a row edited by hand, or from another version), and a wrong kind would break the checker
+# or the API for every agent. `connected` and the rest of the live state are never restored.
+_STORED = {
+    "state_since": _number, "reason": _text, "pid": _count, "status": _text,
+    "version": _text, "cpu": _number, "memory": _count, "transport": _text,
+    "last_seen": _optional(_number), "agent_time": _optional(_text), "first_seen": _number,
+    "heartbeats": _count, "local": lambda v: type(v) is bool,
+    "check_pid": _optional(_count), "check_started": _optional(_number), "remote": _text,
+    "peer_uid": _optional(_count), "owner_uid": _optional(_count),
+    "summary": _optional(lambda v: type(v) is dict), "interval": _optional(_number),
+}
 
 
 def _restart_grace(rec: AgentRecord) -> float:

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 DB_NAME = "hbdaemon.db"
 SCHEMA_VERSION = 1
 STUCK_AFTER = 60.0  # seconds past store_interval without a pass: the writer is stuck
+FAILING_AFTER = 10.0  # seconds of failed writes before /healthz names the store
 DIRTY_BATCH = 1000  # Registry.take_dirty's default limit: a full batch means more may wait
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,6 +53,8 @@ class Store:
         self.writes = 0
         self.errors = 0
         self.dropped_events = 0  # events not kept while writes failed (max_events kept)
+        self.failing_since: Optional[float] = None  # monotonic time writes began to fail
+        self.last_error = ""
         self.reserved_id = 0     # event ids given out may reach this (read by open())
         self.on_written: Callable[[List[int]], None] = lambda ids: None
         self._reserve_db: Optional[sqlite3.Connection] = None
@@ -140,6 +143,15 @@ class Store:
 
     # -- writer ---------------------------------------------------------------------------
 
+    def problem(self) -> Optional[str]:
+        """Writes failing for longer than FAILING_AFTER: a problem /healthz names (what is
+        shown meanwhile would be lost by a crash, and events are being dropped)."""
+        since = self.failing_since
+        if since is None or time.monotonic() - since < FAILING_AFTER:
+            return None
+        return (f"hb-store cannot write {self.path} for {time.monotonic() - since:.0f}s: "
+                f"{self.last_error}")
+
     def reserve_ids(self, upto: int) -> None:
         """Record at once (from any thread) that event ids up to `upto` may be given out,
         so that a restart never gives one of them to another event. Raises sqlite3.Error."""
@@ -217,11 +229,15 @@ class Store:
                                "ORDER BY id DESC LIMIT 1 OFFSET ?)", (self._max_events,))
             self._unsaved.clear()
             self.writes += 1
+            self.failing_since = None
             if events:
                 self.on_written([ev.id for ev in events])  # may be shown: a crash keeps them
             return True
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError, ValueError) as exc:  # Overflow: an id past 2^63
             self.errors += 1
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+            self.last_error = str(exc)
             log.error("state store: write failed (%s); will retry", exc)
             with self._lock:
                 self._pending[:0] = events

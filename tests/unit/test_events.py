@@ -22,3 +22,18 @@ def test_ids_continue_after_every_reserved_one_and_reservations_come_in_blocks()
     for _ in range(5):
         log.record("a", "healthy", "dead", "r")
     assert reserved == [20_000]  # one write per block, not per event
+
+
+def test_after_pages_forward_through_a_burst_larger_than_the_limit():
+    log = EventLog(100, wallclock=lambda: 1000.0)
+    for _ in range(20):
+        log.record("a", "healthy", "dead", "r")
+    assert [e.id for e in log.query(limit=5)] == [16, 17, 18, 19, 20]  # the newest
+    pages, after = [], 0
+    while True:
+        page = log.query(after_id=after, limit=5)
+        if not page:
+            break
+        pages.append([e.id for e in page])
+        after = page[-1].id
+    assert pages == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15], [16, 17, 18, 19, 20]]

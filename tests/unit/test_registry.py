@@ -546,3 +546,30 @@ def test_an_http_heartbeat_applied_after_a_newer_one_is_superseded_not_applied()
     assert w.state("web") == "stopped" and w.registry.get("web")["heartbeats"] == 1
     assert w.registry.apply(Heartbeat("web", 301), "http", received=3.0) is None
     assert w.state("web") == "healthy"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("check_pid", "x"), ("check_pid", 1.5), ("check_pid", [1]), ("check_started", "x"),
+    ("state_since", "x"), ("last_seen", "bad"), ("agent_time", 12), ("agent_time", "bad"),
+    ("cpu", "busy"), ("memory", "1"), ("heartbeats", "x"), ("connected", True),
+    ("interval", float("nan")), ("local", "yes"), ("summary", [1]), ("state", ["dead"])])
+def test_a_stored_field_of_the_wrong_kind_breaks_nothing(field, value):
+    from hbdaemon import metrics
+    from hbdaemon.events import EventLog
+    from hbdaemon.stats import ReceiverStats
+    w = World()
+    w.registry.load([{"agent_id": "seed", "state": "dead", "pid": 5, field: value},
+                     [1, 2], "5", {"agent_id": 7}])
+    w.beat("victim", pid=300, transport="http")
+    w.dead_pids.add(300)
+    w.advance(11)
+    w.registry.check()  # the checker still convicts
+    assert w.state("victim") == "dead"
+    assert w.registry.get("seed")["connected"] is False
+    assert [a["agent_id"] for a in w.registry.snapshot()] == ["seed", "victim"]
+    metrics.render(w.registry, ReceiverStats(), EventLog(10),
+                   lambda: {"max_agents": 1, "queue_depth": 0, "queue_capacity": 1,
+                            "unix_connections": 0, "http_connections": 0,
+                            "connections_evicted": 0, "hook_runs": 0, "hook_failures": 0,
+                            "store_errors": 0})
+    assert w.registry.apply(Heartbeat("seed", 5), "http") is None  # and it can be heard again

@@ -65,3 +65,20 @@ def test_a_hostile_id_reservation_in_the_store_is_ignored(tmp_path, value):
     db.close()
     again = Store(str(tmp_path), max_events=5, interval=1.0)
     assert again.open() == ([], []) and again.reserved_id == 0
+
+
+def test_writes_failing_for_a_while_are_a_problem_until_one_succeeds(tmp_path, monkeypatch):
+    from hbdaemon import store as store_module
+    monkeypatch.setattr(store_module, "FAILING_AFTER", 0.0)
+    s = Store(str(tmp_path), max_events=5, interval=1.0)
+    s.open()
+    db = s._connect()
+    assert s.problem() is None
+    db.execute("PRAGMA query_only=1")
+    s.add_event(Event(1, 1.0, "a", "unknown", "healthy", "r"))
+    s.flush(db)
+    assert s.problem().startswith("hb-store cannot write ") and "readonly" in s.problem()
+    db.execute("PRAGMA query_only=0")
+    s.flush(db)
+    assert s.problem() is None
+    db.close()
