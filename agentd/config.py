@@ -70,6 +70,9 @@ class AgentdConfig:
         return self.version or __version__
 
 
+MAX_WAIT = 86400.0  # seconds: the longest interval, timeout or backoff agentd accepts
+
+
 def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = None,
                 overrides: Optional[Dict[str, str]] = None, required: bool = False) -> AgentdConfig:
     """Build the AgentdConfig; a missing default file means defaults. Raises ConfigError."""
@@ -77,6 +80,9 @@ def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = 
                        environ=os.environ if environ is None else environ,
                        env_aliases=GO_ENV_ALIASES, overrides=overrides, required=required)
     hb = cfg.heartbeat
+    for name in ("interval", "timeout", "reconnect_min", "reconnect_max"):
+        if getattr(hb, name) > MAX_WAIT:  # a timer that far out cannot be set (OverflowError)
+            raise reader.fail(f"heartbeat.{name}", f"at most {MAX_WAIT // 3600:.0f}h")
     if hb.reconnect_min > hb.reconnect_max:
         raise reader.fail("heartbeat.reconnect_min",
                           f"must not exceed reconnect_max ({hb.reconnect_max:g}s)")

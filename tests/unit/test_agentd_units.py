@@ -242,3 +242,13 @@ def test_reload_route_and_wrong_methods():
     assert route(agent, None, "GET", "/nope", {})[0] == 404
     code, _, doc = route(agent, lambda: (False, "bad"), "POST", "/reload", {})
     assert code == 500 and doc["success"] is False and doc["message"] == "bad"
+
+
+def test_an_interval_no_timer_can_wait_for_is_a_config_error(tmp_path):
+    path = tmp_path / "agentd.yaml"
+    path.write_text("heartbeat: {interval: 1e10}\n")
+    assert agentd_cli.main(["-config", str(path), "--check-config"]) == 2
+    path.write_text("heartbeat: {interval: 24h, reconnect_max: 25h, reconnect_min: 1s}\n")
+    assert agentd_cli.main(["-config", str(path), "--check-config"]) == 2
+    path.write_text("heartbeat: {interval: 24h}\n")
+    assert agentd_cli.main(["-config", str(path), "--check-config"]) == 0
