@@ -30,7 +30,6 @@ class HealthChecker:
         self._stop = threading.Event()
         self.component: Optional[Component] = None
         self._planned: Optional[float] = None
-        self.last_pass = clock()
 
     @property
     def stuck_after(self) -> float:
@@ -54,7 +53,6 @@ class HealthChecker:
             self._registry.grant_grace(f"woke {now - self._planned:.1f}s late")
         next_due = self._registry.check()
         now = self._clock()
-        self.last_pass = now
         delay = MAX_SLEEP if next_due is None else min(MAX_SLEEP, max(MIN_SLEEP, next_due - now))
         self._planned = now + delay
         return delay
