@@ -42,6 +42,7 @@ ROUTES = (
     Route("GET", "/history", "history", False),
     Route("GET", "/metrics", "metrics", False),
     Route("POST", "/heartbeat", "heartbeat", True),
+    Route("GET", "/heartbeat/stats", "heartbeat_stats", False),  # the Go receiver's
 )
 _TABLE: Dict[str, Dict[str, Route]] = {}
 for _route in ROUTES:
@@ -150,6 +151,9 @@ class Api:
         doc = self.stats.snapshot()
         doc.update(self._extra_stats())
         return 200, doc, JSON
+
+    def serve_heartbeat_stats(self, query, agent_id, by) -> Tuple[int, object, str]:
+        return 200, self.stats.go_snapshot(), JSON
 
     def serve_agents(self, query, agent_id, by) -> Tuple[int, object, str]:
         return 200, self._agents.get(), JSON

@@ -87,9 +87,9 @@ class Daemon:
                                  history_step=cfg.daemon.history_step,
                                  max_agents=cfg.agent.max_agents,
                                  new_agents_per_minute=cfg.agent.new_agents_per_minute)
-        self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
-                           self.registry.take_dirty)
         self.hooks = HookRunner(cfg.hooks, cfg.agent.restart, self.events.record, self.registry.get)
+        self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
+                           self.registry.take_dirty, self.hooks.take_dirty)
         self.checker = HealthChecker(self.registry, hc.stall_threshold)
         # Intake that is not a known agent's heartbeat (new ids, refusals, the API) passes
         # one gate shared by both receivers, a few threads at a time, in order of arrival:
@@ -117,6 +117,7 @@ class Daemon:
         self.events.subscribe(self.store.add_event)
         self.events.subscribe(self.hooks.on_event)
         self.registry.load(agents)
+        self.hooks.restore(self.store.hook_runs)
         if agents:
             log.info("remembered %d agents and %d events from %s", len(agents), len(events),
                      self.store.path)

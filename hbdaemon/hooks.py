@@ -3,7 +3,13 @@
 Per hook and agent, runs are spaced by backoff_base * 2^n (capped at backoff_max); after
 max_retries runs without the agent becoming healthy in between, the hook is suspended for
 that agent and a `hook_suspended` event says so. A `healthy` event resets the count.
+
+What is waiting (a run and its event, the backoff, a suspension) is kept in the state store
+(take_dirty/restore): a run queued or cut short when the daemon stops or crashes runs after
+its restart. Runs are at least once: one that was running at a crash runs again.
 """
+
+import json
 
 import logging
 import os
@@ -11,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from hbdaemon.config import HookConfig, RestartConfig
 from hbdaemon.events import Event
@@ -27,14 +33,30 @@ OUTPUT_LIMIT = 2000
 class _Slot:
     """Backoff bookkeeping for one (hook, agent) pair."""
 
-    __slots__ = ("attempts", "next_at", "pending", "running", "suspended")
+    __slots__ = ("attempts", "next_at", "pending", "retry", "running", "suspended")
 
     def __init__(self):
         self.attempts = 0
         self.next_at = 0.0
         self.pending: Optional[Event] = None
-        self.running = False
+        self.retry = False  # pending is a failed run's retry, not a new event
+        self.running: Optional[Event] = None  # the event of the run in progress
         self.suspended = False
+
+    def saved(self, now: float, wall: float) -> Optional[dict]:
+        """What the state store keeps of this slot, or None if nothing is waiting."""
+        event = self.pending or self.running
+        if event is None and not self.attempts and not self.suspended:
+            return None
+        return {"event": event.to_row() if event else None, "attempts": self.attempts,
+                "next_at": wall + max(0.0, self.next_at - now), "suspended": self.suspended,
+                "retry": self.retry and self.pending is not None}
+
+
+def hook_key(hook: HookConfig) -> str:
+    """A hook's identity in the state store: its name, command and events (a reload that
+    only changes its timeout keeps what waits for it across a restart)."""
+    return json.dumps([hook.name, list(hook.command), sorted(hook.on)])
 
 
 class HookRunner:
@@ -46,10 +68,11 @@ class HookRunner:
     def __init__(self, hooks: Tuple[HookConfig, ...], restart: RestartConfig,
                  emit: Callable[..., Event], lookup: Callable[[str], Optional[dict]],
                  clock: Callable[[], float] = time.monotonic,
+                 wallclock: Callable[[], float] = time.time,
                  execute: Callable[[HookConfig, Event, dict], bool] = None,
                  spawn_run: Callable[..., None] = None):
         self._hooks, self._restart = tuple(hooks), restart
-        self._emit, self._lookup, self._clock = emit, lookup, clock
+        self._emit, self._lookup, self._clock, self._wall = emit, lookup, clock, wallclock
         self._execute = execute or run_hook
         self._spawn = spawn_run or spawn
         self._lock = threading.Lock()
@@ -58,6 +81,8 @@ class HookRunner:
         # agent -> hook -> slot: keyed by the hook itself, so that a reload that removes or
         # reorders hooks never points a waiting retry at another hook (or past the end)
         self._slots: Dict[str, Dict[HookConfig, _Slot]] = {}
+        self._keys = {hook: hook_key(hook) for hook in self._hooks}
+        self._dirty: set = set()  # (agent, hook key) whose slot changed since take_dirty
         self._running = 0
         self.component: Optional[Component] = None
         self.runs = 0
@@ -68,26 +93,70 @@ class HookRunner:
         a removed one's are dropped (a run in progress finishes, and is not retried)."""
         with self._lock:
             self._hooks, self._restart = tuple(hooks), restart
+            self._keys = {hook: hook_key(hook) for hook in self._hooks}
+            for agent, slots in self._slots.items():
+                self._dirty.update((agent, hook_key(h)) for h in slots if h not in self._hooks)
             self._slots = {agent: kept for agent, kept in (
                 (agent, {h: s for h, s in slots.items() if h in self._hooks or s.running})
                 for agent, slots in self._slots.items()) if kept}
+
+    def take_dirty(self) -> List[Tuple[str, str, Optional[dict]]]:
+        """(agent, hook key, what to keep or None to delete) for each slot changed since the
+        last call: the store's writer persists them with the events that queued them."""
+        now, wall = self._clock(), self._wall()
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            hooks = {key: hook for hook, key in self._keys.items()}
+            out = []
+            for agent, key in dirty:
+                slot = self._slots.get(agent, {}).get(hooks.get(key))
+                out.append((agent, key, slot.saved(now, wall) if slot else None))
+            return out
+
+    def restore(self, saved: List[Tuple[str, str, dict]]) -> int:
+        """Take back what waited before a restart (from the store, so checked field by
+        field); a hook no longer configured loses its runs. Returns the runs queued."""
+        now, wall = self._clock(), self._wall()
+        queued = 0
+        with self._lock:
+            hooks = {key: hook for hook, key in self._keys.items()}
+            for agent, key, data in saved:
+                hook = hooks.get(key)
+                slot = _restored(data, now, wall, self._restart.backoff_max)
+                if hook is None or slot is None:
+                    self._dirty.add((agent, key))  # deleted at the next write
+                    if slot is not None and slot.pending is not None:
+                        log.warning("hooks: dropping the run waiting for %s since the restart: "
+                                    "its hook %s is no longer configured", agent, key)
+                    continue
+                self._slots.setdefault(agent, {})[hook] = slot
+                queued += slot.pending is not None
+        if queued:
+            log.info("hooks: %d runs waiting from before the restart", queued)
+            self._wake.set()
+        return queued
 
     def on_event(self, ev: Event) -> None:
         """Event listener: queue the hooks this event triggers."""
         trigger = ev.to_state if ev.kind == "state" else ev.kind
         with self._lock:
             if ev.kind == "forgotten":  # nothing is kept for an agent the daemon forgot
-                self._slots.pop(ev.agent_id, None)
+                for hook in self._slots.pop(ev.agent_id, {}):
+                    self._dirty.add((ev.agent_id, hook_key(hook)))
                 return
             slots = self._slots.get(ev.agent_id, {})
             if ev.kind == "state" and ev.to_state == "healthy":
-                for slot in slots.values():
+                for hook, slot in slots.items():
                     slot.attempts, slot.next_at, slot.suspended = 0, 0.0, False
+                    if slot.retry:  # it retried while the agent stayed in that state
+                        slot.pending, slot.retry = None, False
+                    self._dirty.add((ev.agent_id, hook_key(hook)))
             for hook in self._hooks:
                 if trigger in hook.on:
                     slot = self._slots.setdefault(ev.agent_id, slots).setdefault(hook, _Slot())
                     if not slot.suspended:
-                        slot.pending = ev
+                        slot.pending, slot.retry = ev, False
+                        self._dirty.add((ev.agent_id, self._keys[hook]))
                         self._wake.set()
 
     def start(self) -> None:
@@ -120,6 +189,7 @@ class HookRunner:
                     continue
                 if hook not in self._hooks:  # removed by a reload while its retry waited
                     slot.pending = None
+                    self._dirty.add((agent, hook_key(hook)))
                     continue
                 if slot.next_at > now:
                     delay = min(delay, slot.next_at - now)
@@ -127,7 +197,7 @@ class HookRunner:
                 if self._running >= MAX_PARALLEL:
                     break
                 due.append((hook, agent, slot, slot.pending))
-                slot.pending, slot.running = None, True
+                slot.pending, slot.running = None, slot.pending
                 self._running += 1
         for n, (hook, agent, slot, ev) in enumerate(due):
             try:
@@ -137,7 +207,7 @@ class HookRunner:
                 with self._lock:
                     for _, _, waiting, event in due[n:]:
                         waiting.pending = waiting.pending or event
-                        waiting.running = False
+                        waiting.running = None
                         self._running -= 1
                 return 1.0
         return max(delay, 0.01)
@@ -160,7 +230,8 @@ class HookRunner:
             self._running -= 1
             self.runs += 1
             self.failures += 0 if ok else 1
-            slot.running = False
+            slot.running = None
+            self._dirty.add((agent, hook_key(hook)))
             if hook not in self._hooks:  # removed by a reload while it ran: forget its slot
                 slots = self._slots.get(agent, {})
                 if slots.get(hook) is slot:
@@ -174,7 +245,7 @@ class HookRunner:
             slot.next_at = self._clock() + min(rs.backoff_base * 2 ** (slot.attempts - 1),
                                                rs.backoff_max)
             if not ok and slot.pending is None and current in hook.on and hook in self._hooks:
-                slot.pending = ev  # retry after the backoff while the agent is still in that state
+                slot.pending, slot.retry = ev, True  # after the backoff, while still in that state
             if slot.attempts >= rs.max_retries and current != "healthy" and not slot.suspended:
                 slot.suspended, slot.pending = True, None
                 suspended_after = slot.attempts
@@ -183,6 +254,31 @@ class HookRunner:
             self._emit(agent, current or ev.to_state, current or ev.to_state,
                        f"hook {hook.label} suspended for this agent after {suspended_after} runs "
                        f"without it becoming healthy", kind="hook_suspended")
+
+
+def _restored(data, now: float, wall: float, backoff_max: float) -> Optional[_Slot]:
+    """A slot from what the store kept (see _Slot.saved), or None if it is not plausible."""
+    try:
+        row = data["event"]
+        if row is not None and not (len(row) == 7 and type(row[0]) is int
+                                    and type(row[1]) in (int, float)
+                                    and all(type(v) is str for v in row[2:])):
+            raise ValueError("event")
+        event = None if row is None else Event(*row)
+        slot = _Slot()
+        slot.pending, slot.suspended = event, data["suspended"] is True
+        slot.retry = event is not None and data.get("retry") is True
+        slot.attempts = data["attempts"]
+        if type(slot.attempts) is not int or slot.attempts < 0:
+            raise ValueError("attempts")
+        wait = data["next_at"] - wall
+        if wait != wait:  # NaN
+            raise ValueError("next_at")
+        slot.next_at = now + min(max(0.0, wait), backoff_max)
+        return slot
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        log.warning("hooks: ignoring an unreadable waiting run in the state store (%s)", exc)
+        return None
 
 
 def run_hook(hook: HookConfig, ev: Event, record: dict) -> bool:

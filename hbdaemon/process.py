@@ -1,6 +1,7 @@
 """Is a local process gone? The check behind `dead`."""
 
 import os
+import re
 import select
 import time
 from typing import Optional
@@ -18,6 +19,53 @@ def create_time(pid: int) -> Optional[float]:
         return psutil.Process(pid).create_time()
     except (psutil.Error, OSError, OverflowError, ValueError):  # OSError: EMFILE, say
         return None
+
+
+# Programs whose own name says little: an instance is named by the script it runs instead.
+_INTERPRETER = re.compile(r"(python|perl|ruby|node|nodejs|php|java|bash|sh|dash|zsh|lua)"
+                          r"[0-9.]*$")
+
+
+def program_name(pid: int) -> Optional[str]:
+    """What process `pid` runs, in one word: its executable's file name (from argv[0] when
+    the executable is not readable, as for another user's process without ptrace rights),
+    or for an interpreter the script or `-m` module it runs. None if the process is gone.
+    Names an agent that sent no agent_id; it is the process's own say, like an agent_id."""
+    try:
+        proc = psutil.Process(pid)
+        argv = proc.cmdline()
+        try:
+            path = proc.exe()
+        except psutil.AccessDenied:
+            path = ""
+        name = os.path.basename(path.split(" (deleted)")[0]) or _argv0(argv) or proc.name()
+    except (psutil.Error, OSError, OverflowError, ValueError):
+        return None
+    if _INTERPRETER.match(name):
+        name = _script(argv[1:]) or name
+    return name or None
+
+
+def _argv0(argv: list) -> str:
+    """The program named by argv[0], which daemons such as nginx and postgres rewrite to
+    `nginx: master process ...`: the first word, up to a colon, without its directory."""
+    if not argv or not argv[0]:
+        return ""
+    return os.path.basename(argv[0].split(" ")[0].rstrip(":"))
+
+
+def _script(args: list) -> str:
+    """The script (or `-m` module) an interpreter was started with, or "" (`-c` code)."""
+    for i, arg in enumerate(args):
+        if arg.startswith("-c"):
+            return ""
+        if arg == "-m" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("-m") and len(arg) > 2:
+            return arg[2:]
+        if arg and not arg.startswith("-"):
+            return os.path.basename(arg)
+    return ""
 
 
 class StartTimes:

@@ -15,6 +15,7 @@ METRIC_FIELDS = ("cpu", "memory")
 
 _YEAR_1, _YEAR_9999_END = -62135596800, 253402300799  # 0001-01-01, 9999-12-31T23:59:59Z
 _AGENT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}\Z")
+_NOT_ID_CHAR = re.compile(r"[^A-Za-z0-9._:@-]")
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)\Z"
 )
@@ -65,12 +66,22 @@ def valid_agent_id(value) -> bool:
     return isinstance(value, str) and _AGENT_ID.match(value) is not None
 
 
+def anonymous_id(program: Optional[str], uid: int, pid: int) -> str:
+    """The id of a Unix agent that sent no agent_id: `<program>@uid<uid>`, one record for a
+    program across its restarts (`pid-<pid>` if its program is unknown). The program name
+    is the process's own say: characters outside the id alphabet become `_`."""
+    if not program:
+        return f"pid-{pid}"
+    return f"{_NOT_ID_CHAR.sub('_', program)[:100]}@uid{uid}"
+
+
 def parse_heartbeat(data, require_agent_id: bool = True) -> Heartbeat:
     """Parse bytes, str or an already-decoded dict into a Heartbeat, or raise ProtocolError.
 
     Only the identity (`agent_id`, `pid`) or the framing (not a JSON object) voids a
     heartbeat; a bad optional field is dropped (cpu over 100 clamped) and named in
-    `warnings`. Without an agent_id (allowed on the Unix socket) it is keyed `pid-<pid>`.
+    `warnings`. Without an agent_id (allowed on the Unix socket) `agent_id` is None: the
+    receiver names the agent (see anonymous_id).
     """
     obj = decode_json(data) if isinstance(data, (bytes, bytearray, str)) else data
     if not isinstance(obj, dict):
@@ -84,7 +95,6 @@ def parse_heartbeat(data, require_agent_id: bool = True) -> Heartbeat:
     if agent_id is None:
         if require_agent_id:
             raise ProtocolError("agent_id", "required, 1-128 characters of A-Z a-z 0-9 . _ : @ -")
-        agent_id = f"pid-{pid}"
     elif not valid_agent_id(agent_id):
         raise ProtocolError("agent_id", "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
     warnings = []

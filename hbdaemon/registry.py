@@ -31,6 +31,8 @@ RATE_LIMITED = "rate_limited"  # this source created too many new ids this minut
 UNKNOWN = "unknown_agent"      # forget: no such agent
 SUPERSEDED = "superseded"      # an HTTP heartbeat received before one already applied
 
+MAX_INSTANCES = 64  # live instances of one program named <program>@uid<uid>.N
+
 # on_event(agent_id, from_state, to_state, reason, kind="state"): called after the registry
 # lock is released, in the order the changes happened (one emitter at a time).
 EventSink = Callable[..., None]
@@ -224,6 +226,25 @@ class Registry:
             refusal = self._refusal(agent_id, None, remote, admitted=False)
         self._emit()
         return refusal
+
+    def name_anonymous(self, base: str, peer: Peer) -> str:
+        """The id for the agent on `peer`'s connection that sent no agent_id: `base` (its
+        program and uid, see protocol.anonymous_id), so that a restarted program takes up
+        its old record, or `base.2`, `base.3`, ... while another live process holds it."""
+        for n in range(1, MAX_INSTANCES + 1):
+            candidate = base if n == 1 else f"{base}.{n}"
+            with self._lock:
+                rec = self._records.get(candidate)
+                if rec is None:
+                    return candidate
+                if _holder(rec, peer):
+                    continue  # held by another live connection
+                pid, started = rec.check_pid, rec.check_started
+                free = rec.connected or rec.state in ENDED or pid in (None, peer.pid)
+            # silent but not connected: free unless that process still runs (a hung one)
+            if free or self._pid_gone(pid, started):
+                return candidate
+        return f"pid-{peer.pid}"
 
     def yield_to_verdicts(self) -> None:
         """Wait while a verdict waits for the lock (one attribute read when none does). Busy

@@ -10,6 +10,7 @@ from hbdaemon.protocol import format_rfc3339
 
 log = logging.getLogger(__name__)
 
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # how Go writes an unset time.Time
 LOG_INTERVAL = 10.0  # seconds between two log lines about the same kind of refusal
 
 
@@ -93,6 +94,20 @@ class ReceiverStats:
                 "refused_by_reason": dict(self.refused),
                 "started": format_rfc3339(self.started),
                 "uptime": round(self._wall() - self.started, 3),
+            }
+
+    def go_snapshot(self) -> dict:
+        """/heartbeat/stats: the Go receiver's stats struct as Go encodes it, for its
+        clients: counts, `last_received_time` RFC 3339 (Go's zero time before the first
+        heartbeat) and `average_latency` in integer nanoseconds (a time.Duration)."""
+        with self._lock:
+            processed = sum(self.processed.values())
+            return {
+                "total_received": sum(self.received.values()),
+                "total_processed": processed,
+                "total_errors": sum(self.rejected.values()),
+                "last_received_time": format_rfc3339(self.last_received) or GO_ZERO_TIME,
+                "average_latency": round(self.latency_total / processed * 1e9) if processed else 0,
             }
 
 

@@ -1,4 +1,5 @@
-"""Persistent state: agent records and events in SQLite (WAL), written by one thread."""
+"""Persistent state: agent records, events and waiting hook runs in SQLite (WAL), written
+by one thread."""
 
 import json
 import logging
@@ -24,7 +25,10 @@ CREATE TABLE IF NOT EXISTS agents (agent_id TEXT PRIMARY KEY, data TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, agent_id TEXT NOT NULL,
     from_state TEXT NOT NULL, to_state TEXT NOT NULL, reason TEXT NOT NULL, kind TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hook_runs (
+    agent_id TEXT NOT NULL, hook TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (agent_id, hook));
 """
+HookRun = Tuple[str, str, Optional[dict]]  # agent, hook key, what waits (None: nothing)
 
 
 class StoreError(Exception):
@@ -38,14 +42,18 @@ class Store:
     """
 
     def __init__(self, state_dir: str, max_events: int, interval: float,
-                 take_dirty: Callable[[], List[Tuple[str, Optional[dict]]]] = lambda: []):
+                 take_dirty: Callable[[], List[Tuple[str, Optional[dict]]]] = lambda: [],
+                 take_hook_runs: Callable[[], List[HookRun]] = lambda: []):
         self.path = os.path.join(state_dir, DB_NAME)
         self._state_dir = state_dir
         self._max_events = max_events
         self._interval = interval
         self._take_dirty = take_dirty
+        self._take_hook_runs = take_hook_runs
         self._pending: List[Event] = []
         self._unsaved: Dict[str, Optional[dict]] = {}  # writer thread only
+        self._unsaved_runs: Dict[Tuple[str, str], Optional[dict]] = {}  # writer thread only
+        self.hook_runs: List[HookRun] = []  # read by open(): what waited before the restart
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -129,6 +137,12 @@ class Store:
             rows = db.execute("SELECT id, time, agent_id, from_state, to_state, reason, kind "
                               "FROM events ORDER BY id DESC LIMIT ?", (self._max_events,))
             events = [Event.from_row(r) for r in rows][::-1]
+            self.hook_runs = []
+            for agent_id, hook, data in db.execute("SELECT agent_id, hook, data FROM hook_runs"):
+                try:
+                    self.hook_runs.append((agent_id, hook, json.loads(data)))
+                except ValueError:
+                    log.warning("state store: skipping an unreadable hook run of %s", agent_id)
             return agents, events
         finally:
             db.close()
@@ -208,13 +222,15 @@ class Store:
                 events, self._pending = self._pending, []
             batch = self._take_dirty()
             self._unsaved.update(batch)
-            if not events and not self._unsaved:
+            self._unsaved_runs.update(((a, h), d) for a, h, d in self._take_hook_runs())
+            if not events and not self._unsaved and not self._unsaved_runs:
                 return
             if not self._write(db, events) or len(batch) < DIRTY_BATCH:
                 return
 
     def _write(self, db: sqlite3.Connection, events: List[Event]) -> bool:
         agents = list(self._unsaved.items())
+        runs = [(a, h, d) for (a, h), d in self._unsaved_runs.items()]
         try:
             with db:
                 db.execute("BEGIN")
@@ -224,10 +240,15 @@ class Store:
                                [(a, json.dumps(d)) for a, d in agents if d is not None])
                 db.executemany("DELETE FROM agents WHERE agent_id = ?",
                                [(a,) for a, d in agents if d is None])
+                db.executemany("INSERT OR REPLACE INTO hook_runs VALUES (?, ?, ?)",
+                               [(a, h, json.dumps(d)) for a, h, d in runs if d is not None])
+                db.executemany("DELETE FROM hook_runs WHERE agent_id = ? AND hook = ?",
+                               [(a, h) for a, h, d in runs if d is None])
                 if events:  # keep the newest max_events (ids have gaps: see EventLog)
                     db.execute("DELETE FROM events WHERE id <= (SELECT id FROM events "
                                "ORDER BY id DESC LIMIT 1 OFFSET ?)", (self._max_events,))
             self._unsaved.clear()
+            self._unsaved_runs.clear()
             self.writes += 1
             self.failing_since = None
             if events:

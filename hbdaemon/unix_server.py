@@ -14,7 +14,8 @@ from typing import Iterable, List, Optional
 
 from hbdaemon import process
 from hbdaemon.connlimit import NEW_ID_SLOTS, ConnectionLimitMixIn, FairGate
-from hbdaemon.protocol import MAX_MESSAGE_BYTES, ProtocolError, parse_heartbeat, warning_reason
+from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, anonymous_id, parse_heartbeat,
+                               warning_reason)
 from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS, RATE_LIMITED, Peer, Registry
 from hbdaemon.stats import ReceiverStats
 
@@ -159,7 +160,7 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
 
     def _read_heartbeats(self, peer: Peer, spoken: set) -> None:
         server = self.server
-        self._last_id = None
+        self._last_id = self._anonymous_id = None
         known = False  # the last line was applied for an agent known before: it skips the gate
         for lines in self._arrivals(peer):
             server.registry.yield_to_verdicts()
@@ -228,10 +229,17 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
         if server.verify_peer_pid and hb.pid != pid:
             self._note("pid_mismatch", "unix: rejected heartbeat of %s: it says pid %d but "
                        "the peer is pid %d (set unix.verify_peer_pid: false for agents in "
-                       "other pid namespaces)", hb.agent_id, hb.pid, pid)
+                       "other pid namespaces)", hb.agent_id or "an unnamed agent", hb.pid, pid)
             return False
+        anonymous = hb.agent_id is None
+        if anonymous:
+            hb.agent_id = self._anonymous_id or self._name_anonymous(peer)
         known = hb.agent_id in server.registry
         refusal = server.registry.apply(hb, TRANSPORT, peer)
+        if refusal == ID_CONFLICT and anonymous:  # another instance took the name meanwhile
+            hb.agent_id = self._name_anonymous(peer)
+            known = hb.agent_id in server.registry
+            refusal = server.registry.apply(hb, TRANSPORT, peer)
         if refusal is not None:
             self._note(refusal, "unix: refused heartbeat of %s from pid %d (uid %d): %s",
                        hb.agent_id, pid, peer.uid, _REFUSALS[refusal])
@@ -245,6 +253,12 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
                        hb.agent_id, "; ".join(hb.warnings), count=False)
         server.stats.note_processed(TRANSPORT, time.perf_counter() - started)
         return known
+
+    def _name_anonymous(self, peer: Peer) -> str:
+        """Name the agent of this connection that sends no agent_id, once per connection."""
+        base = anonymous_id(process.program_name(peer.pid), peer.uid, peer.pid)
+        self._anonymous_id = self.server.registry.name_anonymous(base, peer)
+        return self._anonymous_id
 
     def _note(self, reason: str, message: str, *args, count: bool = True) -> None:
         """Count a refused line (unless `count` is False) and log the problem: at WARNING at

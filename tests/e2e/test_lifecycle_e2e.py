@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -211,6 +212,71 @@ def test_hooks_run_on_events_with_the_event_in_the_environment(daemon_factory, s
     assert d.post(beat("still-serving"))[0] == 200
     stats = d.get("/stats")[2]
     assert stats["hook_runs"] == 2 and stats["hook_failures"] == 1
+
+
+def _runs(path):
+    """Lines a hook appended, split in words (none yet: [])."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.split() for line in f]
+
+
+def _kept_runs(d) -> int:
+    """Hook runs (with their event) the daemon has written to its state store."""
+    db = sqlite3.connect(os.path.join(d.config["daemon"]["state_dir"], "hbdaemon.db"), timeout=5)
+    try:
+        return sum(json.loads(data)["event"] is not None
+                   for data, in db.execute("SELECT data FROM hook_runs"))
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+    finally:
+        db.close()
+
+
+def test_a_hook_retry_waiting_at_a_kill_9_runs_after_the_restart(daemon_factory, short_tmp):
+    out = os.path.join(short_tmp, "hook.out")
+    script = f'echo "$HB_AGENT_ID $HB_TO $HB_EVENT_ID" >> {out}; exit 1'  # fails: retried
+    d = daemon_factory(hooks=[{"on": ["dead"], "command": ["/bin/sh", "-c", script]}],
+                       agent={"restart": {"backoff_base": "2s", "max_retries": 5}},
+                       daemon={"store_interval": "0.2s"}).start()
+    agent = d.unix_agent("crashy", interval=0.1)
+    agent.kill()
+    agent.wait(5)
+    d.wait_state("crashy", "dead")
+    wait_for(lambda: len(_runs(out)) == 1, what="the first run")
+    wait_for(lambda: _kept_runs(d) == 1, what="the waiting retry written")
+    d.proc.kill()
+    d.proc.wait(5)
+    assert len(_runs(out)) == 1  # the retry was still waiting out its 2 s backoff
+    d.start()
+    assert d.state("crashy") == "dead"  # no new event: only the kept run can fire the hook
+    wait_for(lambda: len(_runs(out)) >= 2, timeout=10, what="the retry after the restart")
+    first, again = _runs(out)[:2]
+    assert first == again and first[:2] == ["crashy", "dead"]  # the same event, run again
+    assert "1 runs waiting from before the restart" in d.log()
+
+
+def test_hook_runs_queued_behind_the_parallel_limit_run_after_a_kill_9(daemon_factory,
+                                                                       short_tmp):
+    out = os.path.join(short_tmp, "hook.out")
+    script = f'echo "$HB_AGENT_ID" >> {out}; sleep 3'  # holds one of the 8 places for 3 s
+    d = daemon_factory(hooks=[{"on": ["dead"], "command": ["/bin/sh", "-c", script]}],
+                       daemon={"store_interval": "0.2s"}).start()
+    agents = [d.unix_agent(f"crash-{n}", interval=0.2) for n in range(12)]
+    for agent in agents:
+        agent.kill()
+        agent.wait(5)
+    for n in range(12):
+        d.wait_state(f"crash-{n}", "dead")
+    wait_for(lambda: len(_runs(out)) == 8, what="8 runs, 4 queued behind them")
+    wait_for(lambda: _kept_runs(d) == 12, what="the 8 running and 4 queued written")
+    d.proc.kill()
+    d.proc.wait(5)
+    d.start()  # the 4 queued run now; the 8 cut short run again (at least once)
+    wait_for(lambda: {words[0] for words in _runs(out)} == {f"crash-{n}" for n in range(12)},
+             timeout=15, what="every queued run after the restart")
+    subprocess.run(["pkill", "-f", f"{out}; sleep 3"], check=False)
 
 
 def test_json_logs_to_a_file(daemon_factory, short_tmp):

@@ -15,18 +15,63 @@ GO_LINES = [
 ]
 
 
-def test_go_agent_format_is_keyed_by_pid_and_stopping_then_close_is_stopped(daemon_factory):
+def test_go_agent_format_is_named_by_program_and_stopping_then_close_is_stopped(daemon_factory):
     d = daemon_factory().start()
     pid = os.getpid()
     s = d.unix_send(GO_LINES[0].format(pid=pid).encode())
-    rec = d.wait_state(f"pid-{pid}", "healthy")
+    agent_id = d.id_of(pid)
+    assert agent_id.endswith(f"@uid{os.getuid()}")
+    rec = d.wait_state(agent_id, "healthy")
     assert (rec["version"], rec["memory"], rec["transport"], rec["connected"]) == ("go-1.0.0", 4980736, "unix", True)
     assert rec["agent_time"] == "2026-11-27T20:35:24.456Z"
     s.sendall(GO_LINES[1].format(pid=pid).encode())
-    d.wait_state(f"pid-{pid}", "stopped")
+    d.wait_state(agent_id, "stopped")
     s.close()
-    wait_for(lambda: d.agent(f"pid-{pid}")["connected"] is False, what="the close to be seen")
-    assert d.state(f"pid-{pid}") == "stopped"  # judged at the close: still stopped
+    wait_for(lambda: d.agent(agent_id)["connected"] is False, what="the close to be seen")
+    assert d.state(agent_id) == "stopped"  # judged at the close: still stopped
+
+
+def test_an_anonymous_agent_keeps_one_record_across_its_restarts_and_the_daemons(daemon_factory):
+    d = daemon_factory().start()
+    name = f"unix_agent.py@uid{os.getuid()}"  # the script the interpreter runs, and the uid
+    first = d.unix_agent("-", interval=0.2)
+    assert d.wait_state(name, "healthy")["pid"] == first.pid
+    second = d.unix_agent("-", interval=0.2)  # a second live instance: a record of its own
+    assert d.wait_state(f"{name}.2", "healthy")["pid"] == second.pid
+    first.terminate()
+    first.wait(5)
+    d.wait_state(name, "stopped")
+    again = d.unix_agent("-", interval=0.2)  # the program restarted: its record again
+    wait_for(lambda: d.agent(name)["pid"] == again.pid and d.state(name) == "healthy",
+             what="the restarted program to take up its record")
+    assert sorted(a["agent_id"] for a in d.get("/agents")[2]["agents"]) == [name, f"{name}.2"]
+    for proc in (again, second):
+        proc.terminate()
+        proc.wait(5)
+    d.wait_state(f"{name}.2", "stopped")
+    d.stop()
+    d.start()
+    after = d.unix_agent("-", interval=0.2)  # and after a daemon restart
+    wait_for(lambda: d.agent(name)["pid"] == after.pid and d.state(name) == "healthy",
+             what="the program to take up its record after a daemon restart")
+    assert len(d.get("/agents")[2]["agents"]) == 2
+    after.terminate()
+    after.wait(5)
+
+
+def test_the_go_receivers_stats_are_served_at_heartbeat_stats(daemon_factory):
+    d = daemon_factory().start()
+    status, _, doc = d.get("/heartbeat/stats")
+    assert status == 200 and doc == {"total_received": 0, "total_processed": 0, "total_errors": 0,
+                                     "last_received_time": "0001-01-01T00:00:00Z",
+                                     "average_latency": 0}
+    s = d.unix_send(GO_LINES[0].format(pid=os.getpid()).encode() + b"{bad\n")
+    wait_for(lambda: d.get("/heartbeat/stats")[2]["total_received"] == 2, what="two lines")
+    doc = d.get("/heartbeat/stats")[2]
+    assert (doc["total_processed"], doc["total_errors"]) == (1, 1)
+    assert type(doc["average_latency"]) is int and 0 < doc["average_latency"] < 10**9  # ns
+    assert doc["last_received_time"].endswith("Z") and doc["last_received_time"] > "2026"
+    s.close()
 
 
 def test_kill_9_of_a_connected_agent_is_dead_well_under_a_second(daemon_factory):
@@ -157,13 +202,14 @@ def test_a_busy_go_agent_stays_healthy_and_its_stopping_line_is_stopped(daemon_f
     pid = os.getpid()
     busy = [line.replace('"cpu":0', '"cpu":' + cpu) for line, cpu in zip(GO_LINES, ("108.5", "133.7"))]
     s = d.unix_send(busy[0].format(pid=pid).encode())
-    rec = d.wait_state(f"pid-{pid}", "healthy")
+    agent_id = d.id_of(pid)
+    rec = d.wait_state(agent_id, "healthy")
     assert rec["cpu"] == 100.0
     s.sendall(busy[1].format(pid=pid).encode())
-    d.wait_state(f"pid-{pid}", "stopped")
+    d.wait_state(agent_id, "stopped")
     s.close()
-    wait_for(lambda: d.agent(f"pid-{pid}")["connected"] is False, what="the close to be seen")
-    assert d.state(f"pid-{pid}") == "stopped"
+    wait_for(lambda: d.agent(agent_id)["connected"] is False, what="the close to be seen")
+    assert d.state(agent_id) == "stopped"
     assert d.get("/stats")[2]["warnings_by_reason"] == {"metric_invalid": 2}
 
 

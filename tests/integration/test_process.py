@@ -75,3 +75,39 @@ def test_pidfds_numbered_past_1024_are_waited_on():
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _name_of(argv):
+    """program_name of a real process started with `argv` (waits until it has exec'd)."""
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                if process.psutil.Process(child.pid).cmdline()[-1:] == argv[-1:]:
+                    break
+            except process.psutil.Error:
+                pass
+            time.sleep(0.01)
+        return process.program_name(child.pid)
+    finally:
+        child.kill()
+        child.wait(5)
+
+
+def test_a_program_is_named_by_its_executable_or_the_script_its_interpreter_runs(tmp_path):
+    assert _name_of(["sleep", "30"]) == "sleep"
+    assert _name_of([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"]) == \
+        "http.server"
+    script = tmp_path / "worker.py"
+    script.write_text("import time\ntime.sleep(30)\n")
+    assert _name_of([sys.executable, "-u", str(script), "x"]) == "worker.py"
+    assert _name_of([sys.executable, "-c", "import time; time.sleep(30)"]).startswith("python")
+    assert process.program_name(2**22 + 12345) is None  # no such process
+
+
+def test_a_rewritten_argv0_is_read_up_to_its_first_word_and_colon():
+    assert process._argv0(["nginx: master process /usr/sbin/nginx -g daemon off;"]) == "nginx"
+    assert process._argv0(["postgres: 15/main: checkpointer"]) == "postgres"
+    assert process._argv0(["/usr/local/bin/heartbeat-agent"]) == "heartbeat-agent"
+    assert process._argv0([]) == process._argv0([""]) == ""

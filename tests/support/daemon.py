@@ -113,6 +113,14 @@ class DaemonProcess(ManagedProcess):
                  what=f"agent {agent_id} to be {state}")
         return self.agent(agent_id)
 
+    def id_of(self, pid: int, timeout: float = 10.0) -> str:
+        """The agent_id of the record whose pid is `pid` (an agent that sent none)."""
+        found = []
+        wait_for(lambda: found.extend(a["agent_id"] for a in self.get("/agents")[2]["agents"]
+                                      if a["pid"] == pid) or found, timeout,
+                 what=f"a record with pid {pid}")
+        return found[0]
+
     def events(self, agent: str = None) -> list:
         return self.get("/events" + (f"?agent={agent}" if agent else ""))[2]["events"]
 

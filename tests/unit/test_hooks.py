@@ -153,3 +153,73 @@ def test_a_run_that_raises_gives_its_place_back():
     h.runner._execute = h.execute
     h.event("dead")
     assert h.ran  # the scheduler still has room
+
+
+def _reborn(h, saved, wall_shift=0.0, restart=None):
+    """A new runner for the same hook after a restart, given what the store kept."""
+    runner = HookRunner(h.runner._hooks, restart or h.runner._restart, emit=h.emit,
+                        lookup=lambda a: {"state": h.state, "pid": 42}, clock=h.clock,
+                        wallclock=lambda: 1_800_000_000.0 + wall_shift, execute=h.execute,
+                        spawn_run=lambda name, fn, *args: fn(*args))
+    return runner, runner.restore(saved)
+
+
+def test_a_waiting_retry_is_kept_and_runs_after_a_restart_at_its_time():
+    h = Harness(ok=False, max_retries=5)
+    h.runner._wall = lambda: 1_800_000_000.0
+    h.event("dead")  # ran once and failed: a retry waits 10 s
+    kept = h.runner.take_dirty()
+    assert len(kept) == 1 and kept[0][0] == "a"
+    data = kept[0][2]
+    assert data["event"][4] == "dead" and data["attempts"] == 1 and not data["suspended"]
+    assert data["next_at"] == 1_800_000_010.0 and data["retry"] is True
+    assert h.runner.take_dirty() == []  # nothing changed since
+    runner, queued = _reborn(h, kept, wall_shift=4.0)  # restarted 4 s later
+    assert queued == 1
+    runner._dispatch()
+    assert len(h.ran) == 1  # 6 s of its backoff still to wait
+    h.clock.advance(6)
+    runner._dispatch()
+    assert len(h.ran) == 2 and h.ran[1][1] == "dead"
+
+
+def test_a_healthy_agent_and_a_forgotten_one_leave_nothing_kept():
+    h = Harness(ok=False, max_retries=5)
+    h.event("dead")
+    h.runner.take_dirty()
+    h.event("healthy")  # its waiting retry is dropped: the agent left that state
+    assert [data for _, _, data in h.runner.take_dirty()] == [None]  # deleted from the store
+    h.clock.advance(60)
+    h.runner._dispatch()
+    assert len(h.ran) == 1
+    h.event("dead")
+    h.runner.on_event(Event(9, 0.0, "a", "dead", "dead", "x", kind="forgotten"))
+    assert [data for _, _, data in h.runner.take_dirty()] == [None]
+
+
+def test_a_suspension_is_kept_across_a_restart():
+    h = Harness(ok=False, max_retries=1)
+    h.event("dead")
+    kept = h.runner.take_dirty()
+    assert kept[0][2]["suspended"] is True and kept[0][2]["event"] is None
+    runner, queued = _reborn(h, kept)
+    assert queued == 0 and next(iter(runner._slots["a"].values())).suspended
+
+
+def test_kept_runs_of_a_removed_hook_or_hostile_rows_are_dropped_not_crashed_on():
+    h = Harness()
+    row = [1, 1.5, "a", "healthy", "dead", "r", "state"]
+    good = {"event": row, "attempts": 0, "next_at": 0.0, "suspended": False}
+    key = next(iter(h.runner._keys.values()))
+    hostile = [{"event": row[:3]}, {"event": [1, "x", "a", "b", "c", "d", "e"], "attempts": 0,
+               "next_at": 0.0, "suspended": False}, None, [], "x", {**good, "attempts": -1},
+               {**good, "attempts": "1"}, {**good, "next_at": float("nan")},
+               {**good, "next_at": "soon"}, {**good, "event": {"id": 1}}]
+    saved = [("a", key, data) for data in hostile] + [("a", '["gone", ["z"], ["dead"]]', good)]
+    runner, queued = _reborn(h, saved)
+    assert queued == 0 and runner._slots == {}
+    assert {(a, k, d) for a, k, d in runner.take_dirty()} == {
+        ("a", key, None), ("a", '["gone", ["z"], ["dead"]]', None)}  # deleted at the next write
+    runner, queued = _reborn(h, [("a", key, {**good, "next_at": 1e300})],
+                             restart=RestartConfig(backoff_max=25.0))
+    assert queued == 1 and next(iter(runner._slots["a"].values())).next_at <= h.clock.now + 25

@@ -6,18 +6,32 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339,
+from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, anonymous_id, format_rfc3339,
                                parse_heartbeat, parse_rfc3339, valid_agent_id)
 
 GO_LINE = (b'{"pid":29512,"timestamp":"2026-11-27T20:35:24.456284565Z","version":"go-1.0.0",'
            b'"status":"running","cpu":0,"memory":4980736}\n')
 
 
-def test_go_agent_line_is_accepted_and_keyed_by_pid_on_unix():
+def test_go_agent_line_is_accepted_on_unix_and_left_for_the_receiver_to_name():
     hb = parse_heartbeat(GO_LINE, require_agent_id=False)
-    assert hb.agent_id == "pid-29512"
+    assert hb.agent_id is None
     assert (hb.pid, hb.version, hb.status, hb.cpu, hb.memory) == (29512, "go-1.0.0", "running", 0.0, 4980736)
     assert parse_rfc3339(hb.timestamp) == pytest.approx(parse_rfc3339("2026-11-27T20:35:24.456284Z"))
+
+
+def test_an_anonymous_agent_is_named_by_its_program_and_uid_in_id_characters():
+    assert anonymous_id("heartbeat-agent", 1000, 42) == "heartbeat-agent@uid1000"
+    assert anonymous_id(None, 0, 42) == "pid-42"  # program unknown (gone already)
+    hostile = anonymous_id("x y/\u00e9\n" + "z" * 300, 7, 1)
+    assert valid_agent_id(hostile) and hostile.startswith("x_y__") and hostile.endswith("@uid7")
+
+
+@given(st.text(min_size=1, max_size=500), st.integers(0, 2**32 - 1))
+@settings(max_examples=300, deadline=None)
+def test_any_program_name_gives_a_valid_id_ending_in_its_uid(program, uid):
+    agent_id = anonymous_id(program, uid, 1)
+    assert valid_agent_id(agent_id) and agent_id.endswith(f"@uid{uid}")
 
 
 def test_http_requires_agent_id():
@@ -170,7 +184,7 @@ def _parse_cleanly(data, require):
     except ProtocolError as exc:
         assert isinstance(exc.reason, str)
         return None
-    assert 0 < hb.pid and valid_agent_id(hb.agent_id)
+    assert 0 < hb.pid and (valid_agent_id(hb.agent_id) or (hb.agent_id is None and not require))
     assert hb.cpu is None or (0 <= hb.cpu <= 100 and math.isfinite(hb.cpu))
     assert hb.memory is None or 0 <= hb.memory < 2**63
     for text in (hb.version, hb.status):

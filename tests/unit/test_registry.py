@@ -573,3 +573,29 @@ def test_a_stored_field_of_the_wrong_kind_breaks_nothing(field, value):
                             "connections_evicted": 0, "hook_runs": 0, "hook_failures": 0,
                             "store_errors": 0})
     assert w.registry.apply(Heartbeat("seed", 5), "http") is None  # and it can be heard again
+
+
+def test_an_anonymous_program_keeps_one_record_across_restarts_and_two_instances_get_two():
+    w = World()
+    name = lambda pid, conn: w.registry.name_anonymous("agent@uid0", Peer(conn, pid, 0, 0, None))
+    assert name(100, 1) == "agent@uid0"
+    w.beat("agent@uid0", pid=100, conn=1)
+    assert name(100, 1) == "agent@uid0"        # the holder itself, asking again
+    assert name(200, 2) == "agent@uid0.2"      # a second live instance
+    w.beat("agent@uid0.2", pid=200, conn=2)
+    w.beat("agent@uid0", pid=100, conn=1, status="stopping")
+    w.registry.connection_closed(1, ["agent@uid0"])
+    assert w.state("agent@uid0") == "stopped"
+    assert name(300, 3) == "agent@uid0"        # restarted: takes up its stopped record
+    w.beat("agent@uid0", pid=300, conn=3)
+    assert w.state("agent@uid0") == "healthy" and w.registry.get("agent@uid0")["pid"] == 300
+
+
+def test_an_anonymous_name_held_by_a_hung_process_is_not_taken_but_a_dead_ones_is():
+    w = World()
+    w.beat("agent@uid0", pid=100, conn=1)
+    w.registry.connection_closed(1, ["agent@uid0"])  # idle timeout: process 100 still runs
+    peer = Peer(2, 200, 0, 0, None)
+    assert w.registry.name_anonymous("agent@uid0", peer) == "agent@uid0.2"
+    w.dead_pids.add(100)
+    assert w.registry.name_anonymous("agent@uid0", peer) == "agent@uid0"
