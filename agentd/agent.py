@@ -1,9 +1,11 @@
 """The agent: samples itself, sends heartbeats on a steady beat, reconnects, says goodbye."""
 
+import atexit
 import logging
 import os
 import threading
 import time
+import weakref
 from typing import Callable, Optional
 
 from agentd.config import AgentdConfig, HeartbeatConfig
@@ -41,7 +43,8 @@ class Agent:
 
     Starts even when the daemon is not up, and keeps trying with exponential backoff and
     jitter; after each (re)connection a heartbeat goes out at once. on_success(stats) and
-    on_failure(error) are called after every attempt. Thread-safe.
+    on_failure(error) are called after every attempt, outside the agent's lock (a callback
+    may call stop()). Thread-safe; start() again after stop() resumes.
     """
 
     def __init__(self, cfg: AgentdConfig, sampler: Optional[ProcessSampler] = None,
@@ -59,10 +62,16 @@ class Agent:
         self._on_success, self._on_failure = on_success, on_failure
         self._lock = threading.Lock()  # one send at a time: the beat, a reload, the goodbye
         self._failing = False
+        self._started = False
         self._stopped = False
         self._sent_any = False
 
     def start(self) -> None:
+        """Begin heartbeats (a second call while running does nothing)."""
+        with self._lock:
+            if self._started and not self._stopped:
+                return
+            self._started, self._stopped, self._sent_any = True, False, False
         log.info("agent %s: heartbeats every %.1fs over %s to %s", self.agent_id,
                  self.cfg.heartbeat.interval, self.transport.name, self._target())
         self.scheduler.start()
@@ -75,16 +84,19 @@ class Agent:
         with self._lock:
             if self._stopped or not (due or self._failing):
                 return None
-            return self._send("running" if self._sent_any else "starting")
+            retry, callback = self._send("running" if self._sent_any else "starting")
+        callback()
+        return retry
 
-    def _send(self, status: str) -> Optional[float]:
-        """One heartbeat; returns the delay before a retry, or None to wait for the next slot."""
+    def _send(self, status: str):
+        """One heartbeat, under the lock. Returns the delay before a retry (None: wait for
+        the next slot) and the user's callback to call once the lock is released."""
         cpu, memory = self.sampler.sample()
         line = encode_heartbeat(self.agent_id, self.pid, status, self.stats.version, cpu, memory)
         try:
             self.transport.send(line)
         except TransportError as exc:
-            return self._failed(exc)
+            return self._failed(exc), self._callback(self._on_failure, exc)
         self._sent_any = True
         if self._failing:
             log.info("agent %s: reconnected to %s after %d attempts", self.agent_id,
@@ -92,9 +104,18 @@ class Agent:
         self._failing = False
         self.backoff.reset()
         self.stats.on_success(status, 0.0 if cpu is None else cpu, memory)
-        if self._on_success:
-            self._on_success(self.stats)
-        return None
+        return None, self._callback(self._on_success, self.stats)
+
+    def _callback(self, function: Optional[Callable], arg) -> Callable[[], None]:
+        """`function(arg)` for later, guarded: a callback that raises must not stop the beat."""
+        def call() -> None:
+            if function is None:
+                return
+            try:
+                function(arg)
+            except Exception:
+                log.exception("agent %s: heartbeat callback %r failed", self.agent_id, function)
+        return call
 
     def _connection_lost(self) -> None:
         """The daemon closed our connection (a restart, say; called from the transport's
@@ -109,8 +130,6 @@ class Agent:
 
     def _failed(self, exc: TransportError) -> Optional[float]:
         self.stats.on_failure(str(exc))
-        if self._on_failure:
-            self._on_failure(exc)
         if exc.permanent:
             log.error("agent %s: %s", self.agent_id, exc)
             return None
@@ -142,15 +161,18 @@ class Agent:
             self.cfg = cfg
 
     def stop(self) -> None:
-        """Send a final `stopping` heartbeat (bounded by the send timeout) and disconnect."""
+        """Send a final `stopping` heartbeat (bounded by the send timeout) and disconnect.
+        Does nothing if not started (or stopped already)."""
         self.scheduler.stop()
         with self._lock:
-            if self._stopped:
+            if self._stopped or not self._started:
                 return
             self._stopped = True
-            if self._send("stopping") is None:
+            retry, callback = self._send("stopping")
+            if retry is None:
                 log.info("agent %s: said stopping to the daemon", self.agent_id)
             self.transport.close()
+        callback()
 
 
 class HeartbeatSender(Agent):
@@ -159,6 +181,10 @@ class HeartbeatSender(Agent):
         sender = HeartbeatSender("billing-worker")   # Unix socket, every 30s
         sender.start()
         ...                                           # sender.stop() says "stopping"
+
+    A program that ends without stop() says `stopping` at interpreter exit (atexit), so
+    the daemon shows `stopped`, not `dead`. After fork() the child's copy is inert (not
+    started, no connection, its own pid): it never speaks for the parent.
     """
 
     def __init__(self, agent_id: str, *, transport: str = "unix",
@@ -173,3 +199,39 @@ class HeartbeatSender(Agent):
                      "heartbeat.timeout": str(timeout), "heartbeat.auth_token_file": auth_token_file}
         cfg = load_config("/nonexistent/agentd.yaml", environ={}, overrides=overrides)
         super().__init__(cfg, on_success=on_success, on_failure=on_failure)
+        _SENDERS.add(self)
+
+    def start(self) -> None:
+        super().start()
+        atexit.unregister(self.stop)  # once, however often started
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        atexit.unregister(self.stop)
+        super().stop()
+
+    def _after_fork_in_child(self) -> None:
+        """The child of a fork(): drop the parent's connection without touching it (the
+        parent still uses the socket), locks a parent thread may have held, and timers
+        (threads do not survive a fork)."""
+        atexit.unregister(self.stop)
+        self._lock = threading.Lock()
+        self.stats._lock = threading.Lock()
+        self.pid = os.getpid()
+        self._started, self._stopped, self._sent_any, self._failing = False, False, False, False
+        self.transport.forget()
+        self.scheduler = Scheduler(self.cfg.heartbeat.interval, self._tick,
+                                   self.scheduler.clock)  # the clock it was given
+        self.sampler = ProcessSampler(min_window=self.cfg.heartbeat.interval * WINDOW)
+
+
+_SENDERS: "weakref.WeakSet[HeartbeatSender]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sender in list(_SENDERS):
+        sender._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -28,7 +28,7 @@ class Scheduler:
                  clock: Callable[[], float] = time.monotonic, timer_factory=threading.Timer):
         self.interval = interval
         self._tick = tick
-        self._clock = clock
+        self.clock = clock
         self._timer_factory = timer_factory
         self._lock = threading.Lock()
         self._timer = None
@@ -42,7 +42,7 @@ class Scheduler:
         """First tick at once."""
         with self._lock:
             self._stopped = False
-            self._due = self._clock()
+            self._due = self.clock()
             self._arm(0.0)
 
     def stop(self) -> None:
@@ -82,7 +82,7 @@ class Scheduler:
             if self._stopped or generation != self._generation:
                 return  # stopped, or replaced by soon()
             self._running = True
-            due = self._clock() >= self._due - 0.001
+            due = self.clock() >= self._due - 0.001
         try:
             retry = self._tick(due)
         except Exception:  # the beat must go on
@@ -92,7 +92,7 @@ class Scheduler:
             self._running = False
             if self._stopped:
                 return
-            now = self._clock()
+            now = self.clock()
             if due:
                 self._due = next_due(self._due, self.interval, now)
             delay = self._due - now

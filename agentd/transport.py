@@ -127,6 +127,13 @@ class UnixTransport:
                 pass
             sock.close()
 
+    def forget(self) -> None:
+        """After fork(), in the child: drop the connection the parent still uses. Only this
+        process's descriptor closes: no shutdown, which would cut the parent off too."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
 
 class HttpTransport:
     """POST /heartbeat over one reused keep-alive connection, with a bearer token if set.
@@ -236,6 +243,8 @@ class HttpTransport:
             finally:
                 self._sock, self._rfile = None, None
         self.connected = False
+
+    forget = close  # after fork(): closing our descriptors leaves the parent's connection be
 
 
 def _message(body: bytes) -> str:

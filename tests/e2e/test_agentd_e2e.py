@@ -204,6 +204,99 @@ def test_heartbeat_sender_library_in_three_lines(daemon_factory):
     d.wait_state("lib-app", "stopped")
 
 
+def _library_program(d, body: str, before: str = "", kwargs: str = "") -> subprocess.Popen:
+    """A Python program using HeartbeatSender (`sender`, interval 0.2 s) as `body` says;
+    it prints what it has to say and reads a line from stdin where `body` waits."""
+    head = ("import os, sys, time\n"
+            "from agentd import HeartbeatSender\n" + before +
+            f"sender = HeartbeatSender('lib-app', socket_path={d.socket_path!r}, interval=0.2"
+            f"{kwargs})\n")
+    return subprocess.Popen([sys.executable, "-c", head + body], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_a_program_that_ends_without_stop_says_stopping_at_exit(daemon_factory):
+    d = daemon_factory().start()
+    proc = _library_program(d, "sender.start()\nprint('started', flush=True)\n"
+                               "sys.stdin.readline()\n")  # ... and just ends
+    assert proc.stdout.readline().strip() == "started"
+    d.wait_state("lib-app", "healthy")
+    proc.communicate("\n", timeout=10)
+    assert proc.returncode == 0
+    rec = d.wait_state("lib-app", "stopped")
+    assert "dead" not in [ev["to"] for ev in d.events("lib-app")] and rec["pid"] == proc.pid
+
+
+def test_stop_from_a_callback_returns_and_start_after_stop_resumes(daemon_factory):
+    d = daemon_factory().start()
+    callback = (
+        "done = []\n"
+        "def stop_once(stats):\n"
+        "    if not done:\n"
+        "        done.append(1)\n"
+        "        sender.stop()  # deadlocked: callbacks ran under the agent's lock\n"
+        "        print('stopped', flush=True)\n")
+    program = (
+        "sender.start()\n"
+        "sys.stdin.readline()\n"
+        "sender.start()  # again: sent nothing before\n"
+        "print('restarted', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "sender.stop()\n")
+    proc = _library_program(d, program, before=callback, kwargs=", on_success=stop_once")
+    assert proc.stdout.readline().strip() == "stopped"
+    d.wait_state("lib-app", "stopped")
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "restarted"
+    d.wait_state("lib-app", "healthy")
+    proc.communicate("\n", timeout=10)
+    assert proc.returncode == 0
+    d.wait_state("lib-app", "stopped")
+
+
+def test_start_twice_runs_one_beat(daemon_factory):
+    d = daemon_factory().start()
+    proc = _library_program(d, "sender.start()\nsender.start()\ntime.sleep(0.1)\n"
+                               "sender.start()\nprint('started', flush=True)\n"
+                               "sys.stdin.readline()\n")
+    assert proc.stdout.readline().strip() == "started"
+    first = d.wait_state("lib-app", "healthy")["heartbeats"]
+    began = time.monotonic()
+    time.sleep(2.0)
+    beats = d.agent("lib-app")["heartbeats"] - first
+    slots = (time.monotonic() - began) / 0.2
+    assert beats <= slots + 2  # one chain of timers; two would send about twice as many
+    proc.communicate("\n", timeout=10)
+
+
+def test_a_forked_child_never_speaks_for_its_parent(daemon_factory):
+    d = daemon_factory().start()
+    program = (
+        "sender.start()\n"
+        "time.sleep(0.3)\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    sender.stop()  # the child's copy: must not say the parent stops\n"
+        "    sys.exit(0)    # and its atexit must not either\n"
+        "os.waitpid(child, 0)\n"
+        "print('forked', child, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "sender.stop()\n")
+    proc = _library_program(d, program)
+    words = proc.stdout.readline().split()
+    assert words[0] == "forked"
+    beats = d.agent("lib-app")["heartbeats"]
+    wait_for(lambda: d.agent("lib-app")["heartbeats"] >= beats + 3, what="the parent beating on")
+    rec = d.agent("lib-app")
+    assert (rec["state"], rec["pid"], rec["connected"]) == ("healthy", proc.pid, True)
+    assert [ev["to"] for ev in d.events("lib-app")] == ["healthy"]
+    assert all(a["pid"] != int(words[1]) for a in d.get("/agents")[2]["agents"])
+    proc.communicate("\n", timeout=10)
+    assert proc.returncode == 0
+    d.wait_state("lib-app", "stopped")
+
+
 def test_a_url_urllib_cannot_use_fails_check_config_and_never_kills_the_agent(daemon_factory,
                                                                                agentd_factory):
     d = daemon_factory().start()

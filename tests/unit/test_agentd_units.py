@@ -252,3 +252,22 @@ def test_an_interval_no_timer_can_wait_for_is_a_config_error(tmp_path):
     assert agentd_cli.main(["-config", str(path), "--check-config"]) == 2
     path.write_text("heartbeat: {interval: 24h}\n")
     assert agentd_cli.main(["-config", str(path), "--check-config"]) == 0
+
+
+def test_a_callback_that_raises_is_logged_and_the_beat_goes_on(tmp_path, caplog):
+    from agentd.agent import HeartbeatSender
+    calls = []
+
+    def broken(arg):
+        calls.append(arg)
+        raise RuntimeError("user code")
+
+    sender = HeartbeatSender("cb", socket_path=str(tmp_path / "none.sock"), interval=30,
+                             on_failure=broken)
+    sender._started = True  # as start() would, without its timer thread
+    assert sender._tick(True) is not None  # no daemon: a retry delay, not an exception
+    assert len(calls) == 1 and "heartbeat callback" in caplog.text
+    sender.stop()
+    assert len(calls) == 2  # the goodbye failed too, and told the callback
+    sender.stop()
+    assert len(calls) == 2  # once
