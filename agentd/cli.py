@@ -8,6 +8,7 @@ from typing import List, Optional
 from agentd import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+SERVICE_USER = "agentd"  # the packaged service's user (systemd unit, init script)
 DEFAULT_PATH = "/etc/agentd/agentd.yaml"
 
 
@@ -75,6 +76,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"agentd: configuration error: heartbeat.auth_token_file: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.check_config:
+        from agentd.logsetup import unwritable
+        problem = cfg.log.file and unwritable(cfg.log.file, SERVICE_USER)
+        if problem:
+            print(f"agentd: configuration error: {cfg.source}: log.file: {cfg.log.file} will not "
+                  f"be writable: {problem}", file=sys.stderr)
+            return EXIT_USAGE
         target = cfg.heartbeat.url if cfg.heartbeat.transport == "http" else cfg.heartbeat.socket_path
         print(f"{cfg.source}: configuration OK (agent {cfg.effective_agent_id}, "
               f"{cfg.heartbeat.transport} {target}, every {cfg.heartbeat.interval:g}s)")

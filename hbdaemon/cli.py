@@ -49,6 +49,19 @@ def _overrides(args) -> dict:
     return out
 
 
+SERVICE_USER = "hbdaemon"  # the packaged service's user (systemd unit, init script)
+
+
+def check_paths(cfg) -> None:
+    """--check-config: the log file and state directory the daemon will write must be
+    writable (by the service's user when run as root). Raises ConfigError."""
+    for name, path, directory in (("log.file", cfg.log.file, False),
+                                  ("daemon.state_dir", cfg.daemon.state_dir, True)):
+        problem = path and logsetup.unwritable(path, SERVICE_USER, directory)
+        if problem:
+            raise ConfigError(f"{cfg.source}: {name}: {path} will not be writable: {problem}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     path = args.config or os.environ.get("HBDAEMON_CONFIG") or DEFAULT_PATH
@@ -62,6 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = load()
         if args.check_config:
             preflight(cfg)
+            check_paths(cfg)
             print(f"{cfg.source}: configuration OK (unix {cfg.unix.socket_path}, http "
                   f"{cfg.http.host + ':' + str(cfg.http.port) if cfg.http.port else 'off'}, "
                   f"{len(cfg.hooks)} hooks, {len(cfg.agent.overrides)} overrides)")

@@ -17,6 +17,7 @@ for pkg in hbdaemon agentd; do
     cp -L "$top/packaging/systemd/$pkg.service" "$src/debian/$pkg.service"
     cp -L "$top/packaging/init.d/$pkg" "$src/debian/$pkg.init"
     cp -L "$top/packaging/default/$pkg" "$src/debian/$pkg.default"
+    cp -L "$top/packaging/logrotate/$pkg" "$src/debian/$pkg.logrotate"
 done
 
 (cd "$src" && dpkg-buildpackage -us -uc -b --no-sign)

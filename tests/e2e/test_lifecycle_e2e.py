@@ -174,6 +174,23 @@ def test_check_config_as_a_process(daemon_factory):
     assert run.returncode == 0 and run.stdout.startswith("hbdaemon ")
 
 
+def test_check_config_refuses_a_log_file_or_state_dir_the_daemon_could_not_write(daemon_factory,
+                                                                                 short_tmp):
+    d = daemon_factory()
+    for args, needle in (
+            (["--set", "log.file=/nonexistent/dir/hb.log"], "log.file: /nonexistent/dir/hb.log "
+                                                            "will not be writable: its directory"),
+            (["--set", f"log.file={short_tmp}"], "is a directory"),
+            (["--set", "daemon.state_dir=/dev/null/x"], "daemon.state_dir")):
+        run = subprocess.run([sys.executable, "-m", "hbdaemon", "--check-config", "-c",
+                              d.config_path, *args], capture_output=True, text=True, timeout=30)
+        assert run.returncode == 2 and needle in run.stderr, run.stderr
+    run = subprocess.run([sys.executable, "-m", "agentd", "--check-config", "--set",
+                          "log.file=/nonexistent/dir/agentd.log"], capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 2 and "log.file" in run.stderr and "does not exist" in run.stderr
+
+
 def test_sighup_reloads_thresholds_and_refuses_a_bad_config(daemon_factory):
     d = daemon_factory().start()
     d.post(beat("r"))

@@ -57,5 +57,33 @@ sleep 1
 check agent-runs-without-daemon active "$(systemctl is-active agentd)"
 systemctl start hbdaemon; check daemon-start 0 $?
 check agent-back healthy "$(wait_state "$agent" healthy)"
+# log.file under the hardened units (ProtectSystem=strict): LogsDirectory= makes
+# /var/log/<name> writable; without it the daemon exited 1 every 2 s
+for name in hbdaemon agentd; do
+    upper=$(echo "$name" | tr a-z A-Z)
+    mkdir -p /etc/systemd/system/$name.service.d
+    printf '[Service]\nEnvironment=%s_LOG_FILE=/var/log/%s/%s.log\n' "$upper" "$name" "$name" \
+        > /etc/systemd/system/$name.service.d/log-file.conf
+done
+systemctl daemon-reload
+systemctl restart hbdaemon; check daemon-restart-with-log-file 0 $?
+systemctl restart agentd; check agent-restart-with-log-file 0 $?
+daemon_pid=$(systemctl show -P MainPID hbdaemon); agent_pid=$(systemctl show -P MainPID agentd)
+check agent-healthy-with-log-file healthy "$(wait_state "$agent" healthy)"
+sleep 3  # RestartSec=2s: a unit that cannot write its log would have been restarted by now
+check daemon-same-process-with-log-file "$daemon_pid" "$(systemctl show -P MainPID hbdaemon)"
+check agent-same-process-with-log-file "$agent_pid" "$(systemctl show -P MainPID agentd)"
+grep -q "ready: unix socket" /var/log/hbdaemon/hbdaemon.log; check daemon-log-file-written 0 $?
+grep -q "heartbeats every" /var/log/agentd/agentd.log; check agent-log-file-written 0 $?
+check log-dir-owner "hbdaemon agentd" "$(stat -c %U /var/log/hbdaemon) $(stat -c %U /var/log/agentd)"
+rm -r /etc/systemd/system/hbdaemon.service.d /etc/systemd/system/agentd.service.d
+systemctl daemon-reload
+# the booted exposure figures quoted in README
+for name in hbdaemon agentd; do
+    level=$(systemd-analyze security "$name.service" 2>/dev/null |
+        sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+    echo "exposure $name $level"
+    check "$name-exposure-at-most-2" yes "$(python3 -c "print('yes' if 0 < float('${level:-0}') <= 2.0 else 'no')")"
+done
 journalctl -u hbdaemon -u agentd -q --no-pager | tail -60 | sed 's/^/journal: /'  # for a failure
 echo done

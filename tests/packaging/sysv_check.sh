@@ -44,4 +44,20 @@ try: print('ok' if u.urlopen('http://127.0.0.1:8697/healthz', timeout=5).status 
 except Exception as e: print(e)")"
 /etc/init.d/hbdaemon stop; check daemon-stop-with-override 0 $?
 cp /tmp/default.saved /etc/default/hbdaemon
+# the init.d log is rotated by the packaged logrotate file; the daemon reopens it itself
+/etc/init.d/hbdaemon start; check daemon-start-for-logrotate 0 $?
+logrotate -f /etc/logrotate.d/hbdaemon; check logrotate-runs 0 $?
+test -s /var/log/hbdaemon/hbdaemon.log.1; check log-rotated 0 $?
+/etc/init.d/hbdaemon reload >/dev/null
+for _ in $(seq 1 25); do grep -q "configuration reloaded" /var/log/hbdaemon/hbdaemon.log 2>/dev/null && break; sleep 0.2; done
+grep -q "configuration reloaded" /var/log/hbdaemon/hbdaemon.log; check log-reopened-after-rotation 0 $?
+check rotated-log-owner "hbdaemon 640" "$(stat -c '%U %a' /var/log/hbdaemon/hbdaemon.log)"
+/etc/init.d/hbdaemon stop; check daemon-stop-after-logrotate 0 $?
+# --check-config as root judges a log path for the user the service runs as
+out=$(HBDAEMON_LOG_FILE=/root/hb.log hbdaemon --check-config 2>&1); rc=$?
+check check-config-unwritable-log 2 $rc
+case "$out" in *"not writable by user hbdaemon"*) r=ok;; *) r="$out";; esac
+check check-config-names-the-user ok "$r"
+out=$(AGENTD_LOG_FILE=/root/agentd.log agentd --check-config 2>&1); rc=$?
+check agentd-check-config-unwritable-log 2 $rc
 echo "done"

@@ -71,10 +71,12 @@ def test_lintian_is_clean(debs):
 @pytest.mark.parametrize("pkg,expected", [
     ("hbdaemon", ["./usr/bin/hbdaemon", "./usr/bin/hbctl", "./usr/share/man/man1/hbctl.1.gz", "./usr/lib/python3/dist-packages/hbdaemon/daemon.py",
                   "./etc/hbdaemon/hbdaemon.yaml", "./etc/default/hbdaemon", "./etc/init.d/hbdaemon",
-                  "./lib/systemd/system/hbdaemon.service", "./usr/share/man/man8/hbdaemon.8.gz"]),
+                  "./lib/systemd/system/hbdaemon.service", "./usr/share/man/man8/hbdaemon.8.gz",
+                  "./etc/logrotate.d/hbdaemon"]),
     ("agentd", ["./usr/bin/agentd", "./usr/lib/python3/dist-packages/agentd/agent.py",
                 "./etc/agentd/agentd.yaml", "./etc/default/agentd", "./etc/init.d/agentd",
-                "./lib/systemd/system/agentd.service", "./usr/share/man/man8/agentd.8.gz"]),
+                "./lib/systemd/system/agentd.service", "./usr/share/man/man8/agentd.8.gz",
+                "./etc/logrotate.d/agentd"]),
 ])
 def test_every_expected_file_is_in_the_package(debs, pkg, expected):
     listing = [line.split()[-1] for line in must(["dpkg-deb", "-c", debs[pkg]]).splitlines()]
@@ -82,6 +84,7 @@ def test_every_expected_file_is_in_the_package(debs, pkg, expected):
         assert path in listing, f"{path} missing from {pkg}"
     conffiles = must(["dpkg-deb", "-I", debs[pkg], "conffiles"]).split()
     assert f"/etc/{pkg}/{pkg}.yaml" in conffiles and f"/etc/init.d/{pkg}" in conffiles
+    assert f"/etc/logrotate.d/{pkg}" in conffiles
     depends = must(["dpkg-deb", "-f", debs[pkg], "Depends"])
     assert "python3-yaml" in depends and "adduser" in depends
     assert ("python3-psutil" in depends) == (pkg == "hbdaemon")  # agentd reads /proc itself
@@ -119,7 +122,7 @@ def root(debs, tmp_path_factory):
     must(["chroot", path, "apt-get", "update", "-qq"], timeout=600)
     # systemd as well, for the unit checks and the boot test; the packages pull in the rest
     must(["chroot", path, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
-          "systemd", "systemd-sysv",
+          "systemd", "systemd-sysv", "logrotate",
           *(f"/tmp/{os.path.basename(d)}" for d in debs.values())], timeout=600)
     os.unlink(os.path.join(path, "usr/sbin/policy-rc.d"))
     yield path
@@ -184,6 +187,7 @@ def test_systemd_boots_both_hardened_units(root):
     assert checks and "done" in out, detail
     failed = [(name, result) for name, result in checks if result != "ok"]
     assert not failed, f"{failed}\n{detail}"
+    print("\n".join(re.findall(r"^exposure .*$", out, re.M)))  # booted figures (README)
 
 
 def _read(path: str) -> str:

@@ -47,12 +47,13 @@ def test_files_config_and_target_python(rpms, pkg, extra):
     files = must(["rpm", "-qlp", rpms[pkg]]).split()
     for path in (f"/usr/bin/{pkg}", f"/usr/lib/python3.9/site-packages/{pkg}/cli.py",
                  f"/etc/{pkg}/{pkg}.yaml", f"/etc/sysconfig/{pkg}",
-                 f"/usr/lib/systemd/system/{pkg}.service", f"/usr/share/man/man8/{pkg}.8.gz"):
+                 f"/usr/lib/systemd/system/{pkg}.service", f"/usr/share/man/man8/{pkg}.8.gz",
+                 f"/etc/logrotate.d/{pkg}"):
         assert path in files, f"{path} missing from {pkg}"
     if pkg == "hbdaemon":
         assert "/usr/bin/hbctl" in files and "/usr/share/man/man1/hbctl.1.gz" in files
     config = must(["rpm", "-qcp", rpms[pkg]]).split()
-    assert f"/etc/{pkg}/{pkg}.yaml" in config
+    assert f"/etc/{pkg}/{pkg}.yaml" in config and f"/etc/logrotate.d/{pkg}" in config
     requires = must(["rpm", "-qp", "--requires", rpms[pkg]])
     assert "python(abi) = 3.9" in requires and "python3-pyyaml" in requires
     assert (extra in requires) if extra else "psutil" not in requires

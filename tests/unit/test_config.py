@@ -1,6 +1,8 @@
 """Configuration: DESIGN.md's keys and defaults, the environment rule, clear errors."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -169,3 +171,44 @@ def test_a_missing_token_file_is_named_at_check_time(tmp_path):
     with pytest.raises(ConfigError) as err:
         preflight(cfg)
     assert "http.tokens[0].token_file: cannot read /nonexistent/t" in str(err.value)
+
+
+def test_unwritable_judges_for_the_service_user_when_root_else_for_the_caller(tmp_path):
+    from hbdaemon.logsetup import unwritable
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    assert unwritable(str(tmp_path / "hb.log")) is None
+    assert unwritable(str(tmp_path / "new" / "state"), directory=True) is None  # created
+    assert "does not exist" in unwritable(str(tmp_path / "new" / "hb.log"))
+    if os.geteuid() == 0:  # root may write anywhere: judged for the service's user
+        assert unwritable(str(closed / "hb.log"), "nobody") in (
+            f"{closed} is not writable by user nobody, whom the service runs as",
+            f"{tmp_path.parent} is not reachable (no search permission) by user nobody, "
+            "whom the service runs as")  # pytest's base directory is 0700
+        top = tempfile.mkdtemp(dir="/tmp")  # /tmp is searchable by all
+        try:
+            open_dir = os.path.join(top, "open")
+            os.mkdir(open_dir, 0o777)
+            os.chmod(open_dir, 0o777)
+            assert unwritable(os.path.join(open_dir, "hb.log"), "nobody") == \
+                f"{top} is not reachable (no search permission) by user nobody, whom the " \
+                "service runs as"
+            os.chmod(top, 0o711)
+            assert unwritable(os.path.join(open_dir, "hb.log"), "nobody") is None
+            assert unwritable(str(closed / "hb.log"), "no-such-user-here") is None  # as root
+        finally:
+            shutil.rmtree(top)
+    else:
+        closed.chmod(0o500)
+        assert "is not writable by uid" in unwritable(str(closed / "hb.log"), "nobody")
+        closed.chmod(0o700)
+
+
+def test_unwritable_names_a_read_only_file_system(tmp_path, monkeypatch):
+    from hbdaemon import logsetup
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(logsetup.os, "statvfs", lambda path: ReadOnly())
+    assert "read-only file system" in logsetup.unwritable(str(tmp_path / "hb.log"))
