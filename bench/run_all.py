@@ -10,6 +10,7 @@ import bench_flood  # noqa: E402
 import bench_http  # noqa: E402
 import bench_lock  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_storm  # noqa: E402
 import bench_unix  # noqa: E402
 from common import machine  # noqa: E402
 
@@ -22,6 +23,7 @@ def main() -> None:
     bench_memory.main([])
     bench_flood.main([])
     bench_lock.main([])
+    bench_storm.main(["--rounds", "3"])
 
 
 if __name__ == "__main__":

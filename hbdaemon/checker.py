@@ -12,6 +12,11 @@ log = logging.getLogger(__name__)
 
 MAX_SLEEP = 1.0
 MIN_SLEEP = 0.01
+# A pass reads every record: with thousands of agents whose deadlines fall a few ms apart it
+# would run back to back and take the GIL from intake. Between passes the checker sleeps at
+# least this many times as long as the last pass took (so it uses at most ~1/11 of the
+# time); a verdict may then come that much after its deadline.
+PASS_RATIO = 10.0
 STUCK_AFTER = 5.0  # plus stall_threshold: a pass is due at least every MAX_SLEEP
 
 
@@ -52,8 +57,9 @@ class HealthChecker:
         if self._planned is not None and now - self._planned > self.stall_threshold:
             self._registry.grant_grace(f"woke {now - self._planned:.1f}s late")
         next_due = self._registry.check()
-        now = self._clock()
-        delay = MAX_SLEEP if next_due is None else min(MAX_SLEEP, max(MIN_SLEEP, next_due - now))
+        took, now = self._clock() - now, self._clock()
+        shortest = min(MAX_SLEEP, max(MIN_SLEEP, PASS_RATIO * took))
+        delay = MAX_SLEEP if next_due is None else min(MAX_SLEEP, max(shortest, next_due - now))
         self._planned = now + delay
         return delay
 

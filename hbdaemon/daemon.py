@@ -14,7 +14,7 @@ from hbdaemon.auth import Credentials
 from hbdaemon.checker import HealthChecker
 from hbdaemon.config import Config, ConfigError, read_token
 from hbdaemon.connlimit import NEW_ID_SLOTS, FairGate
-from hbdaemon.events import EventLog
+from hbdaemon.events import EventLog, EventPump
 from hbdaemon.health import PolicySet
 from hbdaemon.hooks import HookRunner
 from hbdaemon.http_server import TRANSPORT as HTTP, HeartbeatHTTPServer
@@ -82,11 +82,16 @@ class Daemon:
         # events are shown once written (a kill -9 cannot take back what was seen), and
         # their ids are reserved in the store before use (never given out twice)
         self.events = EventLog(cfg.daemon.max_events, durable=True,
-                               reserve=lambda upto: self.store.reserve_ids(upto))
-        self.registry = Registry(PolicySet(hc, cfg.agent.overrides), self.events.record,
+                               reserve=lambda upto: self.store.reserve_ids(upto),
+                               reserve_ahead=lambda upto: self.store.reserve_ahead(upto))
+        # the registry's events are recorded (logged, stored, hooked) on hb-events, never on
+        # the receiver thread that applied the heartbeat
+        self.event_pump = EventPump(self.events.record, self.events)
+        self.registry = Registry(PolicySet(hc, cfg.agent.overrides), self.event_pump.put,
                                  history_step=cfg.daemon.history_step,
                                  max_agents=cfg.agent.max_agents,
-                                 new_agents_per_minute=cfg.agent.new_agents_per_minute)
+                                 new_agents_per_minute=cfg.agent.new_agents_per_minute,
+                                 on_notice=self.event_pump.notice)
         self.hooks = HookRunner(cfg.hooks, cfg.agent.restart, self.events.record, self.registry.get)
         self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
                            self.registry.take_dirty, self.hooks.take_dirty)
@@ -114,6 +119,7 @@ class Daemon:
         agents, events = self.store.open()
         self.events.restore(events, self.store.reserved_id)
         self.store.on_written = self.events.mark_written
+        self.store.on_reserved = self.events.reserved
         self.events.subscribe(self.store.add_event)
         self.events.subscribe(self.hooks.on_event)
         self.registry.load(agents)
@@ -137,13 +143,15 @@ class Daemon:
                                                 credentials=self.credentials,
                                                 idle_timeout=h.idle_timeout,
                                                 max_connections=h.max_connections,
-                                                crowded=self.pool.crowded, gate=self.gate)
+                                                wait_room=self.pool.wait_room,
+                                                gate=self.gate)
             except OSError as exc:
                 self.unix.close()
                 self.unix.remove_socket()
                 raise StartupError(f"cannot listen on http {h.host}:{h.port}: "
                                    f"{exc.strerror or exc}") from None
         self.pool.start()
+        self.event_pump.start()
         self.store.start()
         self.hooks.start()
         self.checker.start()
@@ -176,6 +184,7 @@ class Daemon:
     def components(self) -> List[Optional[Component]]:
         """Every guarded long-lived thread (None: a part not running)."""
         return ([self.checker.component, self.store.component, self.hooks.component,
+                 self.event_pump.component,
                  self.upstream.component if self.upstream else None]
                 + [component for _, component in self._threads] + self.pool.components)
 
@@ -208,6 +217,7 @@ class Daemon:
             "accept_failures": sum(s.accept_failures for s in (self.unix, self.http) if s),
             "agents": len(self.registry), "agents_by_state": self.registry.counts(),
             "max_agents": self.registry.max_agents,
+            "event_backlog": self.event_pump.backlog,
             "hook_runs": self.hooks.runs, "hook_failures": self.hooks.failures,
             "store_writes": self.store.writes, "store_errors": self.store.errors,
             "store_dropped_events": self.store.dropped_events,
@@ -312,6 +322,7 @@ class Daemon:
         self.registry.check()
         if self.upstream:
             self.upstream.stop(2.0)
+        self.event_pump.stop(1.0)  # every event recorded before hooks and store stop
         self.hooks.stop(1.0)
         self.store.stop(max(1.0, deadline - time.monotonic()))
         if self.unix:

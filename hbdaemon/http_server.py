@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 TRANSPORT = "http"
 MAX_REQUEST_LINE = 8192   # longer: 414
 MAX_HEAD_BYTES = 16384    # all header lines together; more: 431 (memory per connection)
+SUBMIT_WAIT = 2.0         # seconds a known agent's heartbeat waits for room in the queue
 # the status page loads nothing from elsewhere and only talks to this daemon
 _PAGE_HEADERS = (("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
                   "style-src 'unsafe-inline'; connect-src 'self'; img-src data:"),
@@ -49,12 +50,13 @@ class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer)
 
     def __init__(self, host: str, port: int, api: Api, submit, *,
                  credentials: Optional[Credentials] = None, idle_timeout: float = 30.0,
-                 max_connections: int = 256, crowded: Callable[[], bool] = lambda: False,
+                 max_connections: int = 256,
+                 wait_room: Callable[[bool, float], bool] = lambda new, timeout: True,
                  gate: Optional[FairGate] = None):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.api = api
         self.submit = submit
-        self.crowded = crowded  # the queue is half full: keep the rest for known agents
+        self.wait_room = wait_room  # (new, timeout): a place in that share of the queue?
         self.credentials = credentials or Credentials()
         self.idle_timeout = idle_timeout
         self.init_connection_limit(max_connections)
@@ -212,9 +214,12 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         # for: the request is read before it, and every answer is written after it
         # a heartbeat on a connection whose last one was a known agent's skips it
         known, self._known = self._known, False
-        with (NO_GATE if known and heartbeat else server.gate):
+        if heartbeat and not known:  # maybe a new agent: it waits for a place in the new
+            server.wait_room(True, SUBMIT_WAIT)  # agents' share here, outside the gate
+        gated = not (known and heartbeat)
+        with (server.gate if gated else NO_GATE):
             if heartbeat:
-                warnings = self._intake(body, grant)
+                warnings = self._intake(body, grant, gated)
             else:
                 try:
                     code, doc, content_type = server.api.handle(
@@ -286,8 +291,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
 
     # -- intake ---------------------------------------------------------------------------
 
-    def _intake(self, body: bytes, grant: Grant) -> Tuple[str, ...]:
-        """Check and queue one heartbeat; its warnings. Raises Refusal."""
+    def _intake(self, body: bytes, grant: Grant, gated: bool) -> Tuple[str, ...]:
+        """Check and queue one heartbeat; its warnings. Raises Refusal. `gated`: this runs
+        in the gate (and so must not wait for a place in the queue)."""
         started = time.perf_counter()
         server = self.server
         stats = server.api.stats
@@ -299,9 +305,6 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             raise self._not_covered(grant, hb.agent_id)
         host = self._client()
         known = hb.agent_id in server.api.registry
-        if not known and server.crowded():
-            raise Refusal(503, "queue_full", "busy; new agents wait while known ones are "
-                          "heard", (("Retry-After", "1"),))
         refusal = server.api.registry.admit(hb.agent_id, host)
         if refusal == ID_CONFLICT:
             raise Refusal(409, refusal, f"agent {hb.agent_id} is held by a live Unix connection; "
@@ -311,10 +314,13 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             raise Refusal(429, refusal, "too many agents" if refusal == MAX_AGENTS else
                           "too many new agent ids from this address; try again shortly",
                           (("Retry-After", retry),), log_it=True)
-        try:
-            server.submit((hb, started, host, is_loopback_address(host)))
+        try:  # outside the gate a heartbeat waits a moment for a place (the client feels
+            # the pushback); one that holds a place in the gate does not
+            server.submit((hb, started, host, is_loopback_address(host)),
+                          0.0 if gated else SUBMIT_WAIT, new=not known)
         except queue.Full:
-            raise Refusal(503, "queue_full", "queue full; retry later",
+            raise Refusal(503, "queue_full", "queue full; retry later" if known else
+                          "busy; new agents wait while known ones are heard",
                           (("Retry-After", "1"),)) from None
         except PoolClosed:
             self.close_connection = True

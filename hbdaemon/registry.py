@@ -31,6 +31,7 @@ RATE_LIMITED = "rate_limited"  # this source created too many new ids this minut
 UNKNOWN = "unknown_agent"      # forget: no such agent
 SUPERSEDED = "superseded"      # an HTTP heartbeat received before one already applied
 
+_NOTICE = object()  # an outbox entry that is a log line, not an event
 MAX_INSTANCES = 64  # live instances of one program named <program>@uid<uid>.N
 
 # on_event(agent_id, from_state, to_state, reason, kind="state"): called after the registry
@@ -191,9 +192,14 @@ class Registry:
                  pid_gone: Callable[..., bool] = process.pid_gone,
                  wait_gone: Callable[..., bool] = process.wait_gone,
                  history_step: float = 10.0, max_agents: int = 50_000,
-                 new_agents_per_minute: int = 0):
+                 new_agents_per_minute: int = 0,
+                 on_notice: Optional[Callable[..., None]] = None):
         self._policies = policies
         self._on_event = on_event
+        # on_notice(label, level, message, *args): a log line about an agent that is not an
+        # event; by default logged by the thread that emits
+        self._on_notice = on_notice or (lambda label, level, message, *args:
+                                        log.log(level, message, *args))
         self._clock = clock
         self._wall = wallclock
         self._pid_gone = pid_gone
@@ -371,7 +377,10 @@ class Registry:
             try:
                 while self._outbox:
                     agent_id, old, new, reason, kind = self._outbox.popleft()
-                    self._on_event(agent_id, old, new, reason, kind=kind)
+                    if agent_id is _NOTICE:
+                        self._on_notice(old, new, reason, *kind)
+                    else:
+                        self._on_event(agent_id, old, new, reason, kind=kind)
             finally:
                 self._emit_lock.release()
 
@@ -465,9 +474,10 @@ class Registry:
                     if self._records.get(rec.agent_id) is rec and rec.state is state:
                         self._drop(rec, f"forgotten after {wall - rec.state_since:.0f}s {state}")
             self._emit()
-        # pid checks outside the lock: psutil reads /proc
+        # pid checks outside the lock: psutil reads /proc, once per process in a pass
+        gone_pids = self._gone_pids(rec for rec, _ in expired + hushed)
         gone = {id(rec): rec.local and rec.check_pid is not None
-                and self._pid_gone(rec.check_pid, rec.check_started) for rec, _ in expired}
+                and gone_pids[(rec.check_pid, rec.check_started)] for rec, _ in expired}
         for chunk in _slices(expired):
             with self._lock:
                 for rec, seen in chunk:
@@ -481,15 +491,26 @@ class Registry:
                     else:
                         self._change(rec, State.NO_HEARTBEAT, silent, now, wall)
             self._emit()
-        self._convict_hushed(hushed, now, wall)
+        self._convict_hushed(hushed, gone_pids, now, wall)
         return next_due
 
-    def _convict_hushed(self, hushed: List[Tuple[AgentRecord, int]], now: float,
-                        wall: float) -> None:
+    def _gone_pids(self, recs: Iterable[AgentRecord]) -> Dict[tuple, bool]:
+        """pid_gone for each (pid, start time) of the local `recs`, each looked up once: many
+        agents of one process (HTTP agents of one program) would otherwise read /proc each,
+        and every read gives the GIL up, which a busy daemon gives back slowly."""
+        found: Dict[tuple, bool] = {}
+        for rec in recs:
+            key = (rec.check_pid, rec.check_started)
+            if rec.local and rec.check_pid is not None and key not in found:
+                found[key] = self._pid_gone(*key)
+        return found
+
+    def _convict_hushed(self, hushed: List[Tuple[AgentRecord, int]], gone_pids: Dict[tuple, bool],
+                        now: float, wall: float) -> None:
         """`dead` for local agents in no_heartbeat whose process has ended since (hung, then
         killed; or its connection closed while it was alive): looked at every pass."""
         gone = [(rec, seen) for rec, seen in hushed
-                if self._pid_gone(rec.check_pid, rec.check_started)]  # outside the lock
+                if gone_pids.get((rec.check_pid, rec.check_started))]
         for chunk in _slices(gone):
             with self._lock:
                 for rec, seen in chunk:
@@ -534,13 +555,16 @@ class Registry:
         # a short list, not a deque: 10,000 idle agents must stay small
         rec.changes = [t for t in (rec.changes or ()) if t >= now - health.flap_window] or None
         flapping = rec.changes is not None and len(rec.changes) >= health.flap_threshold
-        if flapping != rec.flapping:
+        if flapping != rec.flapping:  # logged after the lock is released (see _emit)
             if flapping:
-                log.warning("agent %s: flapping (%d state changes in %.0fs)",
-                            rec.agent_id, len(rec.changes), health.flap_window)
+                self._outbox.append((_NOTICE, "flapping", logging.WARNING,
+                                     "agent %s: flapping (%d state changes in %.0fs)",
+                                     (rec.agent_id, len(rec.changes), health.flap_window)))
             else:
-                log.info("agent %s: no longer flapping (fewer than %d state changes in %.0fs)",
-                         rec.agent_id, health.flap_threshold, health.flap_window)
+                self._outbox.append((_NOTICE, "flapping stopped", logging.INFO,
+                                     "agent %s: no longer flapping (fewer than %d state changes "
+                                     "in %.0fs)", (rec.agent_id, health.flap_threshold,
+                                                   health.flap_window)))
             self._dirty.add(rec.agent_id)
         rec.flapping = flapping
 

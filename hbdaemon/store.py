@@ -65,6 +65,8 @@ class Store:
         self.last_error = ""
         self.reserved_id = 0     # event ids given out may reach this (read by open())
         self.on_written: Callable[[List[int]], None] = lambda ids: None
+        self.on_reserved: Callable[[int], None] = lambda upto: None
+        self._reserve_wanted = 0  # an id mark to write with the next batch (reserve_ahead)
         self._reserve_db: Optional[sqlite3.Connection] = None
         self._reserve_lock = threading.Lock()
 
@@ -173,9 +175,17 @@ class Store:
             if self._reserve_db is None:
                 self._reserve_db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
                                                    check_same_thread=False)
-            self._reserve_db.execute("INSERT OR REPLACE INTO meta VALUES "
-                                     "('event_id_reserved', ?)", (str(upto),))
-            self.reserved_id = upto
+            with self._reserve_db:
+                self._reserve_db.execute("BEGIN")
+                _raise_mark(self._reserve_db, upto)
+            self.reserved_id = max(self.reserved_id, upto)
+
+    def reserve_ahead(self, upto: int) -> None:
+        """Record with the next batch (thread-safe, never blocks) that event ids up to
+        `upto` may be given out; on_reserved(upto) follows once it is written."""
+        with self._lock:
+            self._reserve_wanted = max(self._reserve_wanted, upto)
+        self._wake.set()
 
     def add_event(self, ev: Event) -> None:
         """Event listener: persist soon (the writer wakes at once)."""
@@ -220,33 +230,40 @@ class Store:
         while True:
             with self._lock:
                 events, self._pending = self._pending, []
+                mark, self._reserve_wanted = self._reserve_wanted, 0
             batch = self._take_dirty()
             self._unsaved.update(batch)
             self._unsaved_runs.update(((a, h), d) for a, h, d in self._take_hook_runs())
-            if not events and not self._unsaved and not self._unsaved_runs:
+            if not events and not self._unsaved and not self._unsaved_runs and not mark:
                 return
-            if not self._write(db, events) or len(batch) < DIRTY_BATCH:
+            if not self._write(db, events, mark):
+                with self._lock:  # asked again with the next batch
+                    self._reserve_wanted = max(self._reserve_wanted, mark)
+                return
+            if len(batch) < DIRTY_BATCH:
                 return
 
-    def _write(self, db: sqlite3.Connection, events: List[Event]) -> bool:
+    def _write(self, db: sqlite3.Connection, events: List[Event], mark: int = 0) -> bool:
         agents = list(self._unsaved.items())
         runs = [(a, h, d) for (a, h), d in self._unsaved_runs.items()]
         try:
             with db:
                 db.execute("BEGIN")
-                db.executemany("INSERT OR REPLACE INTO events VALUES (?,?,?,?,?,?,?)",
-                               [ev.to_row() for ev in events])
-                db.executemany("INSERT OR REPLACE INTO agents VALUES (?, ?)",
-                               [(a, json.dumps(d)) for a, d in agents if d is not None])
-                db.executemany("DELETE FROM agents WHERE agent_id = ?",
-                               [(a,) for a, d in agents if d is None])
-                db.executemany("INSERT OR REPLACE INTO hook_runs VALUES (?, ?, ?)",
-                               [(a, h, json.dumps(d)) for a, h, d in runs if d is not None])
+                _insert(db, "events", [ev.to_row() for ev in events])
+                _insert(db, "agents", [(a, json.dumps(d)) for a, d in agents if d is not None])
+                _delete(db, "agents", "agent_id", [a for a, d in agents if d is None])
+                _insert(db, "hook_runs", [(a, h, json.dumps(d)) for a, h, d in runs
+                                          if d is not None])
                 db.executemany("DELETE FROM hook_runs WHERE agent_id = ? AND hook = ?",
-                               [(a, h) for a, h, d in runs if d is None])
+                               [(a, h) for a, h, d in runs if d is None])  # few: one each
                 if events:  # keep the newest max_events (ids have gaps: see EventLog)
                     db.execute("DELETE FROM events WHERE id <= (SELECT id FROM events "
                                "ORDER BY id DESC LIMIT 1 OFFSET ?)", (self._max_events,))
+                if mark:
+                    _raise_mark(db, mark)
+            if mark:
+                self.reserved_id = max(self.reserved_id, mark)
+                self.on_reserved(mark)
             self._unsaved.clear()
             self._unsaved_runs.clear()
             self.writes += 1
@@ -274,6 +291,41 @@ class Store:
                 log.error("state store: %d events dropped while writes fail (%d so far)",
                           excess, self.dropped_events)
             return False
+
+
+# Rows go in a few statements of many rows each, not one statement a row: each statement
+# gives up the GIL and must win it back, which among a storm's busy receiver threads took
+# milliseconds a row (10,000 agents' records took 10 s, and events queued behind the store).
+MAX_VARIABLES = 999  # SQLite's limit on ? in one statement before 3.32
+
+
+def _insert(db: sqlite3.Connection, table: str, rows: List[tuple]) -> None:
+    """INSERT OR REPLACE `rows` (tuples of one width) into `table`."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = MAX_VARIABLES // width
+    one = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start:start + per]
+        db.execute(f"INSERT OR REPLACE INTO {table} VALUES " + ",".join([one] * len(chunk)),
+                   [value for row in chunk for value in row])
+
+
+def _delete(db: sqlite3.Connection, table: str, column: str, keys: List[str]) -> None:
+    """DELETE the rows of `table` whose `column` is one of `keys`."""
+    for start in range(0, len(keys), MAX_VARIABLES):
+        chunk = keys[start:start + MAX_VARIABLES]
+        db.execute(f"DELETE FROM {table} WHERE {column} IN ({','.join('?' * len(chunk))})",
+                   chunk)
+
+
+def _raise_mark(db: sqlite3.Connection, upto: int) -> None:
+    """Raise the stored event id reservation to `upto`, never lower it (two connections
+    write it: the writer's batches and reserve_ids)."""
+    db.execute("INSERT OR IGNORE INTO meta VALUES ('event_id_reserved', '0')")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'event_id_reserved' AND "
+               "CAST(value AS INTEGER) < ?", (str(upto), upto))
 
 
 def _reserved_mark(value) -> int:

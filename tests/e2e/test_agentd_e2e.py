@@ -73,7 +73,9 @@ def test_agent_started_before_the_daemon_and_status_shows_the_outage(daemon_fact
     d.start()
     started = time.monotonic()
     d.wait_state("early", "healthy", timeout=5)
-    assert time.monotonic() - started < 2.0  # within one backoff step (max 0.5 s here)
+    # within a few backoff steps (max 0.5 s here), not only at some later beat; the bound
+    # is loose on purpose: a loaded CI host must not fail it
+    assert time.monotonic() - started < 5.0
     assert a.log().count("lost connection") == 1
     assert "reconnected" in a.log()
 
@@ -104,14 +106,15 @@ def test_sigterm_of_the_agent_is_stopped(daemon_factory, agentd_factory):
     assert d.state("bye") == "stopped"  # judged at the close: still stopped
 
 
-def test_kill_9_of_a_unix_agent_is_dead_within_a_second(daemon_factory, agentd_factory):
+def test_kill_9_of_a_unix_agent_is_dead_from_its_connection_not_its_timeout(daemon_factory, agentd_factory):
     d = daemon_factory().start()
     a = agentd_factory("crash", d).start()
     d.wait_state("crash", "healthy")
     killed = time.monotonic()
     a.proc.kill()
     wait_for(lambda: d.state("crash") == "dead", timeout=5, interval=0.01)
-    assert time.monotonic() - killed < 1.0
+    # the connection told it (the heartbeat timeout is 30 s); the bound is loose for CI
+    assert time.monotonic() - killed < 5.0 and "is gone" in d.agent("crash")["reason"]
 
 
 def test_kill_9_of_an_http_agent_is_noticed_when_its_heartbeat_is_late(daemon_factory, agentd_factory):
@@ -120,9 +123,8 @@ def test_kill_9_of_an_http_agent_is_noticed_when_its_heartbeat_is_late(daemon_fa
     d.wait_state("hcrash", "healthy")
     a.proc.kill()
     a.proc.wait(5)
-    time.sleep(0.8)
-    assert d.state("hcrash") == "healthy"  # HTTP has no connection to lose: wait for the timeout
-    rec = d.wait_state("hcrash", "dead", timeout=5)
+    # HTTP has no connection to lose: the verdict waits for the timeout (its reason says so)
+    rec = d.wait_state("hcrash", "dead", timeout=10)
     # on this host the daemon can also see the pid is gone (DESIGN.md): dead, not just no_heartbeat
     assert rec["reason"].startswith("no heartbeat for") and "is gone" in rec["reason"]
 
@@ -173,9 +175,9 @@ def test_sighup_and_post_reload(daemon_factory, agentd_factory):
     a.write_config()
     a.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "configuration reloaded" in a.log(), what="reload")
-    before = d.agent("reloader")["heartbeats"]
-    time.sleep(1.0)
-    assert d.agent("reloader")["heartbeats"] - before >= 6  # ~10 a second now
+    # the daemon's observed interval (smoothed) falls from 0.3 s towards 0.1 s
+    wait_for(lambda: d.agent("reloader")["interval"] < 0.2, timeout=15,
+             what="heartbeats every 0.1 s")
     with open(a.config_path, "w") as f:
         f.write("heartbeat: {interval: soon}\n")
     doc = a.api("/reload", "POST")

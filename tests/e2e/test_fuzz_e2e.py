@@ -540,5 +540,5 @@ def test_arbitrary_heartbeats_are_answered_by_identity_alone_over_both_transport
              timeout=30, interval=0.01, what="the closed Unix connection to be noticed")
     took = time.monotonic() - closed
     assert d.state(HELD) == "healthy"  # the test process is alive: closed, not dead
-    assert took < 1.0, (f"every id the closed connection spoke for shows connected: false "
+    assert took < 5.0, (f"every id the closed connection spoke for shows connected: false "
                         f"only after {took:.2f}s ({len(spoken)} ids)")

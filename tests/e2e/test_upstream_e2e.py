@@ -58,9 +58,7 @@ def test_a_killed_downstream_on_this_host_is_dead_after_the_timeout(daemon_facto
     up.wait_state("host-b", "healthy")
     down.proc.kill()
     down.proc.wait(5)
-    time.sleep(0.5)
-    assert up.state("host-b") == "healthy"
-    rec = up.wait_state("host-b", "dead", timeout=5)  # same host: its pid is seen gone
+    rec = up.wait_state("host-b", "dead", timeout=10)  # same host: its pid is seen gone
     assert rec["reason"].startswith("no heartbeat for")
 
 

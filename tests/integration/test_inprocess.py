@@ -55,9 +55,10 @@ def post(port):
     return resp.status, resp.getheader("Retry-After"), body
 
 
-@pytest.mark.parametrize("error,message", [(queue.Full, "queue full"), (PoolClosed, "shutting down")])
+@pytest.mark.parametrize("error,message", [(queue.Full, "new agents wait"),
+                                           (PoolClosed, "shutting down")])
 def test_full_or_closed_queue_is_503_with_retry_after(error, message):
-    def submit(item):
+    def submit(item, wait=0.0, new=False):
         raise error()
     server, thread = serve_http(submit)
     try:
@@ -72,7 +73,7 @@ def test_full_or_closed_queue_is_503_with_retry_after(error, message):
 
 def test_at_the_cap_only_a_waiting_connection_makes_room_never_one_being_served():
     gate = threading.Event()
-    server, thread = serve_http(lambda item: None, metrics=lambda: gate.wait(5) and "m 1\n",
+    server, thread = serve_http(lambda item, wait=0.0, new=False: None, metrics=lambda: gate.wait(5) and "m 1\n",
                                 max_connections=1)
     port = server.server_address[1]
     try:
@@ -113,12 +114,49 @@ def test_worker_pool_full_queue_raises_full():
     pool.start()
     pool.submit(1)
     wait_for(lambda: pool.depth == 0, what="worker took the first item")
-    pool.submit(2)
-    pool.submit(3)
+    pool.submit(2)  # known agents: one place of two
+    pool.submit(3, new=True)  # new agents: the other
     with pytest.raises(queue.Full):
         pool.submit(4)
+    with pytest.raises(queue.Full):
+        pool.submit(5, new=True)
+    assert pool.wait_room(True, 0.05) is False
     gate.set()
+    assert pool.wait_room(True, 5.0) is True  # a worker took one: a place for a new agent
     pool.stop(timeout=5)
+
+
+def test_new_and_known_agents_share_the_queue_three_to_one():
+    gate = threading.Event()
+    pool = WorkerPool(lambda item: gate.wait(5), workers=1, queue_size=1000)
+    pool.start()
+    pool.submit("first")
+    wait_for(lambda: pool.depth == 0, what="worker took the first item")
+    for n in range(750):
+        pool.submit(n)
+    with pytest.raises(queue.Full):
+        pool.submit("one known too many")
+    for n in range(250):  # a flood of new ids cannot take the known agents' places
+        pool.submit(n, new=True)  # and known agents cannot take theirs
+    with pytest.raises(queue.Full):
+        pool.submit("one new too many", new=True)
+    gate.set()
+    pool.stop(timeout=10)
+
+
+def test_a_submit_that_may_wait_gets_the_room_a_worker_frees_and_stop_refuses_it():
+    gate, done = threading.Event(), []
+    pool = WorkerPool(lambda item: (gate.wait(5), done.append(item)), workers=1, queue_size=2)
+    pool.start()
+    pool.submit(1)
+    wait_for(lambda: pool.depth == 0, what="worker took the first item")
+    pool.submit(2)  # the known agents' share (one place of two) is full now
+    threading.Timer(0.2, gate.set).start()
+    pool.submit(3, wait=5.0)  # waits for the worker to take item 2, instead of a 503
+    pool.stop(timeout=5)
+    assert done == [1, 2, 3]  # every item let in was applied
+    with pytest.raises(PoolClosed):
+        pool.submit(4, wait=1.0)
 
 
 def test_daemon_notifies_systemd_and_leaves_no_thread_or_socket(short_tmp):
@@ -158,7 +196,7 @@ def test_daemon_notifies_systemd_and_leaves_no_thread_or_socket(short_tmp):
 
 
 def test_the_usual_200_is_the_same_answer_on_keep_alive_and_on_a_closing_connection():
-    server, thread = serve_http(lambda item: None)
+    server, thread = serve_http(lambda item, wait=0.0, new=False: None)
     port = server.server_address[1]
     body = b'{"agent_id": "a", "pid": 1}'
     try:

@@ -599,3 +599,38 @@ def test_an_anonymous_name_held_by_a_hung_process_is_not_taken_but_a_dead_ones_i
     assert w.registry.name_anonymous("agent@uid0", peer) == "agent@uid0.2"
     w.dead_pids.add(100)
     assert w.registry.name_anonymous("agent@uid0", peer) == "agent@uid0"
+
+
+def test_a_pass_looks_each_process_up_once_however_many_agents_it_speaks_for():
+    w = World(heartbeat_timeout=10.0)
+    asked = []
+    w.registry._pid_gone = lambda pid, started=None: asked.append(pid) or False
+    for n in range(50):
+        w.beat(f"h{n}", pid=500, transport="http")  # one local program, fifty ids
+    w.advance(11)
+    w.registry.check()
+    assert asked == [500]
+    assert all(w.state(f"h{n}") == "no_heartbeat" for n in range(50))
+    asked.clear()
+    w.advance(1)
+    w.registry.check()  # watched in no_heartbeat: once a pass, not once an agent
+    assert asked == [500]
+
+
+def test_flapping_is_told_to_the_notice_sink_after_the_lock_not_logged_under_it():
+    notices = []
+    w = World()
+    registry = w.registry
+
+    def sink(label, level, message, *args):
+        assert not registry._lock.locked()  # never under the registry lock
+        notices.append((label, message % args))
+
+    registry._on_notice = sink
+    w.beat()
+    for _ in range(3):  # healthy -> no_heartbeat -> healthy ...: 5 changes
+        w.advance(11)
+        w.registry.check()
+        w.beat()
+    assert [label for label, _ in notices] == ["flapping"]
+    assert notices[0][1].startswith("agent a: flapping (")

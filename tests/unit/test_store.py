@@ -82,3 +82,23 @@ def test_writes_failing_for_a_while_are_a_problem_until_one_succeeds(tmp_path, m
     s.flush(db)
     assert s.problem() is None
     db.close()
+
+
+def test_an_id_block_asked_ahead_is_written_with_the_next_batch_and_never_lowered(tmp_path):
+    s = Store(str(tmp_path), max_events=5, interval=1.0)
+    s.open()
+    written = []
+    s.on_reserved = written.append
+    s.reserve_ahead(30_000)
+    s.reserve_ahead(20_000)  # asked twice before a write: the higher one
+    db = s._connect()
+    s.flush(db)
+    assert written == [30_000] and s.reserved_id == 30_000
+    s.reserve_ids(25_000)  # the synchronous path never lowers it
+    s.flush(db)  # nothing asked: nothing written
+    db.close()
+    s.stop(1.0)
+    assert written == [30_000]
+    again = Store(str(tmp_path), max_events=5, interval=1.0)
+    again.open()
+    assert again.reserved_id == 30_000
