@@ -6,7 +6,7 @@ import time
 from typing import Callable, Optional
 
 from hbdaemon.registry import Registry
-from hbdaemon.threads import Component, alive, guard, join
+from hbdaemon.threads import Component, alive, guard, halt
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,7 @@ class HealthChecker:
 
     def stop(self, timeout: float) -> None:
         self._stop.set()
-        if self.component is not None:
-            self.component.stop()
-            join(self.component.thread, timeout)
+        halt(self.component, timeout)
 
     def run_once(self) -> float:
         """One pass; returns how long to sleep before the next."""

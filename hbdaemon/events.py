@@ -7,7 +7,7 @@ import time
 from typing import Callable, Dict, Iterable, List, Optional
 
 from hbdaemon.protocol import format_rfc3339
-from hbdaemon.threads import Component, alive, guard, join
+from hbdaemon.threads import Component, alive, guard, halt
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +239,7 @@ class EventPump:
         """Record everything queued (here if the thread is gone) and stop."""
         self._stop.set()
         self._wake.set()
-        if self.component is not None:
-            self.component.stop()
-            join(self.component.thread, timeout)
+        halt(self.component, timeout)
         self._drain()
         self._events.flush_unlogged()
 

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from hbdaemon.config import HookConfig, RestartConfig
 from hbdaemon.events import Event
-from hbdaemon.threads import Component, alive, guard, join, spawn
+from hbdaemon.threads import Component, alive, guard, halt, spawn
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,7 @@ class HookRunner:
         """Stop scheduling; hooks already running finish on their own (bounded by their timeout)."""
         self._stop.set()
         self._wake.set()
-        if self.component is not None:
-            self.component.stop()
-            join(self.component.thread, timeout)
+        halt(self.component, timeout)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

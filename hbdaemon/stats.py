@@ -77,16 +77,23 @@ class ReceiverStats:
         log.warning("%s%s", message % args if args else message, more)
         return True
 
+    def _totals(self, received_time: Callable[[Optional[float]], object],
+                latency: Callable[[float], object]) -> dict:
+        """Under the lock: the Go receiver's five fields, its time and latency as given."""
+        processed = sum(self.processed.values())
+        return {
+            "total_received": sum(self.received.values()),
+            "total_processed": processed,
+            "total_errors": sum(self.rejected.values()),
+            "last_received_time": received_time(self.last_received),
+            "average_latency": latency(self.latency_total / processed if processed else 0.0),
+        }
+
     def snapshot(self) -> dict:
-        """The /stats document (the Go original's fields first)."""
+        """The /stats document (the Go original's fields first; latency in seconds)."""
         with self._lock:
-            processed = sum(self.processed.values())
             return {
-                "total_received": sum(self.received.values()),
-                "total_processed": processed,
-                "total_errors": sum(self.rejected.values()),
-                "last_received_time": format_rfc3339(self.last_received),
-                "average_latency": self.latency_total / processed if processed else 0.0,
+                **self._totals(format_rfc3339, float),
                 "received_by_transport": dict(self.received),
                 "processed_by_transport": dict(self.processed),
                 "errors_by_reason": _by_reason(self.rejected),
@@ -101,14 +108,8 @@ class ReceiverStats:
         clients: counts, `last_received_time` RFC 3339 (Go's zero time before the first
         heartbeat) and `average_latency` in integer nanoseconds (a time.Duration)."""
         with self._lock:
-            processed = sum(self.processed.values())
-            return {
-                "total_received": sum(self.received.values()),
-                "total_processed": processed,
-                "total_errors": sum(self.rejected.values()),
-                "last_received_time": format_rfc3339(self.last_received) or GO_ZERO_TIME,
-                "average_latency": round(self.latency_total / processed * 1e9) if processed else 0,
-            }
+            return self._totals(lambda when: format_rfc3339(when) or GO_ZERO_TIME,
+                                lambda seconds: round(seconds * 1e9))
 
 
 def _by_reason(counter: collections.Counter) -> dict:

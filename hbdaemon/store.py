@@ -10,7 +10,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from hbdaemon.events import Event
-from hbdaemon.threads import Component, alive, guard, join
+from hbdaemon.threads import Component, alive, guard, halt
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,7 @@ class Store:
         """Write everything still pending and stop. Blocks up to `timeout`."""
         self._stop.set()
         self._wake.set()
-        if self.component is not None:
-            self.component.stop()
-            join(self.component.thread, timeout)
+        halt(self.component, timeout)
         with self._reserve_lock:
             if self._reserve_db is not None:
                 self._reserve_db.close()

@@ -107,6 +107,15 @@ def guard(name: str, loop: Callable, *args, stuck_after: Optional[float] = None)
     return Component(name, loop, *args, stuck_after=stuck_after).start()
 
 
+def halt(component: Optional[Component], timeout: float) -> bool:
+    """No more restarts of `component` (None: never started), and wait up to `timeout`
+    for its thread to end; its owner has already told the loop to return."""
+    if component is None:
+        return True
+    component.stop()
+    return join(component.thread, timeout)
+
+
 def problems(components: List[Optional[Component]]) -> List[str]:
     """What is wrong with any of `components` (None entries are parts not running)."""
     return [p for p in (c.problem() for c in components if c is not None) if p]

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from hbdaemon import __version__
 from hbdaemon.config import ManagerConfig
 from hbdaemon.protocol import format_rfc3339
-from hbdaemon.threads import Component, alive, guard, join
+from hbdaemon.threads import Component, alive, guard, halt
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ class UpstreamReporter:
     def stop(self, timeout: float) -> None:
         """Stop the loop, then say `stopping` upstream (bounded by manager.timeout)."""
         self._stop.set()
-        if self.component is not None:
-            self.component.stop()
-            join(self.component.thread, timeout)
+        halt(self.component, timeout)
         try:
             self.send("stopping", timeout=min(timeout, self.cfg.timeout))
         except SEND_ERRORS as exc:
