@@ -176,7 +176,7 @@ def test_sighup_and_post_reload(daemon_factory, agentd_factory):
     a.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "configuration reloaded" in a.log(), what="reload")
     # the daemon's observed interval (smoothed) falls from 0.3 s towards 0.1 s
-    wait_for(lambda: d.agent("reloader")["interval"] < 0.2, timeout=15,
+    wait_for(lambda: (d.agent("reloader")["interval"] or 1.0) < 0.2, timeout=15,
              what="heartbeats every 0.1 s")
     with open(a.config_path, "w") as f:
         f.write("heartbeat: {interval: soon}\n")
