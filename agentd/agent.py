@@ -6,17 +6,22 @@ import os
 import threading
 import time
 import weakref
-from typing import Callable, Optional
+from typing import Callable, List, Optional
+
+import psutil
 
 from agentd.config import AgentdConfig, HeartbeatConfig
 from agentd.protocol import encode_heartbeat
 from agentd.scheduler import Scheduler
 from agentd.stats import AgentStats, ProcessSampler
+from agentd.targets import ExitWatcher, Target, target_for
 from agentd.transport import Backoff, HttpTransport, TransportError, UnixTransport
 
 log = logging.getLogger(__name__)
 
 WINDOW = 0.8  # of the interval: the shortest window a CPU figure is measured over
+RELOCATE_AFTER = 0.2  # s after a target ended: look for its next process (a restart)
+EXITED = "exited"
 
 
 def read_token(path: str) -> Optional[str]:
@@ -49,7 +54,8 @@ class Agent:
 
     def __init__(self, cfg: AgentdConfig, sampler: Optional[ProcessSampler] = None,
                  on_success: Optional[Callable] = None, on_failure: Optional[Callable] = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 targets: Optional[List[Target]] = None, report_self: bool = True):
         self.cfg = cfg
         self.agent_id = cfg.effective_agent_id
         self.pid = os.getpid()
@@ -65,6 +71,12 @@ class Agent:
         self._started = False
         self._stopped = False
         self._sent_any = False
+        # processes reported besides (or, for `agentd run`, instead of) agentd itself
+        self.report_self = report_self
+        watched = [target_for(w, set) for w in cfg.watch]
+        self.targets: List[Target] = watched + list(targets or ())
+        self.exits = ExitWatcher(self._target_ended) if watched else None
+        self._relocate = False  # a target ended: look for its next process soon
 
     def start(self) -> None:
         """Begin heartbeats (a second call while running does nothing)."""
@@ -74,6 +86,11 @@ class Agent:
             self._started, self._stopped, self._sent_any = True, False, False
         log.info("agent %s: heartbeats every %.1fs over %s to %s", self.agent_id,
                  self.cfg.heartbeat.interval, self.transport.name, self._target())
+        for target in self.targets:
+            log.info("agent %s: watching %s as agent %s", self.agent_id, target.how,
+                     target.agent_id)
+        if self.exits is not None and self.exits._thread is None:
+            self.exits.start()
         self.scheduler.start()
 
     def _target(self) -> str:
@@ -82,11 +99,61 @@ class Agent:
 
     def _tick(self, due: bool) -> Optional[float]:
         with self._lock:
-            if self._stopped or not (due or self._failing):
+            if self._stopped or not (due or self._failing or self._relocate):
                 return None
-            retry, callback = self._send("running" if self._sent_any else "starting")
+            self._relocate = False
+            retry, callback = None, self._callback(None, None)
+            if self.report_self:
+                retry, callback = self._send("running" if self._sent_any else "starting")
+            for target in self.targets if retry is None else ():
+                retry = self._send_target(target)
+                if retry is not None:
+                    break
         callback()
         return retry
+
+    def _send_target(self, target: Target) -> Optional[float]:
+        """One heartbeat for a watched process, under the lock: `running` with its pid,
+        CPU and memory, or `exited` saying why there is none (found again later)."""
+        if target.pid is None and target.locate() and self.exits is not None:
+            self.exits.watch(target, target.pid, target.started)
+        cpu, memory = None, 0
+        if target.pid is not None:
+            try:
+                cpu, memory = target.sample()
+            except psutil.Error:
+                target.forget(f"process {target.pid} is gone")
+        if target.pid is None:
+            line = encode_heartbeat(target.agent_id, target.last_pid or self.pid, EXITED, "",
+                                    None, 0, agent_pid=self.pid, detail=target.detail)
+        else:
+            line = encode_heartbeat(target.agent_id, target.pid, "running", "", cpu, memory,
+                                    agent_pid=self.pid)
+        try:
+            self.transport.send(line)
+        except TransportError as exc:
+            return self._failed(exc)
+        return None
+
+    def _target_ended(self, target: Target, pid: int, exit_code: Optional[int] = None,
+                      signal: Optional[int] = None, status: str = EXITED) -> None:
+        """A watched process ended (from the exit watcher's thread, or `agentd run`): say so
+        at once, with its exit status when known, then look for its next process soon."""
+        with self._lock:
+            if self._stopped or target.pid not in (pid, None):
+                return  # a process found since: this end is old news
+            target.forget(f"process {pid} exited")
+            log.warning("agent %s: %s (process %d) ended%s", self.agent_id, target.how, pid,
+                        f" with code {exit_code}" if exit_code is not None else
+                        f" by signal {signal}" if signal is not None else "")
+            line = encode_heartbeat(target.agent_id, pid, status, "", None, 0,
+                                    agent_pid=self.pid, exit_code=exit_code, signal=signal)
+            try:
+                self.transport.send(line)
+            except TransportError as exc:
+                self._failed(exc)
+            self._relocate = True
+        self.scheduler.soon(RELOCATE_AFTER)
 
     def _send(self, status: str):
         """One heartbeat, under the lock. Returns the delay before a retry (None: wait for
@@ -129,6 +196,7 @@ class Agent:
         self.scheduler.soon(0.0)
 
     def _failed(self, exc: TransportError) -> Optional[float]:
+        """Under the lock: a send failed; the delay before a retry (None: wait for the beat)."""
         self.stats.on_failure(str(exc))
         if exc.permanent:
             log.error("agent %s: %s", self.agent_id, exc)
@@ -162,14 +230,27 @@ class Agent:
 
     def stop(self) -> None:
         """Send a final `stopping` heartbeat (bounded by the send timeout) and disconnect.
-        Does nothing if not started (or stopped already)."""
+        Does nothing if not started (or stopped already). Watched processes are `stopped`
+        too: nobody reports them from now on."""
         self.scheduler.stop()
+        if self.exits is not None:
+            self.exits.stop()
         with self._lock:
             if self._stopped or not self._started:
                 return
             self._stopped = True
-            retry, callback = self._send("stopping")
-            if retry is None:
+            retry, callback = None, self._callback(None, None)
+            if self.report_self:
+                retry, callback = self._send("stopping")
+            for target in self.targets if retry is None else ():
+                if target.pid is not None:
+                    try:
+                        self.transport.send(encode_heartbeat(
+                            target.agent_id, target.pid, "stopping", "", None, 0,
+                            agent_pid=self.pid, detail="agentd stopped watching it"))
+                    except TransportError:
+                        break
+            if retry is None and self.report_self:
                 log.info("agent %s: said stopping to the daemon", self.agent_id)
             self.transport.close()
         callback()

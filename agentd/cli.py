@@ -41,8 +41,26 @@ def _go_flags(argv: List[str]) -> List[str]:
     return out
 
 
+def build_run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="agentd run", description="Start COMMAND as agentd's child and report it as "
+        "agent ID: its end reaches the daemon at once, with its exit status, and agentd "
+        "exits with that status. Signals to agentd are passed on to it.")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help=f"configuration file for the heartbeat settings (default {DEFAULT_PATH})")
+    p.add_argument("--agent-id", required=True, help="the agent id to report COMMAND as")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any key, e.g. --set heartbeat.interval=10s")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="[--] COMMAND [ARGS...]")
+    return p
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(_go_flags(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        return run_main(argv[1:])
+    args = build_parser().parse_args(_go_flags(argv))
     from agentd import logsetup
     from agentd.config import ConfigError, load_config
     from agentd.service import AgentService
@@ -104,3 +122,51 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         service.stop()
     return EXIT_OK
+
+
+def run_main(argv: List[str]) -> int:
+    """`agentd run`: exit with the child's status (128 + signal if it was killed); 2 for a
+    bad command line or configuration, 127 if COMMAND cannot be started."""
+    args = build_run_parser().parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("agentd run: a COMMAND to run is required", file=sys.stderr)
+        return EXIT_USAGE
+    from agentd import logsetup
+    from agentd.config import ConfigError, load_config, target_id
+
+    try:
+        target_id(args.agent_id)
+    except ValueError as exc:
+        print(f"agentd run: --agent-id {args.agent_id!r}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    path = args.config or os.environ.get("AGENTD_CONFIG") or DEFAULT_PATH
+    overrides = {"http.port": "0"}  # no status API: the service's agentd has that port
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"agentd run: --set {item}: expected KEY=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        overrides[name.strip()] = value
+    if args.log_level:
+        overrides["log.level"] = args.log_level
+    try:
+        cfg = load_config(path, overrides=overrides,
+                          required=bool(args.config or os.environ.get("AGENTD_CONFIG")))
+        logsetup.configure(cfg.log.level, cfg.log.file, cfg.log.format)
+    except ConfigError as exc:
+        print(f"agentd run: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"agentd run: cannot open log file: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if cfg.watch:
+        print("agentd run: the configuration's watch: entries are left to the agentd service",
+              file=sys.stderr)
+    from agentd.run import ChildRunner
+    runner = ChildRunner(cfg, args.agent_id, command)
+    try:
+        return runner.run()
+    except OSError as exc:
+        print(f"agentd run: cannot run {command[0]}: {exc.strerror or exc}", file=sys.stderr)
+        return 127

@@ -8,10 +8,11 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from agentd import __version__, convert as cv
-from agentd.configkit import ConfigError, key, load, section  # noqa: F401 (ConfigError is re-exported)
+from agentd.configkit import (ConfigError, REQUIRED, items, key, load,  # noqa: F401 (re-exported)
+                              section)
 from agentd.logsetup import LogConfig
 
 DEFAULT_PATH = "/etc/agentd/agentd.yaml"
@@ -46,6 +47,49 @@ class HeartbeatConfig:
     reconnect_max: float = key(30.0, cv.positive_duration)
 
 
+def target_id(value) -> str:
+    """A watched target's agent_id: 1-128 characters of A-Z a-z 0-9 . _ : @ -."""
+    text = agent_id(value)
+    if not text:
+        raise ValueError("1-128 characters of A-Z a-z 0-9 . _ : @ -")
+    return text
+
+
+def regex(value) -> str:
+    """A Python regular expression (searched in a process's command line)."""
+    text = cv.text(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"a valid regular expression ({exc})") from None
+    return text
+
+
+def unit_name(value) -> str:
+    """A systemd unit name such as nginx.service or postgresql@15-main.service."""
+    text = cv.text(value)
+    if text and not re.match(r"[A-Za-z0-9:_.@\\-]{1,255}\Z", text):
+        raise ValueError("a systemd unit name (letters, digits and : _ . @ \\ -)")
+    return text
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """One process agentd watches and reports as an agent of its own (`watch:` list)."""
+
+    agent_id: str = key(REQUIRED, target_id)
+    pidfile: str = key("", cv.optional_path)
+    unit: str = key("", unit_name)
+    match: str = key("", regex)
+
+    @property
+    def how(self) -> str:
+        """`pidfile /run/nginx.pid`, `unit nginx.service` or `match '^nginx'`, for logs."""
+        if self.pidfile:
+            return f"pidfile {self.pidfile}"
+        return f"unit {self.unit}" if self.unit else f"match {self.match!r}"
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     host: str = key("127.0.0.1", cv.text)
@@ -59,6 +103,7 @@ class AgentdConfig:
     heartbeat: HeartbeatConfig = section(HeartbeatConfig)
     http: ApiConfig = section(ApiConfig)
     log: LogConfig = section(LogConfig)
+    watch: Tuple[WatchConfig, ...] = items(WatchConfig)
     source: str = field(default="(defaults)", compare=False)
 
     @property
@@ -70,6 +115,7 @@ class AgentdConfig:
         return self.version or __version__
 
 
+SYSTEMD_RUNNING = "/run/systemd/system"  # exists only while systemd is the init system
 MAX_WAIT = 86400.0  # seconds: the longest interval, timeout or backoff agentd accepts
 
 
@@ -88,4 +134,18 @@ def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = 
                           f"must not exceed reconnect_max ({hb.reconnect_max:g}s)")
     if len(cfg.version) > 64:
         raise reader.fail("version", "at most 64 characters")
+    seen = {cfg.effective_agent_id: "agentd's own agent_id"}
+    for n, target in enumerate(cfg.watch):
+        where = f"watch[{n}]"
+        kinds = [k for k in ("pidfile", "unit", "match") if getattr(target, k)]
+        if len(kinds) != 1:
+            raise reader.fail(f"{where}.agent_id", "each watch entry needs exactly one of "
+                              f"pidfile, unit or match (got {', '.join(kinds) or 'none'})")
+        if target.unit and not os.path.isdir(SYSTEMD_RUNNING):
+            raise reader.fail(f"{where}.unit", "this host does not run systemd: watch the "
+                              "service by pidfile or match instead")
+        if target.agent_id in seen:
+            raise reader.fail(f"{where}.agent_id", f"{target.agent_id!r} is already "
+                              f"{seen[target.agent_id]}")
+        seen[target.agent_id] = f"the agent_id of {where}"
     return cfg

@@ -4,6 +4,7 @@ import calendar
 import json
 import math
 import re
+import signal as signal_module
 import time
 from typing import Optional
 
@@ -11,6 +12,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_PID = 2**31 - 1  # psutil and os.kill take a C int
 MAX_MEMORY = 2**63 - 1
 DEFAULT_STATUS = "running"
+EXITED = "exited"  # status of a watched target that ended (see exit_reason)
 METRIC_FIELDS = ("cpu", "memory")
 
 _YEAR_1, _YEAR_9999_END = -62135596800, 253402300799  # 0001-01-01, 9999-12-31T23:59:59Z
@@ -42,10 +44,11 @@ class Heartbeat:
     """
 
     __slots__ = ("agent_id", "pid", "timestamp", "version", "status", "cpu", "memory", "summary",
-                 "warnings")
+                 "warnings", "agent_pid", "exit_code", "signal", "detail")
 
     def __init__(self, agent_id, pid, timestamp=None, version="", status=DEFAULT_STATUS,
-                 cpu=0.0, memory=0, summary=None, warnings=()):
+                 cpu=0.0, memory=0, summary=None, warnings=(), agent_pid=None, exit_code=None,
+                 signal=None, detail=""):
         self.agent_id = agent_id
         self.pid = pid
         self.timestamp = timestamp
@@ -55,6 +58,10 @@ class Heartbeat:
         self.memory = memory
         self.summary = summary  # a downstream hbdaemon's agents per state, or None
         self.warnings = warnings
+        # a target watched by agentd: the sending agentd's pid (the peer to check), and
+        # with status "exited" how the target ended, as far as agentd knows
+        self.agent_pid, self.exit_code, self.signal, self.detail = \
+            agent_pid, exit_code, signal, detail
 
     def __repr__(self) -> str:
         return (f"Heartbeat(agent_id={self.agent_id!r}, pid={self.pid}, status={self.status!r}, "
@@ -91,6 +98,9 @@ def parse_heartbeat(data, require_agent_id: bool = True) -> Heartbeat:
         raise ProtocolError("pid", "required, an integer > 0")
     if not 0 < pid <= MAX_PID:
         raise ProtocolError("pid", f"must be between 1 and {MAX_PID}")
+    agent_pid = obj.get("agent_pid")
+    if agent_pid is not None and (type(agent_pid) is not int or not 0 < agent_pid <= MAX_PID):
+        raise ProtocolError("agent_pid", f"an integer between 1 and {MAX_PID} (the sender's pid)")
     agent_id = obj.get("agent_id")
     if agent_id is None:
         if require_agent_id:
@@ -103,9 +113,29 @@ def parse_heartbeat(data, require_agent_id: bool = True) -> Heartbeat:
     version = _optional(obj, "version", _version, "", warnings)
     status = _optional(obj, "status", _status, DEFAULT_STATUS, warnings) or DEFAULT_STATUS
     summary = _optional(obj, "summary", _summary, None, warnings)
+    exit_code = _optional(obj, "exit_code", _exit_code, None, warnings)
+    signal = _optional(obj, "signal", _signal, None, warnings)
+    detail = _optional(obj, "detail", _detail, "", warnings)
     return Heartbeat(agent_id, pid, timestamp=_optional_time(obj.get("timestamp")),
                      version=version, status=status, cpu=cpu, memory=memory, summary=summary,
-                     warnings=tuple(warnings))
+                     warnings=tuple(warnings), agent_pid=agent_pid, exit_code=exit_code,
+                     signal=signal, detail=detail)
+
+
+def exit_reason(hb: Heartbeat) -> str:
+    """Why a watched target is `dead`, from its `exited` heartbeat: how it ended, as far
+    as its watcher knows, and the watcher's detail."""
+    if hb.signal is not None:
+        try:
+            name = f" ({signal_module.Signals(hb.signal).name})"
+        except ValueError:
+            name = ""
+        how = f"process {hb.pid} was killed by signal {hb.signal}{name}"
+    elif hb.exit_code is not None:
+        how = f"process {hb.pid} exited with code {hb.exit_code}"
+    else:
+        how = "" if hb.detail else f"process {hb.pid} exited"
+    return ": ".join(part for part in (how, hb.detail) if part)
 
 
 def _optional(obj: dict, field: str, convert, default, warnings: list):
@@ -166,7 +196,19 @@ def _text(limit: int):
     return convert
 
 
-_version, _status = _text(64), _text(32)
+_version, _status, _detail = _text(64), _text(32), _text(200)
+
+
+def _exit_code(value, warnings) -> int:
+    if type(value) is not int or not 0 <= value <= 255:
+        raise ValueError("must be an integer from 0 to 255")
+    return value
+
+
+def _signal(value, warnings) -> int:
+    if type(value) is not int or not 0 < value < 128:
+        raise ValueError("must be a signal number from 1 to 127")
+    return value
 
 
 def _cpu(value, warnings) -> float:

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from hbdaemon import process
 from hbdaemon.health import ENDED, WATCHED, PolicySet, State, judge_heartbeat
 from hbdaemon.http_request import address_block
-from hbdaemon.protocol import Heartbeat, format_rfc3339, parse_rfc3339
+from hbdaemon.protocol import EXITED, Heartbeat, exit_reason, format_rfc3339, parse_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,10 @@ class Registry:
             elif rec.check_pid != hb.pid:
                 rec.check_pid, rec.check_started = hb.pid, started
             rec.peer_uid = None
-        state, reason = judge_heartbeat(rec, rec.policy, now)
+        if hb.status == EXITED:  # a target its watcher saw end
+            state, reason = State.DEAD, exit_reason(hb)
+        else:
+            state, reason = judge_heartbeat(rec, rec.policy, now)
         if state is not rec.state:
             self._change(rec, state, reason, now, wall)
         self._dirty.add(hb.agent_id)
@@ -433,8 +436,10 @@ class Registry:
             self._emit()
 
     def _convict_closed(self, rec: AgentRecord) -> None:
-        self._change(rec, State.DEAD, f"process {rec.check_pid} is gone: connection closed "
-                     "without stopping", self._clock(), self._wall())
+        who = f"process {rec.check_pid}" if rec.pid == rec.check_pid else \
+            f"its watcher (process {rec.check_pid}, which spoke for pid {rec.pid})"
+        self._change(rec, State.DEAD, f"{who} is gone: connection closed without stopping",
+                     self._clock(), self._wall())
 
     # -- the health checker's pass -------------------------------------------------------
 

@@ -226,10 +226,12 @@ class UnixHeartbeatHandler(socketserver.StreamRequestHandler):
                 return None
             self._note(exc.reason, "unix: rejected heartbeat from pid %d: %s", pid, exc)
             return False
-        if server.verify_peer_pid and hb.pid != pid:
-            self._note("pid_mismatch", "unix: rejected heartbeat of %s: it says pid %d but "
+        sender = hb.pid if hb.agent_pid is None else hb.agent_pid  # a watcher speaks for pid
+        if server.verify_peer_pid and sender != pid:
+            self._note("pid_mismatch", "unix: rejected heartbeat of %s: it says %s %d but "
                        "the peer is pid %d (set unix.verify_peer_pid: false for agents in "
-                       "other pid namespaces)", hb.agent_id or "an unnamed agent", hb.pid, pid)
+                       "other pid namespaces)", hb.agent_id or "an unnamed agent",
+                       "pid" if hb.agent_pid is None else "agent_pid", sender, pid)
             return False
         anonymous = hb.agent_id is None
         if anonymous:

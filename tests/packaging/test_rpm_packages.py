@@ -42,7 +42,7 @@ def test_rpmlint_is_clean(rpms):
     assert "0 errors, 0 warnings" in out, out
 
 
-@pytest.mark.parametrize("pkg,extra", [("hbdaemon", "python3-psutil"), ("agentd", None)])
+@pytest.mark.parametrize("pkg,extra", [("hbdaemon", "python3-psutil"), ("agentd", "python3-psutil")])
 def test_files_config_and_target_python(rpms, pkg, extra):
     files = must(["rpm", "-qlp", rpms[pkg]]).split()
     for path in (f"/usr/bin/{pkg}", f"/usr/lib/python3.9/site-packages/{pkg}/cli.py",

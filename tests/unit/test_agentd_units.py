@@ -271,3 +271,34 @@ def test_a_callback_that_raises_is_logged_and_the_beat_goes_on(tmp_path, caplog)
     assert len(calls) == 2  # the goodbye failed too, and told the callback
     sender.stop()
     assert len(calls) == 2  # once
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("watch: [{agent_id: n}]", "watch[0].agent_id: each watch entry needs exactly one of"),
+    ("watch: [{agent_id: n, pidfile: /x, match: y}]", "(got pidfile, match)"),
+    ("watch: [{agent_id: n, match: '('}]", "watch[0].match: '(' is not allowed"),
+    ("watch: [{pidfile: /x}]", "watch[0].agent_id: required"),
+    ("watch: [{agent_id: 'a b', pidfile: /x}]", "watch[0].agent_id"),
+    ("watch: [{agent_id: n, match: a}, {agent_id: n, match: b}]", "'n' is already the agent_id of watch[0]"),
+    ("agent_id: me\nwatch: [{agent_id: me, match: a}]", "'me' is already agentd's own agent_id"),
+    ("watch: [{agent_id: n, unit: 'bad/unit'}]", "watch[0].unit"),
+    ("watch: {agent_id: n}", "watch: must be a list"),
+])
+def test_watch_entries_are_checked_and_errors_name_the_entry(tmp_path, text, needle):
+    path = tmp_path / "agentd.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert needle in str(err.value)
+
+
+def test_a_unit_entry_needs_systemd_on_this_host(tmp_path, monkeypatch):
+    from agentd import config
+    path = tmp_path / "agentd.yaml"
+    path.write_text("watch: [{agent_id: db, unit: postgresql.service}]\n")
+    monkeypatch.setattr(config, "SYSTEMD_RUNNING", str(tmp_path / "no-systemd-here"))
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert "does not run systemd" in str(err.value)
+    monkeypatch.setattr(config, "SYSTEMD_RUNNING", str(tmp_path))
+    assert load_config(str(path)).watch[0].unit == "postgresql.service"

@@ -214,3 +214,16 @@ def test_heartbeat_shaped_json_never_raises_anything_else(doc, require):
                                   "9999-12-31T23:59:59-01:00", "2026-11-27T20:35:24+24:00"])
 def test_rfc3339_times_outside_what_it_can_show_are_none(text):
     assert parse_rfc3339(text) is None
+
+
+def test_a_watchers_fields_identity_voids_and_exit_details_are_dropped_with_a_warning():
+    hb = parse_heartbeat(b'{"agent_id":"nginx","pid":5,"agent_pid":7,"status":"exited",'
+                         b'"exit_code":3,"detail":"pidfile /run/nginx.pid"}')
+    assert (hb.agent_pid, hb.status, hb.exit_code, hb.signal) == (7, "exited", 3, None)
+    for bad in (b'0', b'-1', b'"7"', b'1.5', b'true', b'4294967296'):
+        with pytest.raises(ProtocolError) as err:
+            parse_heartbeat(b'{"agent_id":"n","pid":5,"agent_pid":' + bad + b'}')
+        assert err.value.field == "agent_pid"
+    hb = parse_heartbeat(b'{"agent_id":"n","pid":5,"status":"exited","exit_code":256,'
+                         b'"signal":"KILL","detail":' + json.dumps("x" * 201).encode() + b'}')
+    assert (hb.exit_code, hb.signal, hb.detail) == (None, None, "") and len(hb.warnings) == 3

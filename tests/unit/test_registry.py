@@ -634,3 +634,26 @@ def test_flapping_is_told_to_the_notice_sink_after_the_lock_not_logged_under_it(
         w.beat()
     assert [label for label, _ in notices] == ["flapping"]
     assert notices[0][1].startswith("agent a: flapping (")
+
+
+def test_a_watched_target_that_exited_is_dead_naming_how_and_comes_back_when_it_runs():
+    w = World()
+    w.beat("nginx", pid=500, conn=1)
+    w.registry.apply(Heartbeat("nginx", 500, status="exited", signal=9, agent_pid=100), "unix",
+                     Peer(1, 100, 0, 0, None))
+    rec = w.registry.get("nginx")
+    assert rec["state"] == "dead" and rec["reason"] == "process 500 was killed by signal 9 (SIGKILL)"
+    w.registry.apply(Heartbeat("nginx", 600, agent_pid=100), "unix", Peer(1, 100, 0, 0, None))
+    assert w.state("nginx") == "healthy" and w.registry.get("nginx")["pid"] == 600
+
+
+def test_targets_of_a_watcher_that_died_are_dead_naming_the_watcher():
+    w = World()
+    peer = Peer(7, 100, 0, 0, None)
+    for name, pid in (("nginx", 500), ("redis", 501)):
+        w.registry.apply(Heartbeat(name, pid, agent_pid=100), "unix", peer)
+    w.dead_pids.add(100)
+    w.registry.connection_closed(7, ["nginx", "redis"])
+    assert w.state("nginx") == w.state("redis") == "dead"
+    assert w.registry.get("redis")["reason"] == ("its watcher (process 100, which spoke for pid "
+                                                 "501) is gone: connection closed without stopping")

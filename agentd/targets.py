@@ -1,0 +1,271 @@
+"""Processes agentd reports besides itself: found by pidfile, systemd unit or command-line
+match (`watch:`), or started by `agentd run`. Each is an agent of its own to the daemon.
+
+A target's end is seen without polling: a pidfd (Linux >= 5.3) turns readable when its
+process exits, and one thread waits on all of them (ExitWatcher). A process agentd did
+not start leaves no exit status to read; a child of `agentd run` does.
+"""
+
+import logging
+import os
+import re
+import select
+import subprocess
+import threading
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+PIDFILE_SLACK = 2.0   # s: a service may start a moment before it writes its pidfile
+POLL_FALLBACK = 0.5   # s between /proc checks where pidfds are not available
+SYSTEMCTL_TIMEOUT = 5.0
+
+
+class Target:
+    """One watched process: where to find it, the one found (pid and start time), and its
+    CPU and memory since the last look."""
+
+    def __init__(self, agent_id: str, how: str, locate: Callable[[], Tuple[Optional[int], str]]):
+        self.agent_id, self.how = agent_id, how
+        self._locate = locate
+        self.pid: Optional[int] = None
+        self.last_pid: Optional[int] = None  # the last one found (kept once it ended)
+        self.started: Optional[float] = None
+        self.detail = ""          # why there is no process now, in words
+        self._proc: Optional[psutil.Process] = None
+        self._last: Optional[Tuple[float, float]] = None  # (monotonic, cpu seconds)
+        self._cpus = os.cpu_count() or 1
+
+    def locate(self) -> bool:
+        """Look for the process; True if one is found (self.pid), else self.detail says why."""
+        pid, detail = self._locate()
+        if pid is None:
+            self.pid, self._proc, self.detail = None, None, detail
+            return False
+        try:
+            proc = psutil.Process(pid)
+            started = proc.create_time()
+        except psutil.Error:
+            self.pid, self._proc, self.detail = None, None, f"process {pid} is gone"
+            return False
+        if pid != self.pid or started != self.started:
+            self._last = None  # a new process: its CPU window starts now
+        self.pid = self.last_pid = pid
+        self.started, self._proc, self.detail = started, proc, ""
+        return True
+
+    def forget(self, detail: str = "") -> None:
+        """The process ended: look for the next one at the next beat."""
+        self.pid, self._proc, self._last = None, None, None
+        self.detail = detail
+
+    def sample(self) -> Tuple[Optional[float], int]:
+        """(cpu percent of the machine since the last sample, None on the first; rss bytes).
+        Raises psutil.Error if the process is gone."""
+        times = self._proc.cpu_times()
+        rss = self._proc.memory_info().rss
+        now, used = time.monotonic(), times.user + times.system
+        cpu = None
+        if self._last is not None and now > self._last[0]:
+            cpu = min(100.0, max(0.0, (used - self._last[1]) / (now - self._last[0])
+                                 * 100.0 / self._cpus))
+        self._last = (now, used)
+        return cpu, rss
+
+
+# -- where a target is found ------------------------------------------------------------------
+
+def pidfile_locator(path: str) -> Callable[[], Tuple[Optional[int], str]]:
+    """The pid in `path`, unless the file is missing, holds no pid, or is stale: its pid is
+    gone, or belongs to a process started after the file was written (a reused pid)."""
+    def locate() -> Tuple[Optional[int], str]:
+        try:
+            with open(path, "rb") as f:
+                text = f.read(64)
+                written = os.fstat(f.fileno()).st_mtime
+        except FileNotFoundError:
+            return None, f"pidfile {path} does not exist"
+        except OSError as exc:
+            return None, f"pidfile {path} cannot be read: {exc.strerror or exc}"
+        first = text.split(b"\n", 1)[0].strip()
+        if not first.isdigit() or not 0 < int(first) < 2**22 + 1:
+            return None, f"pidfile {path} holds no pid"
+        pid = int(first)
+        try:
+            proc = psutil.Process(pid)
+            started = proc.create_time()
+            zombie = proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return None, f"pidfile {path} is stale: process {pid} is gone"
+        if zombie:
+            return None, f"pidfile {path} is stale: process {pid} has exited"
+        if started > written + PIDFILE_SLACK:
+            return None, (f"pidfile {path} is stale: pid {pid} now belongs to a process "
+                          "started after the file was written")
+        return pid, ""
+    return locate
+
+
+def match_locator(pattern: str, exclude: Callable[[], set]) -> Callable[[], Tuple[Optional[int], str]]:
+    """The oldest process whose command line (arguments joined by spaces) matches `pattern`
+    (re.search), leaving out agentd itself and the pids `exclude()` names."""
+    rx = re.compile(pattern)
+
+    def locate() -> Tuple[Optional[int], str]:
+        mine = exclude() | {os.getpid()}
+        best = None
+        for proc in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
+            info = proc.info
+            if info["pid"] in mine or not info["cmdline"] or info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if rx.search(" ".join(info["cmdline"])) and (
+                    best is None or (info["create_time"] or 0) < best[1]):
+                best = (info["pid"], info["create_time"] or 0)
+        if best is None:
+            return None, f"no process matches {pattern!r}"
+        return best[0], ""
+    return locate
+
+
+def unit_locator(unit: str, run=subprocess.run) -> Callable[[], Tuple[Optional[int], str]]:
+    """The MainPID of a systemd unit (systemctl show), or why it has none."""
+    def locate() -> Tuple[Optional[int], str]:
+        try:
+            out = run(["systemctl", "show", "--property=MainPID", "--property=ActiveState",
+                       "--", unit], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"cannot ask systemd about unit {unit}: {exc}"
+        props = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+        pid = props.get("MainPID", "")
+        if out.returncode != 0 or not pid.isdigit():
+            return None, f"unit {unit}: {out.stderr.strip() or 'systemctl show failed'}"
+        if int(pid) == 0:
+            return None, f"unit {unit} has no main process ({props.get('ActiveState', '?')})"
+        return int(pid), ""
+    return locate
+
+
+def target_for(cfg, exclude: Callable[[], set]) -> Target:
+    """The Target of one `watch:` entry."""
+    if cfg.pidfile:
+        locate = pidfile_locator(cfg.pidfile)
+    elif cfg.unit:
+        locate = unit_locator(cfg.unit)
+    else:
+        locate = match_locator(cfg.match, exclude)
+    return Target(cfg.agent_id, cfg.how, locate)
+
+
+# -- seeing them end ---------------------------------------------------------------------------
+
+class ExitWatcher:
+    """Calls on_exit(target, pid) as soon as a watched process ends, from its own thread:
+    one poll() over a pidfd per process, or a check every POLL_FALLBACK seconds where the
+    kernel or Python has no pidfds (said once in the log)."""
+
+    def __init__(self, on_exit: Callable[[Target, int], None]):
+        self._on_exit = on_exit
+        self._lock = threading.Lock()
+        self._watched: Dict[int, Tuple[Target, int, Optional[float]]] = {}  # key -> ...
+        self._poller = select.poll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._pidfds = hasattr(os, "pidfd_open")
+        self._said_fallback = False
+        self._stopped = False
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="agentd-exits", daemon=True)
+        self._thread.start()
+
+    def watch(self, target: Target, pid: int, started: Optional[float]) -> None:
+        """Watch `pid` for `target` (replacing what it watched before)."""
+        self.unwatch(target)
+        fd = None
+        if self._pidfds:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self._on_exit(target, pid)
+                return
+            except OSError as exc:  # ENOSYS on old kernels, EPERM in some sandboxes
+                self._pidfds = False
+                self._fallback(f"pidfd_open: {exc.strerror or exc}")
+        else:
+            self._fallback("this Python has no os.pidfd_open")
+        with self._lock:
+            key = fd if fd is not None else -pid
+            self._watched[key] = (target, pid, started)
+            if fd is not None:
+                self._poller.register(fd, select.POLLIN)
+        os.write(self._wake_w, b"w")
+
+    def unwatch(self, target: Target) -> None:
+        with self._lock:
+            for key in [k for k, (t, _, _) in self._watched.items() if t is target]:
+                self._drop(key)
+
+    def stop(self) -> None:
+        self._stopped = True
+        os.write(self._wake_w, b"s")
+
+    def _fallback(self, why: str) -> None:
+        if not self._said_fallback:
+            self._said_fallback = True
+            log.warning("watching processes without pidfds (%s): their ends are seen within "
+                        "%.1fs, not at once", why, POLL_FALLBACK)
+
+    def _drop(self, key: int) -> None:
+        """Under the lock: stop watching `key` (a pidfd, or -pid in the fallback)."""
+        self._watched.pop(key, None)
+        if key >= 0:
+            try:
+                self._poller.unregister(key)
+            except KeyError:
+                pass
+            os.close(key)
+
+    def _run(self) -> None:
+        while not self._stopped:
+            try:
+                with self._lock:
+                    polling = any(key < 0 for key in self._watched)
+                ready = self._poller.poll(POLL_FALLBACK * 1000 if polling else None)
+                self._check(ready)
+            except Exception:  # the watcher must not die: every target's end depends on it
+                log.exception("agentd: the exit watcher failed; carrying on")
+                time.sleep(POLL_FALLBACK)
+
+    def _check(self, ready) -> None:
+        ended = []
+        with self._lock:
+            for fd, _ in ready:
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                elif fd in self._watched:
+                    target, pid, _ = self._watched[fd]
+                    self._drop(fd)
+                    ended.append((target, pid))
+            for key in [k for k in self._watched if k < 0]:
+                target, pid, started = self._watched[key]
+                if _gone(pid, started):
+                    self._drop(key)
+                    ended.append((target, pid))
+        for target, pid in ended:
+            self._on_exit(target, pid)
+
+
+def _gone(pid: int, started: Optional[float]) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() == psutil.STATUS_ZOMBIE or (
+            started is not None and proc.create_time() != started)
+    except psutil.Error:
+        return True

@@ -1,0 +1,180 @@
+"""agentd watching processes it did not start (pidfile, command-line match) and running one
+(`agentd run`): real processes, the real daemon, kill -9 and restarts."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support.wait import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Service:
+    """A `sleep` standing in for a service: started behind a pidfile, or with an argv[0]
+    a command-line match can find."""
+
+    def __init__(self, pidfile: str = "", argv0: str = ""):
+        self.pidfile = pidfile
+        self.proc = subprocess.Popen([argv0 or "sleep", "600"], executable=shutil.which("sleep"))
+        if pidfile:
+            with open(pidfile + ".tmp", "w") as f:
+                f.write(f"{self.proc.pid}\n")
+            os.replace(pidfile + ".tmp", pidfile)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def services():
+    started = []
+    yield lambda **kw: started.append(Service(**kw)) or started[-1]
+    for service in started:
+        if service.proc.poll() is None:
+            service.kill()
+
+
+def test_a_watched_process_killed_is_dead_at_once_and_its_restart_is_picked_up(
+        daemon_factory, agentd_factory, services, short_tmp):
+    d = daemon_factory().start()
+    pidfile = os.path.join(short_tmp, "web.pid")
+    web = services(pidfile=pidfile)
+    a = agentd_factory("watcher", d, heartbeat={"interval": "30s"},
+                       watch=[{"agent_id": "web", "pidfile": pidfile}]).start()
+    rec = d.wait_state("web", "healthy")
+    assert rec["pid"] == web.pid and rec["memory"] > 0 and rec["connected"] is True
+    assert d.wait_state("watcher", "healthy")["pid"] == a.proc.pid  # agentd's own record too
+    web.kill()
+    # the beat is every 30 s: only the pidfd wake-up can tell the daemon this soon
+    rec = d.wait_state("web", "dead", timeout=10)
+    assert rec["reason"] == f"process {web.pid} exited"
+    again = services(pidfile=pidfile)  # the service restarts and rewrites its pidfile
+    wait_for(lambda: d.agent("web")["pid"] == again.pid and d.state("web") == "healthy",
+             timeout=40, what="the restarted service picked up")
+    assert d.state("watcher") == "healthy"
+
+
+def test_a_missing_or_stale_pidfile_is_never_healthy_and_says_why(daemon_factory, agentd_factory,
+                                                                  short_tmp):
+    d = daemon_factory().start()
+    missing = os.path.join(short_tmp, "missing.pid")
+    stale = os.path.join(short_tmp, "stale.pid")
+    reused = os.path.join(short_tmp, "reused.pid")
+    gone = subprocess.Popen(["true"])
+    gone.wait(5)
+    with open(stale, "w") as f:
+        f.write(f"{gone.pid}\n")
+    with open(reused, "w") as f:  # names a live process started after the file was written
+        f.write(f"{os.getpid()}\n")
+    os.utime(reused, (time.time() - 86400 * 365, time.time() - 86400 * 365))
+    agentd_factory("watcher", d, watch=[{"agent_id": "m", "pidfile": missing},
+                                        {"agent_id": "s", "pidfile": stale},
+                                        {"agent_id": "r", "pidfile": reused}]).start()
+    assert d.wait_state("m", "dead")["reason"] == f"pidfile {missing} does not exist"
+    assert d.wait_state("s", "dead")["reason"] == \
+        f"pidfile {stale} is stale: process {gone.pid} is gone"
+    assert d.wait_state("r", "dead")["reason"].startswith(f"pidfile {reused} is stale: pid ")
+    time.sleep(1.0)  # several beats: none of them made any of the three healthy
+    assert [e["to"] for e in d.events() if e["agent_id"] in "msr"] == ["dead"] * 3
+
+
+def test_a_command_line_match_takes_the_oldest_and_finds_the_next_after_a_kill(
+        daemon_factory, agentd_factory, services):
+    d = daemon_factory().start()
+    first = services(argv0="fake-redis-server")
+    time.sleep(0.05)
+    second = services(argv0="fake-redis-server")
+    agentd_factory("watcher", d, watch=[{"agent_id": "redis",
+                                         "match": "^fake-redis-server 600$"}]).start()
+    assert d.wait_state("redis", "healthy")["pid"] == first.pid  # the oldest match
+    first.kill()
+    d.wait_state("redis", "dead", timeout=10)
+    wait_for(lambda: d.agent("redis")["pid"] == second.pid and d.state("redis") == "healthy",
+             timeout=10, what="the other match taken up")
+
+
+def test_twenty_targets_on_one_connection_and_a_killed_watcher_makes_them_dead(
+        daemon_factory, agentd_factory, services, short_tmp):
+    d = daemon_factory().start()
+    watch = []
+    for n in range(20):
+        pidfile = os.path.join(short_tmp, f"t{n}.pid")
+        services(pidfile=pidfile)
+        watch.append({"agent_id": f"t{n}", "pidfile": pidfile})
+    a = agentd_factory("watcher", d, watch=watch).start()
+    for n in range(20):
+        d.wait_state(f"t{n}", "healthy")
+    assert d.get("/stats")[2]["unix_connections"] == 1
+    a.proc.kill()
+    a.proc.wait(5)
+    for n in range(20):  # the targets still run, but nobody vouches for them
+        rec = d.wait_state(f"t{n}", "dead", timeout=10)
+        assert rec["reason"].startswith(f"its watcher (process {a.proc.pid}, which spoke for pid")
+
+
+def test_stopping_agentd_leaves_its_targets_stopped_not_dead(daemon_factory, agentd_factory,
+                                                             services, short_tmp):
+    d = daemon_factory().start()
+    pidfile = os.path.join(short_tmp, "web.pid")
+    services(pidfile=pidfile)
+    a = agentd_factory("watcher", d, watch=[{"agent_id": "web", "pidfile": pidfile}]).start()
+    d.wait_state("web", "healthy")
+    assert a.stop() == 0
+    d.wait_state("web", "stopped")
+    d.wait_state("watcher", "stopped")
+
+
+def _run(d, agent_id, *command, timeout=30):
+    return subprocess.run([sys.executable, "-m", "agentd", "run", "--agent-id", agent_id,
+                           "--set", f"heartbeat.socket_path={d.socket_path}",
+                           "--set", "heartbeat.interval=0.2s", "--", *command],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("script,status,state,reason", [
+    ("exit 0", 0, "dead", "exited with code 0"),
+    ("exit 3", 3, "dead", "exited with code 3"),
+    ("kill -9 $$", 137, "dead", "was killed by signal 9 (SIGKILL)"),
+])
+def test_agentd_run_reports_how_its_child_ended_and_exits_with_its_status(
+        daemon_factory, script, status, state, reason):
+    d = daemon_factory().start()
+    done = _run(d, "job", "/bin/sh", "-c", f"sleep 0.5; {script}")
+    assert done.returncode == status, done.stderr
+    rec = d.wait_state("job", state)
+    assert rec["reason"].endswith(reason) and rec["transport"] == "unix"
+    events = [e["to"] for e in d.wait_events("job", lambda e: e["to"] == state)]
+    assert events[0] == state  # nothing after the last word
+
+
+def test_agentd_run_forwards_sigterm_and_a_stop_is_stopped(daemon_factory):
+    d = daemon_factory().start()
+    proc = subprocess.Popen([sys.executable, "-m", "agentd", "run", "--agent-id", "svc",
+                             "--set", f"heartbeat.socket_path={d.socket_path}", "--",
+                             "/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done"])
+    rec = d.wait_state("svc", "healthy")
+    assert rec["pid"] != proc.pid  # the child's pid, not agentd's
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert d.wait_state("svc", "stopped")["reason"] == "agent said stopping"
+
+
+def test_agentd_run_refuses_a_missing_command_or_one_that_cannot_start(daemon_factory):
+    d = daemon_factory().start()
+    assert _run(d, "x").returncode == 2
+    done = _run(d, "x", "/nonexistent/program")
+    assert done.returncode == 127 and "cannot run /nonexistent/program" in done.stderr
+    bad = subprocess.run([sys.executable, "-m", "agentd", "run", "--agent-id", "bad id!", "--",
+                          "true"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--agent-id" in bad.stderr

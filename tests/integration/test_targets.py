@@ -1,0 +1,107 @@
+"""agentd's targets against real processes: pidfiles (missing, garbage, stale, reused),
+command-line matches, and the exit watcher with and without pidfds."""
+
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from agentd.targets import ExitWatcher, Target, match_locator, pidfile_locator, unit_locator
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def sleeper():
+    procs = []
+
+    def start(argv0="sleep"):
+        procs.append(subprocess.Popen([argv0, "60"], executable="/bin/sleep"))
+        return procs[-1]
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(5)
+
+
+def write(path, text, age=0.0):
+    with open(path, "w") as f:
+        f.write(text)
+    if age:
+        os.utime(path, (time.time() - age, time.time() - age))
+
+
+def test_a_pidfile_is_read_or_says_why_not(tmp_path, sleeper):
+    path = str(tmp_path / "svc.pid")
+    locate = pidfile_locator(path)
+    assert locate() == (None, f"pidfile {path} does not exist")
+    for garbage in ("", "abc", "-5", "0", "99999999999", "\x00\x01"):
+        write(path, garbage)
+        assert locate() == (None, f"pidfile {path} holds no pid"), garbage
+    live = sleeper()
+    write(path, f"{live.pid}\n")
+    assert locate() == (live.pid, "")
+    write(path, f"{live.pid}\n", age=3600)  # the process started after the file: a reused pid
+    assert locate()[1].startswith(f"pidfile {path} is stale: pid {live.pid} now belongs")
+    gone = subprocess.Popen(["true"])
+    gone.wait(5)
+    write(path, f"{gone.pid}\n")
+    assert locate() == (None, f"pidfile {path} is stale: process {gone.pid} is gone")
+    os.chmod(path, 0)
+    if os.geteuid() != 0:
+        assert "cannot be read" in locate()[1]
+
+
+def test_a_match_takes_the_oldest_and_leaves_out_agentd_and_the_excluded(sleeper):
+    first = sleeper("svc-alpha")
+    time.sleep(0.05)
+    second = sleeper("svc-alpha")
+    assert match_locator(r"^svc-alpha 60$", set)() == (first.pid, "")
+    assert match_locator(r"^svc-alpha", lambda: {first.pid})() == (second.pid, "")
+    assert match_locator(r"^nothing-runs-like-this$", set)() == \
+        (None, "no process matches '^nothing-runs-like-this$'")
+    assert match_locator(r"test_targets", set)()[0] != os.getpid()  # never agentd itself
+
+
+def test_a_unit_without_systemd_or_without_a_main_process_says_why():
+    def fake(out, code=0, err=""):
+        return lambda *a, **k: subprocess.CompletedProcess(a, code, out, err)
+    assert unit_locator("web.service", fake("MainPID=4242\nActiveState=active\n"))() == (4242, "")
+    assert unit_locator("web.service", fake("MainPID=0\nActiveState=inactive\n"))() == \
+        (None, "unit web.service has no main process (inactive)")
+    assert unit_locator("web.service", fake("", 1, "Failed to connect to bus"))() == \
+        (None, "unit web.service: Failed to connect to bus")
+
+    def missing(*a, **k):
+        raise FileNotFoundError(2, "No such file or directory")
+    assert unit_locator("web.service", missing)()[1].startswith("cannot ask systemd")
+
+
+@pytest.mark.parametrize("pidfds", [True, False])
+def test_the_exit_watcher_sees_a_kill_at_once_with_or_without_pidfds(sleeper, pidfds, caplog):
+    ended = []
+    seen = threading.Event()
+    watcher = ExitWatcher(lambda target, pid: (ended.append((target.agent_id, pid)), seen.set()))
+    watcher._pidfds = pidfds and hasattr(os, "pidfd_open")
+    watcher.start()
+    try:
+        procs = [sleeper() for _ in range(3)]
+        targets = [Target(f"t{n}", "test", lambda: (None, "")) for n in range(3)]
+        for target, proc in zip(targets, procs):
+            watcher.watch(target, proc.pid, None)
+        watcher.unwatch(targets[2])  # no longer watched: its end is nobody's news
+        procs[2].kill()
+        began = time.monotonic()
+        procs[1].kill()
+        assert seen.wait(5)
+        took = time.monotonic() - began
+        procs[1].wait(5)
+        time.sleep(0.2 if pidfds else 1.2)
+        assert ended == [("t1", procs[1].pid)]
+        assert took < 3.0  # at once on a pidfd, within a poll without (loose for CI)
+        if not pidfds:
+            assert "without pidfds" in caplog.text
+    finally:
+        watcher.stop()
