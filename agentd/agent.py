@@ -20,7 +20,7 @@ from agentd.transport import Backoff, HttpTransport, TransportError, UnixTranspo
 log = logging.getLogger(__name__)
 
 WINDOW = 0.8  # of the interval: the shortest window a CPU figure is measured over
-RELOCATE_AFTER = 0.2  # s after a target ended: look for its next process (a restart)
+RELOCATE_AFTER = (0.2, 1.0, 3.0)  # s after a target ended: look for its next process then
 EXITED = "exited"
 
 
@@ -77,6 +77,7 @@ class Agent:
         self.targets: List[Target] = watched + list(targets or ())
         self.exits = ExitWatcher(self._target_ended) if watched else None
         self._relocate = False  # a target ended: look for its next process soon
+        self._relocate_left = 0  # looks still to take before the next beat
 
     def start(self) -> None:
         """Begin heartbeats (a second call while running does nothing)."""
@@ -109,6 +110,11 @@ class Agent:
                 retry = self._send_target(target)
                 if retry is not None:
                     break
+            if retry is None and self._relocate_left and any(t.pid is None for t in self.targets):
+                # a restart takes a moment: look again a little later, then at the beat
+                self._relocate = True
+                retry = RELOCATE_AFTER[len(RELOCATE_AFTER) - self._relocate_left]
+                self._relocate_left -= 1
         callback()
         return retry
 
@@ -136,9 +142,12 @@ class Agent:
         return None
 
     def _target_ended(self, target: Target, pid: int, exit_code: Optional[int] = None,
-                      signal: Optional[int] = None, status: str = EXITED) -> None:
+                      signal: Optional[int] = None, status: Optional[str] = None) -> None:
         """A watched process ended (from the exit watcher's thread, or `agentd run`): say so
-        at once, with its exit status when known, then look for its next process soon."""
+        at once, with its exit status when known (`stopping` if it was asked to stop), then
+        look for its next process soon."""
+        if status is None:  # asked outside the lock: it may run systemctl
+            status = "stopping" if target.stop_asked() else EXITED
         with self._lock:
             if self._stopped or target.pid not in (pid, None):
                 return  # a process found since: this end is old news
@@ -152,8 +161,8 @@ class Agent:
                 self.transport.send(line)
             except TransportError as exc:
                 self._failed(exc)
-            self._relocate = True
-        self.scheduler.soon(RELOCATE_AFTER)
+            self._relocate, self._relocate_left = True, len(RELOCATE_AFTER) - 1
+        self.scheduler.soon(RELOCATE_AFTER[0])
 
     def _send(self, status: str):
         """One heartbeat, under the lock. Returns the delay before a retry (None: wait for

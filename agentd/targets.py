@@ -28,9 +28,11 @@ class Target:
     """One watched process: where to find it, the one found (pid and start time), and its
     CPU and memory since the last look."""
 
-    def __init__(self, agent_id: str, how: str, locate: Callable[[], Tuple[Optional[int], str]]):
+    def __init__(self, agent_id: str, how: str, locate: Callable[[], Tuple[Optional[int], str]],
+                 stop_asked: Callable[[], bool] = lambda: False):
         self.agent_id, self.how = agent_id, how
         self._locate = locate
+        self.stop_asked = stop_asked  # after an end: was it asked to stop (not a crash)?
         self.pid: Optional[int] = None
         self.last_pid: Optional[int] = None  # the last one found (kept once it ended)
         self.started: Optional[float] = None
@@ -130,32 +132,73 @@ def match_locator(pattern: str, exclude: Callable[[], set]) -> Callable[[], Tupl
     return locate
 
 
-def unit_locator(unit: str, run=subprocess.run) -> Callable[[], Tuple[Optional[int], str]]:
-    """The MainPID of a systemd unit (systemctl show), or why it has none."""
+# where system units' cgroups are: cgroup v2, then the hybrid and v1 layouts
+CGROUP_ROOTS = ("/sys/fs/cgroup/system.slice", "/sys/fs/cgroup/unified/system.slice",
+                "/sys/fs/cgroup/systemd/system.slice")
+
+
+def unit_properties(unit: str, run=subprocess.run) -> Tuple[Dict[str, str], str]:
+    """MainPID and ActiveState of a systemd unit, or ({}, why not)."""
+    try:
+        out = run(["systemctl", "show", "--property=MainPID", "--property=ActiveState",
+                   "--", unit], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {}, f"cannot ask systemd about unit {unit}: {exc}"
+    props = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    if out.returncode != 0 or not props.get("MainPID", "").isdigit():
+        return {}, f"unit {unit}: {out.stderr.strip() or 'systemctl show failed'}"
+    return props, ""
+
+
+def unit_locator(unit: str, run=subprocess.run,
+                 cgroups: Tuple[str, ...] = CGROUP_ROOTS) -> Callable[[], Tuple[Optional[int], str]]:
+    """The MainPID of a systemd unit (systemctl show); where systemctl cannot answer (no
+    D-Bus for an unprivileged agentd, say), the oldest process in the unit's cgroup."""
     def locate() -> Tuple[Optional[int], str]:
-        try:
-            out = run(["systemctl", "show", "--property=MainPID", "--property=ActiveState",
-                       "--", unit], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT)
-        except (OSError, subprocess.SubprocessError) as exc:
-            return None, f"cannot ask systemd about unit {unit}: {exc}"
-        props = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-        pid = props.get("MainPID", "")
-        if out.returncode != 0 or not pid.isdigit():
-            return None, f"unit {unit}: {out.stderr.strip() or 'systemctl show failed'}"
-        if int(pid) == 0:
+        props, why = unit_properties(unit, run)
+        if not props:
+            for root in cgroups:
+                pid = _oldest_in_cgroup(os.path.join(root, unit, "cgroup.procs"))
+                if pid is not None:
+                    return pid, ""
+            return None, why
+        if int(props["MainPID"]) == 0:
             return None, f"unit {unit} has no main process ({props.get('ActiveState', '?')})"
-        return int(pid), ""
+        return int(props["MainPID"]), ""
     return locate
+
+
+def unit_stop_asked(unit: str, run=subprocess.run) -> Callable[[], bool]:
+    """After its main process ended: is the unit being stopped (systemctl stop or
+    restart), not failing? A stop job is under way before the process is signalled."""
+    def asked() -> bool:
+        props, _ = unit_properties(unit, run)
+        return props.get("ActiveState") in ("deactivating", "inactive")
+    return asked
+
+
+def _oldest_in_cgroup(procs_file: str) -> Optional[int]:
+    try:
+        with open(procs_file) as f:
+            pids = [int(line) for line in f if line.strip().isdigit()]
+    except OSError:
+        return None
+    oldest = None
+    for pid in pids:
+        try:
+            started = psutil.Process(pid).create_time()
+        except psutil.Error:
+            continue
+        if oldest is None or started < oldest[1]:
+            oldest = (pid, started)
+    return oldest[0] if oldest else None
 
 
 def target_for(cfg, exclude: Callable[[], set]) -> Target:
     """The Target of one `watch:` entry."""
-    if cfg.pidfile:
-        locate = pidfile_locator(cfg.pidfile)
-    elif cfg.unit:
-        locate = unit_locator(cfg.unit)
-    else:
-        locate = match_locator(cfg.match, exclude)
+    if cfg.unit:
+        return Target(cfg.agent_id, cfg.how, unit_locator(cfg.unit), unit_stop_asked(cfg.unit))
+    locate = pidfile_locator(cfg.pidfile) if cfg.pidfile else match_locator(cfg.match, exclude)
     return Target(cfg.agent_id, cfg.how, locate)
 
 

@@ -105,3 +105,29 @@ def test_the_exit_watcher_sees_a_kill_at_once_with_or_without_pidfds(sleeper, pi
             assert "without pidfds" in caplog.text
     finally:
         watcher.stop()
+
+
+def test_a_unit_systemctl_cannot_answer_for_is_found_in_its_cgroup_and_a_stop_is_told(
+        tmp_path, sleeper):
+    from agentd.targets import unit_stop_asked
+    older = sleeper()
+    time.sleep(0.05)
+    newer = sleeper()
+    (tmp_path / "web.service").mkdir()
+    (tmp_path / "web.service" / "cgroup.procs").write_text(f"{newer.pid}\n{older.pid}\n")
+
+    def no_bus(*a, **k):
+        return subprocess.CompletedProcess(a, 1, "", "Failed to connect to bus")
+    assert unit_locator("web.service", no_bus, ("/nonexistent", str(tmp_path)))() == \
+        (older.pid, "")
+    assert unit_locator("db.service", no_bus, (str(tmp_path),))() == \
+        (None, "unit db.service: Failed to connect to bus")
+
+    def state(active):
+        return lambda *a, **k: subprocess.CompletedProcess(
+            a, 0, f"MainPID=0\nActiveState={active}\n", "")
+    assert unit_stop_asked("web.service", state("deactivating"))() is True
+    assert unit_stop_asked("web.service", state("inactive"))() is True
+    for crashed in ("active", "failed", "activating"):
+        assert unit_stop_asked("web.service", state(crashed))() is False
+    assert unit_stop_asked("web.service", no_bus)() is False

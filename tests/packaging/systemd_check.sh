@@ -85,5 +85,34 @@ for name in hbdaemon agentd; do
     echo "exposure $name $level"
     check "$name-exposure-at-most-2" yes "$(python3 -c "print('yes' if 0 < float('${level:-0}') <= 2.0 else 'no')")"
 done
+# agentd watching a real service by its unit: MainPID, a restart, a stop
+cat > /etc/systemd/system/hb-demo.service <<'UNIT'
+[Unit]
+Description=a tiny HTTP server for the watch test
+[Service]
+ExecStart=/usr/bin/python3 -m http.server 8099 --bind 127.0.0.1
+UNIT
+systemctl daemon-reload
+systemctl start hb-demo; check demo-start 0 $?
+cp /etc/agentd/agentd.yaml /tmp/agentd.yaml.saved
+printf 'watch:\n  - {agent_id: demo, unit: hb-demo.service}\n' >> /etc/agentd/agentd.yaml
+systemctl restart agentd; check agent-restart-with-watch 0 $?
+check demo-healthy healthy "$(wait_state demo healthy)"
+check demo-pid "$(systemctl show -P MainPID hb-demo)" "$(field demo pid)"
+check demo-connected True "$(field demo connected)"
+old_pid=$(field demo pid)
+systemctl restart hb-demo; check demo-restart 0 $?
+new_pid=$(systemctl show -P MainPID hb-demo)
+for _ in $(seq 1 50); do [ "$(field demo pid)" = "$new_pid" ] && [ "$(state demo)" = healthy ] && break; sleep 0.2; done
+check demo-new-pid-after-restart "$new_pid" "$(field demo pid)"
+check demo-healthy-after-restart healthy "$(state demo)"
+check demo-restart-seen yes "$(python3 -c "import json,urllib.request as u
+ev=json.load(u.urlopen('http://127.0.0.1:8690/events?agent=demo', timeout=5))['events']
+print('yes' if [e['to'] for e in ev][-2:] in (['stopped','healthy'], ['dead','healthy']) else ev)")"
+kill -9 "$new_pid"
+check demo-dead-after-kill dead "$(wait_state demo dead)"
+systemctl stop hb-demo
+cp /tmp/agentd.yaml.saved /etc/agentd/agentd.yaml
+systemctl restart agentd
 journalctl -u hbdaemon -u agentd -q --no-pager | tail -60 | sed 's/^/journal: /'  # for a failure
 echo done

@@ -122,7 +122,7 @@ def root(debs, tmp_path_factory):
     must(["chroot", path, "apt-get", "update", "-qq"], timeout=600)
     # systemd as well, for the unit checks and the boot test; the packages pull in the rest
     must(["chroot", path, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
-          "systemd", "systemd-sysv", "logrotate",
+          "systemd", "systemd-sysv", "dbus", "logrotate",
           *(f"/tmp/{os.path.basename(d)}" for d in debs.values())], timeout=600)
     os.unlink(os.path.join(path, "usr/sbin/policy-rc.d"))
     yield path
