@@ -78,6 +78,7 @@ class Agent:
         self.exits = ExitWatcher(self._target_ended) if watched else None
         self._relocate = False  # a target ended: look for its next process soon
         self._relocate_left = 0  # looks still to take before the next beat
+        self.watcher = self.agent_id  # named in its targets' records ("agentd run": its own)
 
     def start(self) -> None:
         """Begin heartbeats (a second call while running does nothing)."""
@@ -131,10 +132,11 @@ class Agent:
                 target.forget(f"process {target.pid} is gone")
         if target.pid is None:
             line = encode_heartbeat(target.agent_id, target.last_pid or self.pid, EXITED, "",
-                                    None, 0, agent_pid=self.pid, detail=target.detail)
+                                    None, 0, agent_pid=self.pid, detail=target.detail,
+                                    watcher=self.watcher)
         else:
             line = encode_heartbeat(target.agent_id, target.pid, "running", "", cpu, memory,
-                                    agent_pid=self.pid)
+                                    agent_pid=self.pid, watcher=self.watcher)
         try:
             self.transport.send(line)
         except TransportError as exc:
@@ -156,7 +158,8 @@ class Agent:
                         f" with code {exit_code}" if exit_code is not None else
                         f" by signal {signal}" if signal is not None else "")
             line = encode_heartbeat(target.agent_id, pid, status, "", None, 0,
-                                    agent_pid=self.pid, exit_code=exit_code, signal=signal)
+                                    agent_pid=self.pid, exit_code=exit_code, signal=signal,
+                                    watcher=self.watcher)
             try:
                 self.transport.send(line)
             except TransportError as exc:
@@ -256,7 +259,8 @@ class Agent:
                     try:
                         self.transport.send(encode_heartbeat(
                             target.agent_id, target.pid, "stopping", "", None, 0,
-                            agent_pid=self.pid, detail="agentd stopped watching it"))
+                            agent_pid=self.pid, detail="agentd stopped watching it",
+                            watcher=self.watcher))
                     except TransportError:
                         break
             if retry is None and self.report_self:

@@ -42,6 +42,7 @@ class ChildRunner:
         self.agent = Agent(dataclasses.replace(cfg, watch=()), targets=[self.target],
                            report_self=False)
         self.agent.agent_id = agent_id  # in its log lines
+        self.agent.watcher = f"agentd-run:{os.getpid()}"  # no record of its own
 
     def _locate(self):
         child = self.child

@@ -69,13 +69,16 @@ def cmd_status(client: Client, args) -> int:
         print("no agents known")
         return EXIT_OK
     fleet = any(a.get("summary") for a in agents)  # downstream daemons report their agents
+    watched = any(a.get("watcher") for a in agents)  # processes an agentd speaks for
     rows = [["AGENT", "STATE", "SINCE", "LAST HEARTBEAT", "PID", "CPU", "MEMORY", "VERSION",
-             "TRANSPORT"] + (["ITS AGENTS"] if fleet else [])]
+             "TRANSPORT"] + (["WATCHED BY"] if watched else [])
+            + (["ITS AGENTS"] if fleet else [])]
     for a in agents:
         rows.append([a["agent_id"], a["state"] + ("*" if a.get("flapping") else ""),
                      age(a["state_since"]), age(a["last_seen"]), str(a["pid"]),
                      f"{a['cpu']:.1f}%", human_bytes(a["memory"]), a["version"] or "-",
-                     a["transport"] or "-"] + ([_summary(a.get("summary"))] if fleet else []))
+                     a["transport"] or "-"] + ([a.get("watcher") or "-"] if watched else [])
+                    + ([_summary(a.get("summary"))] if fleet else []))
     print(table(rows, [a["state"] for a in agents], _colour()))
     if any(a.get("flapping") for a in agents):
         print("* flapping: changing state too often")

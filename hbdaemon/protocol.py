@@ -44,11 +44,11 @@ class Heartbeat:
     """
 
     __slots__ = ("agent_id", "pid", "timestamp", "version", "status", "cpu", "memory", "summary",
-                 "warnings", "agent_pid", "exit_code", "signal", "detail")
+                 "warnings", "agent_pid", "exit_code", "signal", "detail", "watcher")
 
     def __init__(self, agent_id, pid, timestamp=None, version="", status=DEFAULT_STATUS,
                  cpu=0.0, memory=0, summary=None, warnings=(), agent_pid=None, exit_code=None,
-                 signal=None, detail=""):
+                 signal=None, detail="", watcher=None):
         self.agent_id = agent_id
         self.pid = pid
         self.timestamp = timestamp
@@ -62,6 +62,7 @@ class Heartbeat:
         # with status "exited" how the target ended, as far as agentd knows
         self.agent_pid, self.exit_code, self.signal, self.detail = \
             agent_pid, exit_code, signal, detail
+        self.watcher = watcher  # who speaks for the target: the agentd's agent_id
 
     def __repr__(self) -> str:
         return (f"Heartbeat(agent_id={self.agent_id!r}, pid={self.pid}, status={self.status!r}, "
@@ -116,10 +117,11 @@ def parse_heartbeat(data, require_agent_id: bool = True) -> Heartbeat:
     exit_code = _optional(obj, "exit_code", _exit_code, None, warnings)
     signal = _optional(obj, "signal", _signal, None, warnings)
     detail = _optional(obj, "detail", _detail, "", warnings)
+    watcher = _optional(obj, "watcher", _watcher, None, warnings)
     return Heartbeat(agent_id, pid, timestamp=_optional_time(obj.get("timestamp")),
                      version=version, status=status, cpu=cpu, memory=memory, summary=summary,
                      warnings=tuple(warnings), agent_pid=agent_pid, exit_code=exit_code,
-                     signal=signal, detail=detail)
+                     signal=signal, detail=detail, watcher=watcher)
 
 
 def exit_reason(hb: Heartbeat) -> str:
@@ -197,6 +199,12 @@ def _text(limit: int):
 
 
 _version, _status, _detail = _text(64), _text(32), _text(200)
+
+
+def _watcher(value, warnings) -> str:
+    if not valid_agent_id(value):
+        raise ValueError("must be an agent id (1-128 characters of A-Z a-z 0-9 . _ : @ -)")
+    return value
 
 
 def _exit_code(value, warnings) -> int:

@@ -12,7 +12,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from hbdaemon import process
 from hbdaemon.health import ENDED, WATCHED, PolicySet, State, judge_heartbeat
 from hbdaemon.http_request import address_block
-from hbdaemon.protocol import EXITED, Heartbeat, exit_reason, format_rfc3339, parse_rfc3339
+from hbdaemon.protocol import (EXITED, Heartbeat, exit_reason, format_rfc3339, parse_rfc3339,
+                               valid_agent_id)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class AgentRecord:
                  "due_from", "policy", "over_since", "below_count", "changes", "flapping",
                  "conn_id", "connected", "local", "check_pid", "check_started", "remote",
                  "peer_uid", "owner_uid", "summary", "hist_at", "hist", "conflict_noted",
-                 "interval", "received")
+                 "interval", "received", "watcher")
 
     def __init__(self, agent_id: str, wall: float, now: float, policy):
         self.agent_id = agent_id
@@ -88,6 +89,7 @@ class AgentRecord:
         self.peer_uid = None
         self.owner_uid = None        # uid of the last Unix connection that spoke for it (kept)
         self.summary = None          # set when the agent is a downstream hbdaemon
+        self.watcher = None          # the agentd that speaks for this process, if one does
         self.hist_at = 0.0           # wall time of the last history sample
         self.hist = None             # array('f'): cpu, memory, cpu, memory, ... (one small object)
         self.interval = None         # seconds between heartbeats, smoothed (sizes restart grace)
@@ -108,6 +110,7 @@ class AgentRecord:
             "first_seen": self.first_seen, "heartbeats": self.heartbeats,
             "connected": self.connected, "remote": self.remote, "peer_uid": self.peer_uid,
             "owner_uid": self.owner_uid, "flapping": self.flapping, "summary": self.summary,
+            "watcher": self.watcher,
             "recent_changes": len(self.changes) if self.changes else 0,
             "interval": None if self.interval is None else round(self.interval, 3),
             "heartbeat_timeout": self.policy.heartbeat_timeout,
@@ -127,6 +130,7 @@ class AgentRecord:
                 "local": self.local, "check_pid": self.check_pid,
                 "check_started": self.check_started, "remote": self.remote,
                 "peer_uid": self.peer_uid, "owner_uid": self.owner_uid, "summary": self.summary,
+                "watcher": self.watcher,
                 "interval": self.interval}
 
 
@@ -334,7 +338,7 @@ class Registry:
             rec.cpu = hb.cpu
         if hb.memory is not None:
             rec.memory = hb.memory
-        rec.agent_time, rec.summary = hb.timestamp, hb.summary
+        rec.agent_time, rec.summary, rec.watcher = hb.timestamp, hb.summary, hb.watcher
         if rec.heartbeats and rec.state in WATCHED and now > rec.due_from:
             gap = min(now - rec.due_from, MAX_INTERVAL)
             rec.interval = gap if rec.interval is None else rec.interval + (gap - rec.interval) / 4
@@ -750,6 +754,7 @@ _STORED = {
     "check_pid": _optional(_count), "check_started": _optional(_number), "remote": _text,
     "peer_uid": _optional(_count), "owner_uid": _optional(_count),
     "summary": _optional(lambda v: type(v) is dict), "interval": _optional(_number),
+    "watcher": _optional(valid_agent_id),
 }
 
 

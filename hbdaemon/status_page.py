@@ -129,7 +129,8 @@ function renderAgents(agents, history) {
     tr.appendChild(mem);
     tr.appendChild(el("td", a.pid, "wide"));
     tr.appendChild(el("td", a.version || "-", "wide"));
-    tr.appendChild(el("td", a.transport || "-", "wide"));
+    tr.appendChild(el("td", (a.transport || "-") + (a.watcher ? " via " + a.watcher : ""),
+                      "wide"));
     return tr;
   });
   body.replaceChildren(...rows);

@@ -54,7 +54,13 @@ def test_a_watched_process_killed_is_dead_at_once_and_its_restart_is_picked_up(
                        watch=[{"agent_id": "web", "pidfile": pidfile}]).start()
     rec = d.wait_state("web", "healthy")
     assert rec["pid"] == web.pid and rec["memory"] > 0 and rec["connected"] is True
+    assert rec["watcher"] == "watcher"  # which agentd speaks for it
     assert d.wait_state("watcher", "healthy")["pid"] == a.proc.pid  # agentd's own record too
+    assert d.agent("watcher")["watcher"] is None
+    shown = subprocess.run([sys.executable, "-m", "hbdaemon.ctl", "-c", d.config_path,
+                            "status"], capture_output=True, text=True, timeout=30).stdout
+    assert "WATCHED BY" in shown and any(line.split()[0] == "web" and "watcher" in line.split()
+                                         for line in shown.splitlines()[1:])
     web.kill()
     # the beat is every 30 s: only the pidfd wake-up can tell the daemon this soon
     rec = d.wait_state("web", "dead", timeout=10)
