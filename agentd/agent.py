@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 WINDOW = 0.8  # of the interval: the shortest window a CPU figure is measured over
 RELOCATE_AFTER = (0.2, 1.0, 3.0)  # s after a target ended: look for its next process then
 EXITED = "exited"
+UNRESPONSIVE = "unresponsive"  # alive, but its probe keeps failing
 
 
 def read_token(path: str) -> Optional[str]:
@@ -135,8 +136,10 @@ class Agent:
                                     None, 0, agent_pid=self.pid, detail=target.detail,
                                     watcher=self.watcher)
         else:
-            line = encode_heartbeat(target.agent_id, target.pid, "running", "", cpu, memory,
-                                    agent_pid=self.pid, watcher=self.watcher)
+            failing = target.unresponsive()  # alive: but answering?
+            line = encode_heartbeat(target.agent_id, target.pid,
+                                    UNRESPONSIVE if failing else "running", "", cpu, memory,
+                                    agent_pid=self.pid, watcher=self.watcher, detail=failing)
         try:
             self.transport.send(line)
         except TransportError as exc:

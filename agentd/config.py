@@ -73,6 +73,26 @@ def unit_name(value) -> str:
     return text
 
 
+def tcp_target(value) -> str:
+    text = cv.text(value)
+    if text:
+        from agentd.probes import host_port
+        host_port(text)
+    return text
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Is the watched process answering? At most one of tcp, http or file."""
+
+    tcp: str = key("", tcp_target)
+    http: str = key("", cv.optional_http_url)
+    file: str = key("", cv.optional_path)
+    max_age: float = key(60.0, cv.positive_duration)   # for file: written at most this long ago
+    timeout: float = key(2.0, cv.positive_duration)    # for tcp and http
+    failures: int = key(3, cv.integer(1, 1000))        # in a row: the target is unresponsive
+
+
 @dataclass(frozen=True)
 class WatchConfig:
     """One process agentd watches and reports as an agent of its own (`watch:` list)."""
@@ -81,6 +101,7 @@ class WatchConfig:
     pidfile: str = key("", cv.optional_path)
     unit: str = key("", unit_name)
     match: str = key("", regex)
+    probe: ProbeConfig = section(ProbeConfig)
 
     @property
     def how(self) -> str:
@@ -148,4 +169,9 @@ def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = 
             raise reader.fail(f"{where}.agent_id", f"{target.agent_id!r} is already "
                               f"{seen[target.agent_id]}")
         seen[target.agent_id] = f"the agent_id of {where}"
+        probes = [k for k in ("tcp", "http", "file") if getattr(target.probe, k)]
+        if len(probes) > 1:
+            raise reader.fail(f"{where}.probe", f"one of tcp, http or file (got {', '.join(probes)})")
+        if target.probe.timeout > MAX_WAIT or target.probe.max_age > 100 * MAX_WAIT:
+            raise reader.fail(f"{where}.probe.timeout", f"at most {MAX_WAIT // 3600:.0f}h")
     return cfg

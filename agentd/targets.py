@@ -29,9 +29,12 @@ class Target:
     CPU and memory since the last look."""
 
     def __init__(self, agent_id: str, how: str, locate: Callable[[], Tuple[Optional[int], str]],
-                 stop_asked: Callable[[], bool] = lambda: False):
+                 stop_asked: Callable[[], bool] = lambda: False,
+                 probe: Optional[Callable[[], Optional[str]]] = None, failures: int = 3):
         self.agent_id, self.how = agent_id, how
         self._locate = locate
+        self._probe, self._failures_allowed = probe, failures
+        self.failures = 0  # probes failed in a row
         self.stop_asked = stop_asked  # after an end: was it asked to stop (not a crash)?
         self.pid: Optional[int] = None
         self.last_pid: Optional[int] = None  # the last one found (kept once it ended)
@@ -63,6 +66,17 @@ class Target:
         """The process ended: look for the next one at the next beat."""
         self.pid, self._proc, self._last = None, None, None
         self.detail = detail
+
+    def unresponsive(self) -> str:
+        """Run the probe (if any): what failed, once it has failed `failures` times in a
+        row (the process is alive but not answering), else ""."""
+        if self._probe is None:
+            return ""
+        error = self._probe()
+        self.failures = self.failures + 1 if error else 0
+        if error and self.failures >= self._failures_allowed:
+            return f"{error} ({self.failures} probes in a row failed)"
+        return ""
 
     def sample(self) -> Tuple[Optional[float], int]:
         """(cpu percent of the machine since the last sample, None on the first; rss bytes).
@@ -196,10 +210,13 @@ def _oldest_in_cgroup(procs_file: str) -> Optional[int]:
 
 def target_for(cfg, exclude: Callable[[], set]) -> Target:
     """The Target of one `watch:` entry."""
+    from agentd.probes import make_probe
+    probe = make_probe(cfg.probe), cfg.probe.failures
     if cfg.unit:
-        return Target(cfg.agent_id, cfg.how, unit_locator(cfg.unit), unit_stop_asked(cfg.unit))
+        return Target(cfg.agent_id, cfg.how, unit_locator(cfg.unit), unit_stop_asked(cfg.unit),
+                      *probe)
     locate = pidfile_locator(cfg.pidfile) if cfg.pidfile else match_locator(cfg.match, exclude)
-    return Target(cfg.agent_id, cfg.how, locate)
+    return Target(cfg.agent_id, cfg.how, locate, lambda: False, *probe)
 
 
 # -- seeing them end ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ MAX_PID = 2**31 - 1  # psutil and os.kill take a C int
 MAX_MEMORY = 2**63 - 1
 DEFAULT_STATUS = "running"
 EXITED = "exited"  # status of a watched target that ended (see exit_reason)
+UNRESPONSIVE = "unresponsive"  # status of a watched target alive but failing its probe
 METRIC_FIELDS = ("cpu", "memory")
 
 _YEAR_1, _YEAR_9999_END = -62135596800, 253402300799  # 0001-01-01, 9999-12-31T23:59:59Z

@@ -12,8 +12,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 from hbdaemon import process
 from hbdaemon.health import ENDED, WATCHED, PolicySet, State, judge_heartbeat
 from hbdaemon.http_request import address_block
-from hbdaemon.protocol import (EXITED, Heartbeat, exit_reason, format_rfc3339, parse_rfc3339,
-                               valid_agent_id)
+from hbdaemon.protocol import (EXITED, UNRESPONSIVE, Heartbeat, exit_reason, format_rfc3339,
+                               parse_rfc3339, valid_agent_id)
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +362,8 @@ class Registry:
             rec.peer_uid = None
         if hb.status == EXITED:  # a target its watcher saw end
             state, reason = State.DEAD, exit_reason(hb)
+        elif hb.status == UNRESPONSIVE:  # alive, but not answering its watcher's probe
+            state, reason = State.NO_HEARTBEAT, hb.detail or "its watcher's probe fails"
         else:
             state, reason = judge_heartbeat(rec, rec.policy, now)
         if state is not rec.state:

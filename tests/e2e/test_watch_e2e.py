@@ -184,3 +184,34 @@ def test_agentd_run_refuses_a_missing_command_or_one_that_cannot_start(daemon_fa
     bad = subprocess.run([sys.executable, "-m", "agentd", "run", "--agent-id", "bad id!", "--",
                           "true"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--agent-id" in bad.stderr
+
+
+def test_a_live_process_failing_its_probe_leaves_healthy_and_comes_back(daemon_factory,
+                                                                        agentd_factory):
+    d = daemon_factory().start()
+    server = subprocess.Popen([sys.executable, "-c", (
+        "import http.server, os, sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(500 if os.path.exists(sys.argv[1]) else 200)\n"
+        "        self.end_headers()\n"
+        "    def log_message(self, *a): pass\n"
+        "s = http.server.HTTPServer(('127.0.0.1', 0), H)\n"
+        "print(s.server_address[1], flush=True)\n"
+        "s.serve_forever()\n"), os.path.join(d.dir, "sick")], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        agentd_factory("watcher", d, heartbeat={"interval": "0.2s"}, watch=[{
+            "agent_id": "api", "match": f"^{sys.executable} -c import http.server",
+            "probe": {"http": f"http://127.0.0.1:{port}/health", "failures": 2}}]).start()
+        assert d.wait_state("api", "healthy")["pid"] == server.pid
+        open(os.path.join(d.dir, "sick"), "w").close()  # alive, but answering 500 now
+        rec = d.wait_state("api", "no_heartbeat")
+        assert rec["reason"] == (f"http http://127.0.0.1:{port}/health: answered 500, not 2xx "
+                                 "(2 probes in a row failed)")
+        assert rec["pid"] == server.pid and rec["connected"] is True
+        os.unlink(os.path.join(d.dir, "sick"))
+        d.wait_state("api", "healthy")
+    finally:
+        server.kill()
+        server.wait(5)

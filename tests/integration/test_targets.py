@@ -131,3 +131,35 @@ def test_a_unit_systemctl_cannot_answer_for_is_found_in_its_cgroup_and_a_stop_is
     for crashed in ("active", "failed", "activating"):
         assert unit_stop_asked("web.service", state(crashed))() is False
     assert unit_stop_asked("web.service", no_bus)() is False
+
+
+def test_probes_say_what_failed_and_pass_when_answered(tmp_path):
+    import socket
+    from agentd.probes import file_probe, http_probe, tcp_probe
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    assert tcp_probe(f"127.0.0.1:{port}", 1.0)() is None
+    listener.close()
+    assert tcp_probe(f"127.0.0.1:{port}", 1.0)().startswith(f"tcp 127.0.0.1:{port}: ")
+    silent = socket.socket()  # accepts, never answers: the timeout holds
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    began = time.monotonic()
+    error = http_probe(f"http://127.0.0.1:{silent.getsockname()[1]}/", 0.3)()
+    assert error and time.monotonic() - began < 3
+    silent.close()
+    stamp = tmp_path / "stamp"
+    assert file_probe(str(stamp), 60)().startswith(f"file {stamp}: ")
+    stamp.write_text("x")
+    assert file_probe(str(stamp), 60)() is None
+    os.utime(stamp, (time.time() - 120, time.time() - 120))
+    assert "last written 120s ago (more than 60s)" in file_probe(str(stamp), 60)()
+
+
+def test_a_target_is_unresponsive_only_after_its_failures_in_a_row():
+    results = iter(["down", None, "down", "down", "down", None])
+    target = Target("t", "test", lambda: (None, ""), probe=lambda: next(results), failures=2)
+    assert [target.unresponsive() for _ in range(6)] == [
+        "", "", "", "down (2 probes in a row failed)", "down (3 probes in a row failed)", ""]

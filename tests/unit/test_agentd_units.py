@@ -302,3 +302,19 @@ def test_a_unit_entry_needs_systemd_on_this_host(tmp_path, monkeypatch):
     assert "does not run systemd" in str(err.value)
     monkeypatch.setattr(config, "SYSTEMD_RUNNING", str(tmp_path))
     assert load_config(str(path)).watch[0].unit == "postgresql.service"
+
+
+@pytest.mark.parametrize("probe,needle", [
+    ("{tcp: 'nohost'}", "watch[0].probe.tcp"),
+    ("{tcp: '127.0.0.1:99999'}", "watch[0].probe.tcp"),
+    ("{http: 'ftp://x/'}", "watch[0].probe.http"),
+    ("{tcp: '127.0.0.1:1', file: /x}", "one of tcp, http or file (got tcp, file)"),
+    ("{failures: 0, tcp: '127.0.0.1:1'}", "watch[0].probe.failures"),
+    ("{tcp: '127.0.0.1:1', timeout: 1e12}", "watch[0].probe.timeout"),
+])
+def test_probes_are_checked(tmp_path, probe, needle):
+    path = tmp_path / "agentd.yaml"
+    path.write_text(f"watch: [{{agent_id: n, match: x, probe: {probe}}}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert needle in str(err.value)
