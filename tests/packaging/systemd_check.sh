@@ -114,5 +114,22 @@ check demo-dead-after-kill dead "$(wait_state demo dead)"
 systemctl stop hb-demo
 cp /tmp/agentd.yaml.saved /etc/agentd/agentd.yaml
 systemctl restart agentd
+# agentd run under systemd: Restart=on-failure sees the child's status, the daemon the code
+cat > /etc/systemd/system/hb-job.service <<'UNIT'
+[Unit]
+Description=a job that fails, run by agentd run
+[Service]
+ExecStart=/usr/bin/agentd run --agent-id billing -- /bin/sh -c 'sleep 1; exit 3'
+Restart=on-failure
+RestartSec=1
+UNIT
+systemctl daemon-reload
+systemctl start hb-job; check job-start 0 $?
+check job-dead dead "$(wait_state billing dead)"
+check job-reason "process" "$(field billing reason | sed -n 's/^\(process\) [0-9]* exited with code 3$/\1/p')"
+for _ in $(seq 1 50); do [ "$(systemctl show -P NRestarts hb-job)" -ge 1 ] && break; sleep 0.2; done
+check job-restarted-by-systemd yes "$( [ "$(systemctl show -P NRestarts hb-job)" -ge 1 ] && echo yes)"
+check job-logged-code-3 yes "$(journalctl -u hb-job -q --no-pager | grep -q 'status=3' && echo yes)"
+systemctl stop hb-job
 journalctl -u hbdaemon -u agentd -q --no-pager | tail -60 | sed 's/^/journal: /'  # for a failure
 echo done
