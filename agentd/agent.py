@@ -3,6 +3,7 @@
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -170,11 +171,12 @@ class Agent:
             self._relocate, self._relocate_left = True, len(RELOCATE_AFTER) - 1
         self.scheduler.soon(RELOCATE_AFTER[0])
 
-    def _send(self, status: str):
+    def _send(self, status: str, detail: str = ""):
         """One heartbeat, under the lock. Returns the delay before a retry (None: wait for
         the next slot) and the user's callback to call once the lock is released."""
         cpu, memory = self.sampler.sample()
-        line = encode_heartbeat(self.agent_id, self.pid, status, self.stats.version, cpu, memory)
+        line = encode_heartbeat(self.agent_id, self.pid, status, self.stats.version, cpu, memory,
+                                detail=detail)
         try:
             self.transport.send(line)
         except TransportError as exc:
@@ -195,7 +197,7 @@ class Agent:
                 return
             try:
                 function(arg)
-            except Exception:
+            except BaseException:  # sys.exit() in a callback too: the beat must go on
                 log.exception("agent %s: heartbeat callback %r failed", self.agent_id, function)
         return call
 
@@ -243,10 +245,11 @@ class Agent:
             self.sampler.min_window = new.interval * WINDOW
             self.cfg = cfg
 
-    def stop(self) -> None:
+    def stop(self, status: str = "stopping", detail: str = "") -> None:
         """Send a final `stopping` heartbeat (bounded by the send timeout) and disconnect.
         Does nothing if not started (or stopped already). Watched processes are `stopped`
-        too: nobody reports them from now on."""
+        too: nobody reports them from now on. (`exited` with a detail: the program is
+        ending on an error.)"""
         self.scheduler.stop()
         if self.exits is not None:
             self.exits.stop()
@@ -256,7 +259,7 @@ class Agent:
             self._stopped = True
             retry, callback = None, self._callback(None, None)
             if self.report_self:
-                retry, callback = self._send("stopping")
+                retry, callback = self._send(status, detail)
             for target in self.targets if retry is None else ():
                 if target.pid is not None:
                     try:
@@ -300,18 +303,27 @@ class HeartbeatSender(Agent):
 
     def start(self) -> None:
         super().start()
-        atexit.unregister(self.stop)  # once, however often started
-        atexit.register(self.stop)
+        _note_crashes()
+        atexit.unregister(self._at_exit)  # once, however often started
+        atexit.register(self._at_exit)
 
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        super().stop()
+    def stop(self, status: str = "stopping", detail: str = "") -> None:
+        atexit.unregister(self._at_exit)
+        super().stop(status, detail)
+
+    def _at_exit(self) -> None:
+        """The interpreter is ending without stop(): `stopping`, or `exited` (so `dead`)
+        if an exception nobody caught is ending it."""
+        if _CRASHES:
+            self.stop(EXITED, _CRASHES[-1])
+        else:
+            self.stop()
 
     def _after_fork_in_child(self) -> None:
         """The child of a fork(): drop the parent's connection without touching it (the
         parent still uses the socket), locks a parent thread may have held, and timers
         (threads do not survive a fork)."""
-        atexit.unregister(self.stop)
+        atexit.unregister(self._at_exit)
         self._lock = threading.Lock()
         self.stats._lock = threading.Lock()
         self.pid = os.getpid()
@@ -323,6 +335,21 @@ class HeartbeatSender(Agent):
 
 
 _SENDERS: "weakref.WeakSet[HeartbeatSender]" = weakref.WeakSet()
+_CRASHES: List[str] = []  # the exception that is ending the program, if one is
+
+
+def _note_crashes() -> None:
+    """Chain sys.excepthook (once) to remember an exception nobody caught, which is about
+    to end the program: its senders then say `exited`, not `stopping`."""
+    previous = sys.excepthook
+    if getattr(previous, "_agentd", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        _CRASHES.append(f"ended by an uncaught {exc_type.__name__}: {exc}"[:200])
+        previous(exc_type, exc, tb)
+    hook._agentd = True
+    sys.excepthook = hook
 
 
 def _after_fork_in_child() -> None:

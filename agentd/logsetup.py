@@ -70,7 +70,7 @@ def unwritable(path: str, service_user: str = "", directory: bool = False) -> Op
     directory it creates files in), or None. For --check-config: run as root on a host where
     `service_user` exists (the packaged services' user), it judges for that user, since
     that is who the service runs as; else for whoever runs it."""
-    path = os.path.abspath(path)
+    path = os.path.realpath(path)  # through symlinks: the file that will be written
     parent = path if directory else os.path.dirname(path)
     while not os.path.exists(parent):  # a missing state_dir is created: judge its parent
         if not directory or parent == os.path.dirname(parent):

@@ -85,7 +85,7 @@ class Scheduler:
             due = self.clock() >= self._due - 0.001
         try:
             retry = self._tick(due)
-        except Exception:  # the beat must go on
+        except BaseException:  # the beat must go on (SystemExit here ends only this thread)
             log.exception("heartbeat tick failed")
             retry = None
         with self._lock:

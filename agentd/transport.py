@@ -1,6 +1,7 @@
 """Getting a heartbeat line to the daemon: a persistent Unix connection, or HTTP POST."""
 
 import json
+import os
 import random
 import select
 import socket
@@ -135,6 +136,9 @@ class UnixTransport:
             sock.close()
 
 
+_ABANDONED: list = []  # a fork child's copies of the parent's connection (see forget)
+
+
 class HttpTransport:
     """POST /heartbeat over one reused keep-alive connection, with a bearer token if set.
 
@@ -244,7 +248,18 @@ class HttpTransport:
                 self._sock, self._rfile = None, None
         self.connected = False
 
-    forget = close  # after fork(): closing our descriptors leaves the parent's connection be
+    def forget(self) -> None:
+        """After fork(), in the child: drop the parent's connection without touching its
+        reader, whose lock a parent thread (gone here) may hold mid-read: closing it would
+        wait for ever. Only this process's descriptor closes; the objects are kept from the
+        garbage collector, which would close the reader the same way."""
+        if self._sock is not None:
+            _ABANDONED.append((self._sock, self._rfile))
+            try:
+                os.close(self._sock.detach())
+            except OSError:
+                pass
+        self._sock, self._rfile, self.connected = None, None, False
 
 
 def _message(body: bytes) -> str:

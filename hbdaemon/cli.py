@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from hbdaemon import __version__, logsetup
 from hbdaemon.config import DEFAULT_PATH, ConfigError, load_config
-from hbdaemon.store import StoreError
+from hbdaemon.store import DB_NAME, StoreError
 from hbdaemon.unix_server import SocketInUseError
 
 log = logging.getLogger("hbdaemon")
@@ -60,6 +60,12 @@ def check_paths(cfg) -> None:
         problem = path and logsetup.unwritable(path, SERVICE_USER, directory)
         if problem:
             raise ConfigError(f"{cfg.source}: {name}: {path} will not be writable: {problem}")
+    for suffix in ("", "-wal", "-shm"):  # a store left by another user (root, say)
+        db = os.path.join(cfg.daemon.state_dir, DB_NAME + suffix)
+        problem = os.path.exists(db) and logsetup.unwritable(db, SERVICE_USER)
+        if problem:
+            raise ConfigError(f"{cfg.source}: daemon.state_dir: {db} will not be writable: "
+                              f"{problem}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

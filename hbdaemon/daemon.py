@@ -120,8 +120,10 @@ class Daemon:
         self.events.restore(events, self.store.reserved_id)
         self.store.on_written = self.events.mark_written
         self.store.on_reserved = self.events.reserved
-        self.events.subscribe(self.store.add_event)
+        # hooks first: a store write between the two then holds the run with its event
+        # (the run's row carries the event), never the event without its run
         self.events.subscribe(self.hooks.on_event)
+        self.events.subscribe(self.store.add_event)
         self.registry.load(agents)
         self.hooks.restore(self.store.hook_runs)
         if agents:

@@ -94,6 +94,11 @@ class HookRunner:
         with self._lock:
             self._hooks, self._restart = tuple(hooks), restart
             self._keys = {hook: hook_key(hook) for hook in self._hooks}
+            same = {key: hook for hook, key in self._keys.items()}  # by name, command, events
+            for slots in self._slots.values():  # a changed timeout alone keeps the slot
+                for old in [h for h in slots if h not in self._hooks and hook_key(h) in same]:
+                    if same[hook_key(old)] not in slots and not slots[old].running:
+                        slots[same[hook_key(old)]] = slots.pop(old)
             for agent, slots in self._slots.items():
                 self._dirty.update((agent, hook_key(h)) for h in slots if h not in self._hooks)
             self._slots = {agent: kept for agent, kept in (
@@ -240,8 +245,9 @@ class HookRunner:
                 return
             slot.attempts += 1
             rs = self._restart
-            slot.next_at = self._clock() + min(rs.backoff_base * 2 ** (slot.attempts - 1),
-                                               rs.backoff_max)
+            # the exponent capped: 2 ** 1024 is past a float (max_retries may be 1,000,000)
+            slot.next_at = self._clock() + min(
+                rs.backoff_base * 2 ** min(slot.attempts - 1, 64), rs.backoff_max)
             if not ok and slot.pending is None and current in hook.on and hook in self._hooks:
                 slot.pending, slot.retry = ev, True  # after the backoff, while still in that state
             if slot.attempts >= rs.max_retries and current != "healthy" and not slot.suspended:
@@ -274,7 +280,7 @@ def _restored(data, now: float, wall: float, backoff_max: float) -> Optional[_Sl
             raise ValueError("next_at")
         slot.next_at = now + min(max(0.0, wait), backoff_max)
         return slot
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
         log.warning("hooks: ignoring an unreadable waiting run in the state store (%s)", exc)
         return None
 

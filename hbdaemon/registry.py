@@ -247,8 +247,8 @@ class Registry:
                 rec = self._records.get(candidate)
                 if rec is None:
                     return candidate
-                if _holder(rec, peer):
-                    continue  # held by another live connection
+                if _holder(rec, peer) or rec.owner_uid is None:
+                    continue  # held by another live connection, or an HTTP agent's
                 pid, started = rec.check_pid, rec.check_started
                 free = rec.connected or rec.state in ENDED or pid in (None, peer.pid)
             # silent but not connected: free unless that process still runs (a hung one)

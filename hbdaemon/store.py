@@ -132,7 +132,7 @@ class Store:
             for agent_id, data in db.execute("SELECT agent_id, data FROM agents"):
                 try:
                     agents.append(json.loads(data))
-                except ValueError:
+                except (ValueError, RecursionError):  # a hostile row: skipped, not a crash
                     log.warning("state store: skipping unreadable record of agent %s", agent_id)
             row = db.execute("SELECT value FROM meta WHERE key='event_id_reserved'").fetchone()
             self.reserved_id = _reserved_mark(row[0] if row else None)
@@ -143,7 +143,7 @@ class Store:
             for agent_id, hook, data in db.execute("SELECT agent_id, hook, data FROM hook_runs"):
                 try:
                     self.hook_runs.append((agent_id, hook, json.loads(data)))
-                except ValueError:
+                except (ValueError, RecursionError):
                     log.warning("state store: skipping an unreadable hook run of %s", agent_id)
             return agents, events
         finally:

@@ -229,6 +229,59 @@ def test_a_program_that_ends_without_stop_says_stopping_at_exit(daemon_factory):
     assert "dead" not in [ev["to"] for ev in d.events("lib-app")] and rec["pid"] == proc.pid
 
 
+def test_a_program_ended_by_an_uncaught_exception_is_dead_not_stopped(daemon_factory):
+    d = daemon_factory().start()
+    proc = _library_program(d, "sender.start()\nprint('started', flush=True)\n"
+                               "sys.stdin.readline()\nraise RuntimeError('boom')\n")
+    assert proc.stdout.readline().strip() == "started"
+    d.wait_state("lib-app", "healthy")
+    proc.communicate("\n", timeout=10)
+    assert proc.returncode == 1
+    rec = d.wait_state("lib-app", "dead")
+    assert rec["reason"] == "ended by an uncaught RuntimeError: boom"
+
+
+def test_sys_exit_in_a_callback_does_not_stop_the_beat(daemon_factory):
+    d = daemon_factory().start()
+    callback = "def bail(stats):\n    sys.exit(3)\n"
+    proc = _library_program(d, "sender.start()\nprint('started', flush=True)\n"
+                               "sys.stdin.readline()\nsender.stop()\n",
+                            before=callback, kwargs=", on_success=bail")
+    assert proc.stdout.readline().strip() == "started"
+    beats = d.wait_state("lib-app", "healthy")["heartbeats"]
+    wait_for(lambda: d.agent("lib-app")["heartbeats"] >= beats + 3, what="beats after sys.exit")
+    proc.communicate("\n", timeout=10)
+    d.wait_state("lib-app", "stopped")
+
+
+def test_a_fork_while_an_http_heartbeat_waits_for_its_answer_does_not_hang_the_child(
+        daemon_factory):
+    d = daemon_factory().start()
+    head = ("import os, sys, time\n"
+            "from agentd import HeartbeatSender\n"
+            f"sender = HeartbeatSender('lib-http', transport='http', "
+            f"url='http://127.0.0.1:{d.port}/heartbeat', interval=0.5, timeout=30)\n"
+            "sender.start()\nprint('started', flush=True)\nsys.stdin.readline()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n    print('child', flush=True)\n    os._exit(0)\n"
+            "os.waitpid(pid, 0)\nprint('reaped', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", head], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        d.wait_state("lib-http", "healthy")
+        d.proc.send_signal(signal.SIGSTOP)  # the next beat now waits for its answer
+        time.sleep(1.2)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "child"  # hung in the fork handler before
+        assert proc.stdout.readline().strip() == "reaped"
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(10)
+
+
 def test_stop_from_a_callback_returns_and_start_after_stop_resumes(daemon_factory):
     d = daemon_factory().start()
     callback = (

@@ -2,7 +2,7 @@
 
 from hbdaemon.config import HookConfig, RestartConfig
 from hbdaemon.events import Event
-from hbdaemon.hooks import HookRunner, run_hook
+from hbdaemon.hooks import HookRunner, _Slot, run_hook
 from support.clock import FakeClock
 
 
@@ -223,3 +223,35 @@ def test_kept_runs_of_a_removed_hook_or_hostile_rows_are_dropped_not_crashed_on(
     runner, queued = _reborn(h, [("a", key, {**good, "next_at": 1e300})],
                              restart=RestartConfig(backoff_max=25.0))
     assert queued == 1 and next(iter(runner._slots["a"].values())).next_at <= h.clock.now + 25
+
+
+def test_a_million_retries_never_overflow_the_backoff():
+    h = Harness(ok=False, max_retries=1_000_000)
+    slot = _Slot()
+    slot.attempts = 5000
+    h.runner._slots["a"] = {h.runner._hooks[0]: slot}
+    h.runner._finish(h.runner._hooks[0], "a", slot, Event(1, 0.0, "a", "healthy", "dead", "r"),
+                     False, "dead")
+    assert slot.next_at == h.clock.now + 25.0  # capped at backoff_max, no OverflowError
+
+
+def test_hostile_numbers_in_a_kept_run_are_skipped():
+    h = Harness()
+    key = next(iter(h.runner._keys.values()))
+    good = {"event": [1, 1.5, "a", "healthy", "dead", "r", "state"], "attempts": 0,
+            "suspended": False}
+    saved = [("a", key, {**good, "next_at": 10 ** 400}), ("a", key, {**good, "next_at": 1e308})]
+    runner, queued = _reborn(h, saved)
+    assert queued == 1  # the huge integer skipped; 1e308 is only far away (capped backoff)
+
+
+def test_a_reload_that_changes_only_a_hooks_timeout_keeps_its_waiting_retry():
+    h = Harness(ok=False, max_retries=5)
+    h.event("dead")  # failed once: a retry waits
+    old = h.runner._hooks[0]
+    new = HookConfig(on=old.on, command=old.command, timeout=99.0)
+    h.runner.configure((new,), h.runner._restart)
+    assert list(h.runner._slots["a"]) == [new] and h.runner._slots["a"][new].pending is not None
+    h.clock.advance(11)
+    h.runner._dispatch()
+    assert len(h.ran) == 2

@@ -657,3 +657,10 @@ def test_targets_of_a_watcher_that_died_are_dead_naming_the_watcher():
     assert w.state("nginx") == w.state("redis") == "dead"
     assert w.registry.get("redis")["reason"] == ("its watcher (process 100, which spoke for pid "
                                                  "501) is gone: connection closed without stopping")
+
+
+def test_an_anonymous_program_never_takes_an_http_agents_record():
+    w = World()
+    w.beat("agent.py@uid0", pid=3999999, transport="http")  # someone posted this id
+    peer = Peer(5, 200, 0, 0, None)
+    assert w.registry.name_anonymous("agent.py@uid0", peer) == "agent.py@uid0.2"

@@ -102,3 +102,15 @@ def test_an_id_block_asked_ahead_is_written_with_the_next_batch_and_never_lowere
     again = Store(str(tmp_path), max_events=5, interval=1.0)
     again.open()
     assert again.reserved_id == 30_000
+
+
+def test_deeply_nested_rows_are_skipped_not_a_crash_at_start(tmp_path, caplog):
+    s = Store(str(tmp_path), max_events=5, interval=1.0)
+    s.open()
+    db = s._connect()
+    db.execute("INSERT INTO agents VALUES ('deep', ?)", ("[" * 100_000,))
+    db.execute("INSERT INTO hook_runs VALUES ('deep', 'k', ?)", ("[" * 100_000,))
+    db.close()
+    again = Store(str(tmp_path), max_events=5, interval=1.0)
+    assert again.open() == ([], []) and again.hook_runs == []
+    assert "skipping unreadable record of agent deep" in caplog.text
