@@ -173,7 +173,9 @@ class Store:
         so that a restart never gives one of them to another event. Raises sqlite3.Error."""
         with self._reserve_lock:
             if self._reserve_db is None:
-                self._reserve_db = sqlite3.connect(self.path, timeout=10, isolation_level=None,
+                # a short busy timeout: the event log waits for this write (rare: the next
+                # block is normally written ahead with the batches)
+                self._reserve_db = sqlite3.connect(self.path, timeout=1, isolation_level=None,
                                                    check_same_thread=False)
             with self._reserve_db:
                 self._reserve_db.execute("BEGIN")
