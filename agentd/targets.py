@@ -155,7 +155,8 @@ def unit_properties(unit: str, run=subprocess.run) -> Tuple[Dict[str, str], str]
     """MainPID and ActiveState of a systemd unit, or ({}, why not)."""
     try:
         out = run(["systemctl", "show", "--property=MainPID", "--property=ActiveState",
-                   "--", unit], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT)
+                   "--property=NRestarts", "--property=Result", "--", unit],
+                  capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT)
     except (OSError, subprocess.SubprocessError) as exc:
         return {}, f"cannot ask systemd about unit {unit}: {exc}"
     props = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
@@ -164,12 +165,16 @@ def unit_properties(unit: str, run=subprocess.run) -> Tuple[Dict[str, str], str]
     return props, ""
 
 
-def unit_locator(unit: str, run=subprocess.run,
-                 cgroups: Tuple[str, ...] = CGROUP_ROOTS) -> Callable[[], Tuple[Optional[int], str]]:
+def unit_locator(unit: str, run=subprocess.run, cgroups: Tuple[str, ...] = CGROUP_ROOTS,
+                 seen: Optional[dict] = None) -> Callable[[], Tuple[Optional[int], str]]:
     """The MainPID of a systemd unit (systemctl show); where systemctl cannot answer (no
-    D-Bus for an unprivileged agentd, say), the oldest process in the unit's cgroup."""
+    D-Bus for an unprivileged agentd, say), the oldest process in the unit's cgroup.
+    `seen` keeps the properties of the last look (see unit_stop_asked)."""
     def locate() -> Tuple[Optional[int], str]:
         props, why = unit_properties(unit, run)
+        if seen is not None:
+            seen.clear()
+            seen.update(props)
         if not props:
             for root in cgroups:
                 pid = _oldest_in_cgroup(os.path.join(root, unit, "cgroup.procs"))
@@ -182,12 +187,21 @@ def unit_locator(unit: str, run=subprocess.run,
     return locate
 
 
-def unit_stop_asked(unit: str, run=subprocess.run) -> Callable[[], bool]:
-    """After its main process ended: is the unit being stopped (systemctl stop or
-    restart), not failing? A stop job is under way before the process is signalled."""
+def unit_stop_asked(unit: str, run=subprocess.run,
+                    seen: Optional[dict] = None) -> Callable[[], bool]:
+    """After its main process ended: was the unit stopped or restarted on purpose, not
+    failing? A stop job is under way before the process is signalled (deactivating); a
+    restart may be over by the time we ask, so a new main process that no automatic
+    restart (NRestarts, from the last look, `seen`) started after a clean end counts too."""
     def asked() -> bool:
         props, _ = unit_properties(unit, run)
-        return props.get("ActiveState") in ("deactivating", "inactive")
+        if props.get("ActiveState") in ("deactivating", "inactive"):
+            return props.get("Result", "success") == "success"
+        before = seen or {}
+        return (props.get("ActiveState") in ("active", "activating", "reloading")
+                and props.get("Result") == "success"
+                and props.get("MainPID") not in ("0", before.get("MainPID"))
+                and props.get("NRestarts") == before.get("NRestarts"))
     return asked
 
 
@@ -213,8 +227,9 @@ def target_for(cfg, exclude: Callable[[], set]) -> Target:
     from agentd.probes import make_probe
     probe = make_probe(cfg.probe), cfg.probe.failures
     if cfg.unit:
-        return Target(cfg.agent_id, cfg.how, unit_locator(cfg.unit), unit_stop_asked(cfg.unit),
-                      *probe)
+        seen: dict = {}
+        return Target(cfg.agent_id, cfg.how, unit_locator(cfg.unit, seen=seen),
+                      unit_stop_asked(cfg.unit, seen=seen), *probe)
     locate = pidfile_locator(cfg.pidfile) if cfg.pidfile else match_locator(cfg.match, exclude)
     return Target(cfg.agent_id, cfg.how, locate, lambda: False, *probe)
 

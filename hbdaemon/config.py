@@ -126,6 +126,10 @@ class HookConfig:
     command: Tuple[str, ...] = key(REQUIRED, cv.argv)
     timeout: float = key(30.0, cv.positive_duration)
     name: str = key("", cv.text)
+    agents: Tuple[str, ...] = key((), cv.glob_list)  # only for these ids (globs); (): all
+
+    def covers(self, agent_id: str) -> bool:
+        return not self.agents or any(fnmatch.fnmatchcase(agent_id, g) for g in self.agents)
 
     @property
     def label(self) -> str:

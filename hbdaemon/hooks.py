@@ -56,7 +56,7 @@ class _Slot:
 def hook_key(hook: HookConfig) -> str:
     """A hook's identity in the state store: its name, command and events (a reload that
     only changes its timeout keeps what waits for it across a restart)."""
-    return json.dumps([hook.name, list(hook.command), sorted(hook.on)])
+    return json.dumps([hook.name, list(hook.command), sorted(hook.on), list(hook.agents)])
 
 
 class HookRunner:
@@ -157,7 +157,7 @@ class HookRunner:
                         slot.pending, slot.retry = None, False
                     self._dirty.add((ev.agent_id, hook_key(hook)))
             for hook in self._hooks:
-                if trigger in hook.on:
+                if trigger in hook.on and hook.covers(ev.agent_id):
                     slot = self._slots.setdefault(ev.agent_id, slots).setdefault(hook, _Slot())
                     if not slot.suspended:
                         slot.pending, slot.retry = ev, False

@@ -123,14 +123,22 @@ def test_a_unit_systemctl_cannot_answer_for_is_found_in_its_cgroup_and_a_stop_is
     assert unit_locator("db.service", no_bus, (str(tmp_path),))() == \
         (None, "unit db.service: Failed to connect to bus")
 
-    def state(active):
+    def state(active, pid=0, restarts=0, result="success"):
         return lambda *a, **k: subprocess.CompletedProcess(
-            a, 0, f"MainPID=0\nActiveState={active}\n", "")
+            a, 0, f"MainPID={pid}\nActiveState={active}\nNRestarts={restarts}\n"
+                  f"Result={result}\n", "")
     assert unit_stop_asked("web.service", state("deactivating"))() is True
     assert unit_stop_asked("web.service", state("inactive"))() is True
+    assert unit_stop_asked("web.service", state("inactive", result="signal"))() is False
     for crashed in ("active", "failed", "activating"):
         assert unit_stop_asked("web.service", state(crashed))() is False
     assert unit_stop_asked("web.service", no_bus)() is False
+    seen = {"MainPID": "100", "NRestarts": "0"}  # the last look, before the end
+    # a restart already over when we ask: a new main process, no automatic restart
+    assert unit_stop_asked("web.service", state("active", 200), seen)() is True
+    # systemd restarted it after a failure (Restart=): a crash
+    assert unit_stop_asked("web.service", state("active", 200, 1), seen)() is False
+    assert unit_stop_asked("web.service", state("active", 200, 0, "exit-code"), seen)() is False
 
 
 def test_probes_say_what_failed_and_pass_when_answered(tmp_path):

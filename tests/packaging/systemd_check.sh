@@ -94,6 +94,12 @@ ExecStart=/usr/bin/python3 -m http.server 8099 --bind 127.0.0.1
 UNIT
 systemctl daemon-reload
 systemctl start hb-demo; check demo-start 0 $?
+# a hook restarts it when it is dead: the unprivileged daemon may, for the units listed
+sed -i 's|^var HBDAEMON_RESTARTABLE = \[|&"hb-demo.service",|' /etc/polkit-1/rules.d/50-hbdaemon.rules
+systemctl try-reload-or-restart polkit 2>/dev/null
+cp /etc/default/hbdaemon /tmp/default.hb.saved
+echo "HBDAEMON_HOOKS='[{on: [dead], agents: [demo], command: [systemctl, restart, --no-block, hb-demo.service]}]'" >> /etc/default/hbdaemon
+systemctl restart hbdaemon; check daemon-restart-with-hook 0 $?
 cp /etc/agentd/agentd.yaml /tmp/agentd.yaml.saved
 printf 'watch:\n  - {agent_id: demo, unit: hb-demo.service}\n' >> /etc/agentd/agentd.yaml
 systemctl restart agentd; check agent-restart-with-watch 0 $?
@@ -110,8 +116,20 @@ check demo-restart-seen yes "$(python3 -c "import json,urllib.request as u
 ev=json.load(u.urlopen('http://127.0.0.1:8690/events?agent=demo', timeout=5))['events']
 print('yes' if [e['to'] for e in ev][-2:] in (['stopped','healthy'], ['dead','healthy']) else ev)")"
 kill -9 "$new_pid"
-check demo-dead-after-kill dead "$(wait_state demo dead)"
+for _ in $(seq 1 75); do
+    p=$(field demo pid); [ "$p" != "$new_pid" ] && [ "$(state demo)" = healthy ] && break; sleep 0.2
+done
+check demo-restarted-by-hook healthy "$(state demo)"
+check demo-hook-new-pid "$(systemctl show -P MainPID hb-demo)" "$(field demo pid)"
+check demo-hook-dead-seen yes "$(python3 -c "import json,urllib.request as u
+ev=json.load(u.urlopen('http://127.0.0.1:8690/events?agent=demo', timeout=5))['events']
+print('yes' if any(e['to'] == 'dead' and 'signal 9' in e['reason'] or 'exited' in e['reason'] for e in ev) else ev)")"
+check demo-hook-logged yes "$(journalctl -u hbdaemon -q --no-pager | grep -q 'hook systemctl for demo (dead) ran' && echo yes)"
+# a unit not listed: refused
 systemctl stop hb-demo
+check hook-cannot-touch-others yes "$(runuser -u hbdaemon -- systemctl restart --no-block agentd.service 2>/dev/null || echo yes)"
+cp /tmp/default.hb.saved /etc/default/hbdaemon
+systemctl restart hbdaemon
 cp /tmp/agentd.yaml.saved /etc/agentd/agentd.yaml
 systemctl restart agentd
 # agentd run under systemd: Restart=on-failure sees the child's status, the daemon the code

@@ -72,7 +72,7 @@ def test_lintian_is_clean(debs):
     ("hbdaemon", ["./usr/bin/hbdaemon", "./usr/bin/hbctl", "./usr/share/man/man1/hbctl.1.gz", "./usr/lib/python3/dist-packages/hbdaemon/daemon.py",
                   "./etc/hbdaemon/hbdaemon.yaml", "./etc/default/hbdaemon", "./etc/init.d/hbdaemon",
                   "./lib/systemd/system/hbdaemon.service", "./usr/share/man/man8/hbdaemon.8.gz",
-                  "./etc/logrotate.d/hbdaemon"]),
+                  "./etc/logrotate.d/hbdaemon", "./etc/polkit-1/rules.d/50-hbdaemon.rules"]),
     ("agentd", ["./usr/bin/agentd", "./usr/lib/python3/dist-packages/agentd/agent.py",
                 "./etc/agentd/agentd.yaml", "./etc/default/agentd", "./etc/init.d/agentd",
                 "./lib/systemd/system/agentd.service", "./usr/share/man/man8/agentd.8.gz",
@@ -122,7 +122,7 @@ def root(debs, tmp_path_factory):
     must(["chroot", path, "apt-get", "update", "-qq"], timeout=600)
     # systemd as well, for the unit checks and the boot test; the packages pull in the rest
     must(["chroot", path, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
-          "systemd", "systemd-sysv", "dbus", "logrotate",
+          "systemd", "systemd-sysv", "dbus", "polkitd", "logrotate",
           *(f"/tmp/{os.path.basename(d)}" for d in debs.values())], timeout=600)
     os.unlink(os.path.join(path, "usr/sbin/policy-rc.d"))
     yield path
