@@ -23,6 +23,7 @@ import urllib.error
 import yaml
 
 from common import cpu_seconds, get_json, hbdaemon, percentile, report, rss_bytes, wait_until
+from hbdaemon.protocol import parse_rfc3339
 
 
 def start_agentd(tmp: str, name: str, sock: str, watch: list, interval: str) -> subprocess.Popen:
@@ -65,7 +66,8 @@ def kill_trials(url: str, sock: str, tmp: str, trials: int) -> list:
             proc.wait()
             wait_until(lambda: agent(url, "victim")["state"] == "dead", timeout=30,
                        interval=0.001)
-            took.append((agent(url, "victim")["state_since"] - killed) * 1000)
+            # state_since: the daemon's clock, to the millisecond
+            took.append((parse_rfc3339(agent(url, "victim")["state_since"]) - killed) * 1000)
             proc = sleeper(pidfile)  # the restart, found again by agentd
     finally:
         proc.kill()
