@@ -56,6 +56,18 @@ def build_run_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _set_options(items: List[str], prog: str) -> Optional[dict]:
+    """The --set KEY=VALUE options as overrides, or None (said on stderr) if one is bad."""
+    overrides = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"{prog}: --set {item}: expected KEY=VALUE", file=sys.stderr)
+            return None
+        overrides[name.strip()] = value
+    return overrides
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
@@ -67,13 +79,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     path = args.config or os.environ.get("AGENTD_CONFIG") or DEFAULT_PATH
     named = bool(args.config or os.environ.get("AGENTD_CONFIG"))
-    overrides = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            print(f"agentd: --set {item}: expected KEY=VALUE", file=sys.stderr)
-            return EXIT_USAGE
-        overrides[name.strip()] = value
+    overrides = _set_options(args.set, "agentd")
+    if overrides is None:
+        return EXIT_USAGE
     if args.agent_id is not None:
         overrides["agent_id"] = args.agent_id
     if args.log_level:
@@ -141,13 +149,10 @@ def run_main(argv: List[str]) -> int:
         print(f"agentd run: --agent-id {args.agent_id!r}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     path = args.config or os.environ.get("AGENTD_CONFIG") or DEFAULT_PATH
-    overrides = {"http.port": "0"}  # no status API: the service's agentd has that port
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            print(f"agentd run: --set {item}: expected KEY=VALUE", file=sys.stderr)
-            return EXIT_USAGE
-        overrides[name.strip()] = value
+    overrides = _set_options(args.set, "agentd run")
+    if overrides is None:
+        return EXIT_USAGE
+    overrides.setdefault("http.port", "0")  # no status API: the service's agentd has it
     if args.log_level:
         overrides["log.level"] = args.log_level
     try:
