@@ -80,6 +80,8 @@ class Agent:
         self.exits = ExitWatcher(self._target_ended) if watched else None
         self._relocate = False  # a target ended: look for its next process soon
         self._relocate_left = 0  # looks still to take before the next beat
+        self._targets_due = threading.Event()  # the targets' round is due (agentd-targets)
+        self._targets_thread: Optional[threading.Thread] = None
         self.watcher = self.agent_id  # named in its targets' records ("agentd run": its own)
 
     def start(self) -> None:
@@ -95,6 +97,10 @@ class Agent:
                      target.agent_id)
         if self.exits is not None and self.exits._thread is None:
             self.exits.start()
+        if self.targets and (self._targets_thread is None or not self._targets_thread.is_alive()):
+            self._targets_thread = threading.Thread(target=self._targets_loop,
+                                                    name="agentd-targets", daemon=True)
+            self._targets_thread.start()
         self.scheduler.start()
 
     def _target(self) -> str:
@@ -109,10 +115,11 @@ class Agent:
             retry, callback = None, self._callback(None, None)
             if self.report_self:
                 retry, callback = self._send("running" if self._sent_any else "starting")
-            for target in self.targets if retry is None else ():
-                retry = self._send_target(target)
-                if retry is not None:
-                    break
+        # the targets' beats go out on their own thread (agentd-targets): a slow probe or
+        # scan must not hold up agentd's own beat, nor another target's end being told
+        if self.targets and retry is None:
+            self._targets_due.set()
+        with self._lock:
             if retry is None and self._relocate_left and any(t.pid is None for t in self.targets):
                 # a restart takes a moment: look again a little later, then at the beat
                 self._relocate = True
@@ -121,30 +128,58 @@ class Agent:
         callback()
         return retry
 
-    def _send_target(self, target: Target) -> Optional[float]:
-        """One heartbeat for a watched process, under the lock: `running` with its pid,
-        CPU and memory, or `exited` saying why there is none (found again later)."""
-        if target.pid is None and target.locate() and self.exits is not None:
-            self.exits.watch(target, target.pid, target.started)
-        cpu, memory = None, 0
-        if target.pid is not None:
+    def _targets_loop(self) -> None:
+        """One beat for every target each time the scheduler asks (asks that come while
+        a round is under way make one more round). A send that fails asks for a retry."""
+        while True:
+            self._targets_due.wait()
+            self._targets_due.clear()
+            if self._stopped:
+                return
             try:
-                cpu, memory = target.sample()
-            except psutil.Error:
-                target.forget(f"process {target.pid} is gone")
-        if target.pid is None:
-            line = encode_heartbeat(target.agent_id, target.last_pid or self.pid, EXITED, "",
-                                    None, 0, agent_pid=self.pid, detail=target.detail,
-                                    watcher=self.watcher)
-        else:
-            failing = target.unresponsive()  # alive: but answering?
-            line = encode_heartbeat(target.agent_id, target.pid,
-                                    UNRESPONSIVE if failing else "running", "", cpu, memory,
-                                    agent_pid=self.pid, watcher=self.watcher, detail=failing)
-        try:
-            self.transport.send(line)
-        except TransportError as exc:
-            return self._failed(exc)
+                for target in self.targets:
+                    retry = self._send_target(target)
+                    if retry is not None:
+                        self.scheduler.soon(retry)
+                        break
+            except Exception:  # a target's beat must not end them all
+                log.exception("agent %s: a watched process's heartbeat failed", self.agent_id)
+
+    def _send_target(self, target: Target) -> Optional[float]:
+        """One heartbeat for a watched process: `running` with its pid, CPU and memory
+        (`unresponsive` if its probe keeps failing), or `exited` saying why there is none
+        (looked for again later). Holds the target's lock throughout, the agent's to send."""
+        with target.lock:
+            if target.done:
+                return None
+            if target.pid is not None and target.reread and target.moved():
+                target.forget()  # its pidfile names another live process now: take that up
+            if target.pid is None and target.locate() and self.exits is not None and \
+                    not self.exits.watch(target, target.pid, target.started):
+                target.forget(f"process {target.pid} exited")  # gone as it was found
+            cpu, memory, failing = None, 0, ""
+            if target.pid is not None:
+                try:
+                    cpu, memory = target.sample()
+                except psutil.Error:
+                    target.forget(f"process {target.pid} is gone")
+            if target.pid is not None:
+                failing = target.unresponsive()  # alive: but answering?
+            if target.pid is None:
+                line = encode_heartbeat(target.agent_id, target.last_pid or self.pid, EXITED, "",
+                                        None, 0, agent_pid=self.pid, detail=target.detail,
+                                        watcher=self.watcher)
+            else:
+                line = encode_heartbeat(target.agent_id, target.pid,
+                                        UNRESPONSIVE if failing else "running", "", cpu, memory,
+                                        agent_pid=self.pid, watcher=self.watcher, detail=failing)
+            with self._lock:
+                if self._stopped:
+                    return None
+                try:
+                    self.transport.send(line)
+                except TransportError as exc:
+                    return self._failed(exc)
         return None
 
     def _target_ended(self, target: Target, pid: int, exit_code: Optional[int] = None,
@@ -154,7 +189,7 @@ class Agent:
         look for its next process soon."""
         if status is None:  # asked outside the lock: it may run systemctl
             status = "stopping" if target.stop_asked() else EXITED
-        with self._lock:
+        with target.lock, self._lock:  # the order _send_target takes them in
             if self._stopped or target.pid not in (pid, None):
                 return  # a process found since: this end is old news
             target.forget(f"process {pid} exited")
@@ -257,6 +292,7 @@ class Agent:
             if self._stopped or not self._started:
                 return
             self._stopped = True
+            self._targets_due.set()  # agentd-targets sees _stopped and ends
             retry, callback = None, self._callback(None, None)
             if self.report_self:
                 retry, callback = self._send(status, detail)

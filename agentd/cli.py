@@ -172,6 +172,6 @@ def run_main(argv: List[str]) -> int:
     runner = ChildRunner(cfg, args.agent_id, command)
     try:
         return runner.run()
-    except OSError as exc:
+    except OSError as exc:  # the shell's codes: 126 found but not runnable, 127 not found
         print(f"agentd run: cannot run {command[0]}: {exc.strerror or exc}", file=sys.stderr)
-        return 127
+        return 127 if isinstance(exc, FileNotFoundError) else 126

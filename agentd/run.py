@@ -7,6 +7,7 @@ gives systemd's restarts (Restart=on-failure sees the child's status) plus the d
 verdict the moment the child ends, with its exit code or signal in the event.
 """
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -23,6 +24,19 @@ log = logging.getLogger(__name__)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)  # asked to stop: an exit is `stopped`
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """In the child before exec: its own process group, and SIGTERM should agentd die
+    without passing one on (kill -9), so that it is never left running unreported."""
+    os.setpgrp()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def exit_status(returncode: int) -> int:
@@ -53,16 +67,22 @@ class ChildRunner:
     def run(self) -> int:
         """Start the child, report it until it ends, and return the status to exit with.
         Raises OSError if the command cannot be started."""
+        for signum in FORWARDED:  # before the child exists: a stop then is not lost
+            signal.signal(signum, self._forward)
         # its own process group: a signal for it reaches what it started too, and a
         # Ctrl-C in agentd's terminal reaches it only through us
-        self.child = subprocess.Popen(self.command, preexec_fn=os.setpgrp)
-        for signum in FORWARDED:
-            signal.signal(signum, self._forward)
+        self.child = subprocess.Popen(self.command, preexec_fn=_child_setup)
+        if self.stop_signal is not None:  # asked to stop while it was being started
+            self._forward(self.stop_signal, None)
         self.agent.start()
         returncode = self.child.wait()
         self.agent.scheduler.stop()  # no beat after the last word below
+        self.target.done = True
+        # a stop it was asked for: exit 0, death by that signal, or 128 + it (the JVM,
+        # shell wrappers)
         stopped = self.stop_signal is not None and (
-            returncode == 0 or -returncode in (self.stop_signal, signal.SIGTERM))
+            returncode == 0 or -returncode in (self.stop_signal, signal.SIGTERM)
+            or returncode in (128 + self.stop_signal, 128 + signal.SIGTERM))
         self.agent._target_ended(
             self.target, self.child.pid,
             exit_code=returncode if returncode >= 0 else None,

@@ -6,10 +6,12 @@ process exits, and one thread waits on all of them (ExitWatcher). A process agen
 not start leaves no exit status to read; a child of `agentd run` does.
 """
 
+import errno
 import logging
 import os
 import re
 import select
+import stat
 import subprocess
 import threading
 import time
@@ -30,9 +32,13 @@ class Target:
 
     def __init__(self, agent_id: str, how: str, locate: Callable[[], Tuple[Optional[int], str]],
                  stop_asked: Callable[[], bool] = lambda: False,
-                 probe: Optional[Callable[[], Optional[str]]] = None, failures: int = 3):
+                 probe: Optional[Callable[[], Optional[str]]] = None, failures: int = 3,
+                 reread: bool = False):
         self.agent_id, self.how = agent_id, how
         self._locate = locate
+        self.lock = threading.Lock()  # a beat for it, or the news of its end: one at a time
+        self.reread = reread  # look again at every beat (a pidfile: cheap, and may change)
+        self.done = False  # its last word is said (`agentd run`'s child): no more beats
         self._probe, self._failures_allowed = probe, failures
         self.failures = 0  # probes failed in a row
         self.stop_asked = stop_asked  # after an end: was it asked to stop (not a crash)?
@@ -56,11 +62,22 @@ class Target:
         except psutil.Error:
             self.pid, self._proc, self.detail = None, None, f"process {pid} is gone"
             return False
+        leader = _thread_group(pid)
+        if leader not in (None, pid):  # psutil takes a thread's id too: not a process
+            self.pid, self._proc = None, None
+            self.detail = f"pid {pid} is a thread of process {leader}, not a process"
+            return False
         if pid != self.pid or started != self.started:
             self._last = None  # a new process: its CPU window starts now
         self.pid = self.last_pid = pid
         self.started, self._proc, self.detail = started, proc, ""
         return True
+
+    def moved(self) -> bool:
+        """Does the target's place (its pidfile) name another valid process than the one
+        held? A pidfile gone or stale meanwhile is not a move: the live one is kept."""
+        pid, _ = self._locate()
+        return pid is not None and pid != self.pid
 
     def forget(self, detail: str = "") -> None:
         """The process ended: look for the next one at the next beat."""
@@ -98,14 +115,21 @@ def pidfile_locator(path: str) -> Callable[[], Tuple[Optional[int], str]]:
     """The pid in `path`, unless the file is missing, holds no pid, or is stale: its pid is
     gone, or belongs to a process started after the file was written (a reused pid)."""
     def locate() -> Tuple[Optional[int], str]:
-        try:
-            with open(path, "rb") as f:
-                text = f.read(64)
-                written = os.fstat(f.fileno()).st_mtime
+        try:  # without blocking: a FIFO or a device in its place must not stop the beat
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         except FileNotFoundError:
             return None, f"pidfile {path} does not exist"
         except OSError as exc:
             return None, f"pidfile {path} cannot be read: {exc.strerror or exc}"
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None, f"pidfile {path} is not a regular file"
+            text, written = os.read(fd, 64), st.st_mtime
+        except OSError as exc:
+            return None, f"pidfile {path} cannot be read: {exc.strerror or exc}"
+        finally:
+            os.close(fd)
         first = text.split(b"\n", 1)[0].strip()
         if not first.isdigit() or not 0 < int(first) < 2**22 + 1:
             return None, f"pidfile {path} holds no pid"
@@ -133,13 +157,9 @@ def match_locator(pattern: str, exclude: Callable[[], set]) -> Callable[[], Tupl
     def locate() -> Tuple[Optional[int], str]:
         mine = exclude() | {os.getpid()}
         best = None
-        for proc in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
-            info = proc.info
-            if info["pid"] in mine or not info["cmdline"] or info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if rx.search(" ".join(info["cmdline"])) and (
-                    best is None or (info["create_time"] or 0) < best[1]):
-                best = (info["pid"], info["create_time"] or 0)
+        for pid, line, started in _process_table():
+            if pid not in mine and rx.search(line) and (best is None or started < best[1]):
+                best = (pid, started)
         if best is None:
             return None, f"no process matches {pattern!r}"
         return best[0], ""
@@ -163,6 +183,37 @@ def unit_properties(unit: str, run=subprocess.run) -> Tuple[Dict[str, str], str]
     if out.returncode != 0 or not props.get("MainPID", "").isdigit():
         return {}, f"unit {unit}: {out.stderr.strip() or 'systemctl show failed'}"
     return props, ""
+
+
+_TABLE_TTL = 0.5  # s: the match targets of one beat share one scan of the process table
+_table: list = [0.0, []]
+_table_lock = threading.Lock()
+
+
+def _process_table() -> list:
+    """(pid, command line, start time) of every live process, read at most every TTL."""
+    with _table_lock:
+        if time.monotonic() - _table[0] >= _TABLE_TTL:
+            rows = []
+            for proc in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
+                info = proc.info
+                if info["cmdline"] and info["status"] != psutil.STATUS_ZOMBIE:
+                    rows.append((info["pid"], " ".join(info["cmdline"]),
+                                 info["create_time"] or 0.0))
+            _table[:] = [time.monotonic(), rows]
+        return _table[1]
+
+
+def _thread_group(pid: int) -> Optional[int]:
+    """The process (thread group) a pid belongs to, from /proc; None if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def unit_locator(unit: str, run=subprocess.run, cgroups: Tuple[str, ...] = CGROUP_ROOTS,
@@ -230,8 +281,11 @@ def target_for(cfg, exclude: Callable[[], set]) -> Target:
         seen: dict = {}
         return Target(cfg.agent_id, cfg.how, unit_locator(cfg.unit, seen=seen),
                       unit_stop_asked(cfg.unit, seen=seen), *probe)
-    locate = pidfile_locator(cfg.pidfile) if cfg.pidfile else match_locator(cfg.match, exclude)
-    return Target(cfg.agent_id, cfg.how, locate, lambda: False, *probe)
+    if cfg.pidfile:  # read again every beat: a service that rewrote it is seen at once
+        return Target(cfg.agent_id, cfg.how, pidfile_locator(cfg.pidfile), lambda: False,
+                      *probe, reread=True)
+    return Target(cfg.agent_id, cfg.how, match_locator(cfg.match, exclude), lambda: False,
+                  *probe)
 
 
 # -- seeing them end ---------------------------------------------------------------------------
@@ -257,18 +311,21 @@ class ExitWatcher:
         self._thread = threading.Thread(target=self._run, name="agentd-exits", daemon=True)
         self._thread.start()
 
-    def watch(self, target: Target, pid: int, started: Optional[float]) -> None:
-        """Watch `pid` for `target` (replacing what it watched before)."""
+    def watch(self, target: Target, pid: int, started: Optional[float]) -> bool:
+        """Watch `pid` for `target` (replacing what it watched before); False if there is
+        no such process any more (the caller reports its end: on_exit is not called, so
+        no lock the caller holds is taken again here)."""
         self.unwatch(target)
         fd = None
         if self._pidfds:
             try:
                 fd = os.pidfd_open(pid)
             except ProcessLookupError:
-                self._on_exit(target, pid)
-                return
-            except OSError as exc:  # ENOSYS on old kernels, EPERM in some sandboxes
-                self._pidfds = False
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSYS, errno.EPERM):
+                    return False  # ENOENT, EINVAL: not a process (a thread id, say)
+                self._pidfds = False  # the kernel or a sandbox has none: poll everybody
                 self._fallback(f"pidfd_open: {exc.strerror or exc}")
         else:
             self._fallback("this Python has no os.pidfd_open")
@@ -278,6 +335,7 @@ class ExitWatcher:
             if fd is not None:
                 self._poller.register(fd, select.POLLIN)
         os.write(self._wake_w, b"w")
+        return True
 
     def unwatch(self, target: Target) -> None:
         with self._lock:

@@ -176,11 +176,40 @@ def test_agentd_run_forwards_sigterm_and_a_stop_is_stopped(daemon_factory):
     assert d.wait_state("svc", "stopped")["reason"] == "agent said stopping"
 
 
-def test_agentd_run_refuses_a_missing_command_or_one_that_cannot_start(daemon_factory):
+def test_agentd_run_takes_an_exit_of_128_plus_the_stop_signal_for_a_stop(daemon_factory):
+    d = daemon_factory().start()
+    proc = subprocess.Popen([sys.executable, "-m", "agentd", "run", "--agent-id", "jvm",
+                             "--set", f"heartbeat.socket_path={d.socket_path}", "--",
+                             "/bin/sh", "-c", "trap 'exit 143' TERM; while :; do sleep 0.1; done"])
+    d.wait_state("jvm", "healthy")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 143
+    d.wait_state("jvm", "stopped")
+
+
+def test_agentd_run_killed_takes_its_child_with_it(daemon_factory, short_tmp):
+    d = daemon_factory().start()
+    proc = subprocess.Popen([sys.executable, "-m", "agentd", "run", "--agent-id", "orphan",
+                             "--set", f"heartbeat.socket_path={d.socket_path}", "--",
+                             "sleep", "600"])
+    child = d.wait_state("orphan", "healthy")["pid"]
+    proc.kill()
+    proc.wait(5)
+    wait_for(lambda: not os.path.exists(f"/proc/{child}") or
+             open(f"/proc/{child}/stat").read().split()[2] == "Z", timeout=10,
+             what="the child ended with agentd run")
+
+
+def test_agentd_run_refuses_a_missing_command_or_one_that_cannot_start(daemon_factory,
+                                                                       short_tmp):
     d = daemon_factory().start()
     assert _run(d, "x").returncode == 2
     done = _run(d, "x", "/nonexistent/program")
     assert done.returncode == 127 and "cannot run /nonexistent/program" in done.stderr
+    text = os.path.join(short_tmp, "notes.txt")
+    with open(text, "w") as f:
+        f.write("not a program\n")
+    assert _run(d, "x", text).returncode == 126  # there, but not runnable
     bad = subprocess.run([sys.executable, "-m", "agentd", "run", "--agent-id", "bad id!", "--",
                           "true"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--agent-id" in bad.stderr
@@ -215,3 +244,49 @@ def test_a_live_process_failing_its_probe_leaves_healthy_and_comes_back(daemon_f
     finally:
         server.kill()
         server.wait(5)
+
+
+def test_a_pidfile_rewritten_while_the_old_process_lives_is_taken_up_and_a_fifo_is_refused(
+        daemon_factory, agentd_factory, services, short_tmp):
+    d = daemon_factory().start()
+    pidfile = os.path.join(short_tmp, "web.pid")
+    fifo = os.path.join(short_tmp, "fifo.pid")
+    os.mkfifo(fifo)  # a reader that opened it blocking would wait for ever
+    old = services(pidfile=pidfile)
+    agentd_factory("watcher", d, watch=[{"agent_id": "web", "pidfile": pidfile},
+                                        {"agent_id": "pipe", "pidfile": fifo}]).start()
+    assert d.wait_state("web", "healthy")["pid"] == old.pid
+    assert d.wait_state("pipe", "dead")["reason"] == f"pidfile {fifo} is not a regular file"
+    new = services(pidfile=pidfile)  # the old one still runs
+    wait_for(lambda: d.agent("web")["pid"] == new.pid, what="the new pid taken up")
+    beats = d.agent("watcher")["heartbeats"]
+    wait_for(lambda: d.agent("watcher")["heartbeats"] > beats + 2, what="agentd beating on")
+    old.kill()  # no longer the one watched: not news
+    time.sleep(0.5)
+    assert d.state("web") == "healthy" and d.agent("web")["pid"] == new.pid
+
+
+def test_a_probe_that_hangs_never_holds_up_agentds_own_beat_or_a_kill(daemon_factory,
+                                                                       agentd_factory, services,
+                                                                       short_tmp):
+    import socket
+    d = daemon_factory(agent={"health_check": {"heartbeat_timeout": "1.5s"}}).start()
+    silent = socket.socket()  # accepts, never answers: each probe waits its 2 s out
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/health"
+    watch = []
+    for n in range(3):
+        pidfile = os.path.join(short_tmp, f"s{n}.pid")
+        services(pidfile=pidfile)
+        watch.append({"agent_id": f"s{n}", "pidfile": pidfile,
+                      "probe": {"http": url, "timeout": "2s", "failures": 100}})
+    victim = services(pidfile=os.path.join(short_tmp, "v.pid"))
+    watch.append({"agent_id": "v", "pidfile": os.path.join(short_tmp, "v.pid")})
+    agentd_factory("watcher", d, heartbeat={"interval": "0.3s"}, watch=watch).start()
+    d.wait_state("v", "healthy", timeout=20)
+    time.sleep(3)  # rounds of 6 s of probes under way
+    victim.kill()
+    d.wait_state("v", "dead", timeout=3)  # told at once, not after the probes
+    assert [e["to"] for e in d.events("watcher")] == ["healthy"]  # never silent
+    silent.close()

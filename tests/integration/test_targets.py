@@ -171,3 +171,41 @@ def test_a_target_is_unresponsive_only_after_its_failures_in_a_row():
     target = Target("t", "test", lambda: (None, ""), probe=lambda: next(results), failures=2)
     assert [target.unresponsive() for _ in range(6)] == [
         "", "", "", "down (2 probes in a row failed)", "down (3 probes in a row failed)", ""]
+
+
+def test_a_target_gone_between_its_look_and_its_watch_never_deadlocks_the_beat(
+        tmp_path, sleeper, monkeypatch):
+    from agentd.agent import Agent
+    from agentd.config import load_config
+    live = sleeper()
+    (tmp_path / "svc.pid").write_text(f"{live.pid}\n")
+    (tmp_path / "agentd.yaml").write_text(
+        f"heartbeat: {{socket_path: {tmp_path}/none.sock}}\n"
+        f"watch: [{{agent_id: svc, pidfile: {tmp_path}/svc.pid}}]\n")
+    agent = Agent(load_config(str(tmp_path / "agentd.yaml")), report_self=False)
+
+    def gone(pid):
+        raise ProcessLookupError(3, "No such process")
+    monkeypatch.setattr(os, "pidfd_open", gone)  # it exits right after it was found
+    done = threading.Event()
+    threading.Thread(target=lambda: (agent._send_target(agent.targets[0]), done.set()),
+                     daemon=True).start()
+    assert done.wait(5), "the beat deadlocked on the agent's own lock"
+    assert agent.targets[0].pid is None and agent.targets[0].detail == f"process {live.pid} exited"
+
+
+def test_a_thread_id_in_a_pidfile_is_not_a_process(tmp_path):
+    ready = threading.Event()
+    tid = []
+    t = threading.Thread(target=lambda: (tid.append(threading.get_native_id()), ready.wait(5)))
+    t.start()
+    try:
+        while not tid:
+            time.sleep(0.01)
+        (tmp_path / "t.pid").write_text(f"{tid[0]}\n")
+        target = Target("t", "test", pidfile_locator(str(tmp_path / "t.pid")))
+        assert target.locate() is False
+        assert target.detail == f"pid {tid[0]} is a thread of process {os.getpid()}, not a process"
+    finally:
+        ready.set()
+        t.join(5)
