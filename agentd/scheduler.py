@@ -1,4 +1,6 @@
-"""The heartbeat clock: a threading.Timer re-armed from a monotonic deadline."""
+"""The heartbeat clock: a timer re-armed from a monotonic deadline, on one long-lived
+thread (Ticker) rather than a threading.Timer per beat, whose thread's creation and
+teardown were most of agentd's CPU for a beat."""
 
 import logging
 import threading
@@ -6,6 +8,65 @@ import time
 from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
+
+
+class _Timer:
+    """threading.Timer's interface (start, cancel, daemon, name) for a Ticker."""
+
+    def __init__(self, ticker: "Ticker", delay: float, fn: Callable[[], None]):
+        self._ticker, self.delay, self.fn = ticker, delay, fn
+        self.at = 0.0
+        self.cancelled = False
+        self.daemon, self.name = True, ""
+
+    def start(self) -> None:
+        self.at = time.monotonic() + self.delay
+        self._ticker.add(self)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._ticker.add(None)  # a wake-up: it is dropped when its time comes round
+
+
+class Ticker:
+    """One daemon thread that runs timers at their times, one after another; use `timer`
+    where threading.Timer would be (Scheduler's timer_factory)."""
+
+    def __init__(self, name: str = "agentd-beat"):
+        self._name = name
+        self._cond = threading.Condition()
+        self._timers: list = []
+        self._thread: Optional[threading.Thread] = None
+
+    def timer(self, delay: float, fn: Callable[[], None]) -> _Timer:
+        return _Timer(self, delay, fn)
+
+    def add(self, timer: Optional[_Timer]) -> None:
+        with self._cond:
+            if timer is not None:
+                self._timers.append(timer)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._timers = [t for t in self._timers if not t.cancelled]
+                if not self._timers:
+                    self._cond.wait()
+                    continue
+                first = min(self._timers, key=lambda t: t.at)
+                wait = first.at - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                self._timers.remove(first)
+            try:
+                first.fn()
+            except BaseException:  # one timer's failure must not end the others' thread
+                log.exception("timer %r failed", first.fn)
 
 
 def next_due(due: float, interval: float, now: float) -> float:
@@ -25,11 +86,11 @@ class Scheduler:
     """
 
     def __init__(self, interval: float, tick: Callable[[bool], Optional[float]],
-                 clock: Callable[[], float] = time.monotonic, timer_factory=threading.Timer):
+                 clock: Callable[[], float] = time.monotonic, timer_factory=None):
         self.interval = interval
         self._tick = tick
         self.clock = clock
-        self._timer_factory = timer_factory
+        self._timer_factory = timer_factory or Ticker().timer
         self._lock = threading.Lock()
         self._timer = None
         self._due = 0.0

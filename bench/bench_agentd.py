@@ -1,8 +1,11 @@
 """agentd's cost: RSS and CPU per heartbeat at a 1 s interval, beside a bare Python process.
 
 python bench/bench_agentd.py [--seconds 300]
-Runs, in the same window: agentd over Unix, agentd over HTTP, and
-`python3 -c 'import psutil, yaml, time; time.sleep(N)'` as the yardstick.
+Runs, in the same window: agentd over Unix, agentd over HTTP,
+`python3 -c 'import psutil, yaml, time; time.sleep(N)'` as the yardstick for memory, and
+bench/floor_agent.py (a bare loop re-arming a threading.Timer and sending one JSON
+datagram a second) as the floor for CPU per beat. CPU is each process's CPU clock: every
+thread, the ended Timer threads included.
 """
 
 import argparse
@@ -17,6 +20,9 @@ import urllib.request
 import yaml
 
 from common import cpu_seconds, free_port, hbdaemon, report, rss_bytes, wait_until
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def start_agentd(tmp: str, name: str, transport: str, sock: str, url: str):
@@ -42,8 +48,12 @@ def main(argv=None) -> list:
         bare = subprocess.Popen([sys.executable, "-c",
                                  f"import psutil, yaml, time; time.sleep({opts.seconds + 60})"])
         agents = {t: start_agentd(tmp, f"bench-{t}", t, sock, url) for t in ("unix", "http")}
+        floor = subprocess.Popen([sys.executable, os.path.join(HERE, "floor_agent.py"), "1",
+                                  str(free_port())], stdout=subprocess.PIPE, text=True)
+        floor.stdout.readline()
         time.sleep(2)
         start = {t: (cpu_seconds(p.pid), _count(u)) for t, (p, u) in agents.items()}
+        floor_start = (cpu_seconds(floor.pid), time.monotonic())
         peak = {t: 0 for t in agents}
         peak["bare"] = 0
         deadline = time.monotonic() + opts.seconds
@@ -52,14 +62,23 @@ def main(argv=None) -> list:
             for t, (p, _) in agents.items():
                 peak[t] = max(peak[t], rss_bytes(p.pid))
             peak["bare"] = max(peak["bare"], rss_bytes(bare.pid))
-        rows = [("process", "RSS MB (peak)", "× bare", "heartbeats", "CPU ms/heartbeat")]
-        rows.append(("bare python3 + psutil + yaml", f"{peak['bare'] / 1e6:.1f}", "1.00", "", ""))
+        floor_beats = int(time.monotonic() - floor_start[1])
+        floor_ms = (cpu_seconds(floor.pid) - floor_start[0]) / max(1, floor_beats) * 1000
+        floor.kill()
+        floor.wait()
+        rows = [("process", "RSS MB (peak)", "× bare", "heartbeats", "CPU ms/heartbeat",
+                 "× floor")]
+        rows.append(("bare python3 + psutil + yaml", f"{peak['bare'] / 1e6:.1f}", "1.00", "", "",
+                     ""))
+        rows.append(("floor: Timer re-armed + one datagram", "", "", floor_beats,
+                     f"{floor_ms:.3f}", "1.00"))
         for t, (p, u) in agents.items():
             cpu0, n0 = start[t]
             beats = _count(u) - n0
             cpu = cpu_seconds(p.pid) - cpu0
+            per_beat = cpu / max(1, beats) * 1000
             rows.append((f"agentd ({t})", f"{peak[t] / 1e6:.1f}", f"{peak[t] / peak['bare']:.2f}",
-                         beats, f"{cpu / max(1, beats) * 1000:.3f}"))
+                         beats, f"{per_beat:.3f}", f"{per_beat / floor_ms:.2f}"))
             p.terminate()
             p.wait(10)
         bare.kill()
