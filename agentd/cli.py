@@ -169,7 +169,12 @@ def run_main(argv: List[str]) -> int:
         print("agentd run: the configuration's watch: entries are left to the agentd service",
               file=sys.stderr)
     from agentd.run import ChildRunner
-    runner = ChildRunner(cfg, args.agent_id, command)
+    try:  # reads heartbeat.auth_token_file for http
+        runner = ChildRunner(cfg, args.agent_id, command)
+    except OSError as exc:
+        print(f"agentd run: configuration error: heartbeat.auth_token_file: {exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         return runner.run()
     except OSError as exc:  # the shell's codes: 126 found but not runnable, 127 not found

@@ -334,7 +334,7 @@ class ExitWatcher:
             self._watched[key] = (target, pid, started)
             if fd is not None:
                 self._poller.register(fd, select.POLLIN)
-        os.write(self._wake_w, b"w")
+        self._wake()
         return True
 
     def unwatch(self, target: Target) -> None:
@@ -344,7 +344,13 @@ class ExitWatcher:
 
     def stop(self) -> None:
         self._stopped = True
-        os.write(self._wake_w, b"s")
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except BlockingIOError:  # the pipe is full of wake-ups already: one is enough
+            pass
 
     def _fallback(self, why: str) -> None:
         if not self._said_fallback:

@@ -290,3 +290,14 @@ def test_a_probe_that_hangs_never_holds_up_agentds_own_beat_or_a_kill(daemon_fac
     d.wait_state("v", "dead", timeout=3)  # told at once, not after the probes
     assert [e["to"] for e in d.events("watcher")] == ["healthy"]  # never silent
     silent.close()
+
+
+def test_agentd_run_with_an_unreadable_token_file_is_a_clear_error(daemon_factory):
+    d = daemon_factory().start()
+    done = subprocess.run([sys.executable, "-m", "agentd", "run", "--agent-id", "x",
+                           "--set", "heartbeat.transport=http",
+                           "--set", "heartbeat.auth_token_file=/nonexistent/token",
+                           "--set", f"heartbeat.url=http://127.0.0.1:{d.port}/heartbeat",
+                           "--", "true"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "heartbeat.auth_token_file" in done.stderr
+    assert "Traceback" not in done.stderr
