@@ -16,7 +16,7 @@ class _Timer:
     def __init__(self, ticker: "Ticker", delay: float, fn: Callable[[], None]):
         self._ticker, self.delay, self.fn = ticker, delay, fn
         self.at = 0.0
-        self.cancelled = False
+        self.cancelled = False  # also once it has run: cancelling then has nothing to do
         self.daemon, self.name = True, ""
 
     def start(self) -> None:
@@ -24,17 +24,23 @@ class _Timer:
         self._ticker.add(self)
 
     def cancel(self) -> None:
-        self.cancelled = True
-        self._ticker.add(None)  # a wake-up: it is dropped when its time comes round
+        if not self.cancelled:
+            self.cancelled = True
+            self._ticker.add(None)  # a wake-up: it is dropped when its time comes round
 
 
 class Ticker:
     """One daemon thread that runs timers at their times, one after another; use `timer`
-    where threading.Timer would be (Scheduler's timer_factory)."""
+    where threading.Timer would be (Scheduler's timer_factory).
+
+    It sleeps on a plain lock held locked, which add() releases to wake it: one futex
+    wait a beat, where a Condition allocates a lock and runs Python code for each wait."""
 
     def __init__(self, name: str = "agentd-beat"):
         self._name = name
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # guards _timers and _thread
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self._timers: list = []
         self._thread: Optional[threading.Thread] = None
 
@@ -42,27 +48,34 @@ class Ticker:
         return _Timer(self, delay, fn)
 
     def add(self, timer: Optional[_Timer]) -> None:
-        with self._cond:
+        with self._lock:
             if timer is not None:
                 self._timers.append(timer)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._thread.ident == threading.get_ident():
+                return  # added by a timer's own run: the loop looks again when it returns
+        try:
+            self._wake.release()
+        except RuntimeError:
+            pass  # a wake-up is already pending
 
     def _run(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 self._timers = [t for t in self._timers if not t.cancelled]
-                if not self._timers:
-                    self._cond.wait()
-                    continue
-                first = min(self._timers, key=lambda t: t.at)
-                wait = first.at - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                self._timers.remove(first)
+                first = min(self._timers, key=lambda t: t.at) if self._timers else None
+                wait = None if first is None else first.at - time.monotonic()
+                if wait is not None and wait <= 0:
+                    self._timers.remove(first)
+                    first.cancelled = True  # it has run: a cancel() needs no wake-up
+            if wait is None:
+                self._wake.acquire()
+                continue
+            if wait > 0:
+                self._wake.acquire(timeout=wait)
+                continue
             try:
                 first.fn()
             except BaseException:  # one timer's failure must not end the others' thread

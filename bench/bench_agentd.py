@@ -4,7 +4,8 @@ python bench/bench_agentd.py [--seconds 300]
 Runs, in the same window: agentd over Unix, agentd over HTTP,
 `python3 -c 'import psutil, yaml, time; time.sleep(N)'` as the yardstick for memory, and
 bench/floor_agent.py (a bare loop re-arming a threading.Timer and sending one JSON
-datagram a second) as the floor for CPU per beat. CPU is each process's CPU clock: every
+datagram a second; and the same loop posting over a kept-alive HTTP connection to the same
+daemon, reading the answer with one recv) as the floors for CPU per beat. CPU is each process's CPU clock: every
 thread, the ended Timer threads included.
 """
 
@@ -48,12 +49,11 @@ def main(argv=None) -> list:
         bare = subprocess.Popen([sys.executable, "-c",
                                  f"import psutil, yaml, time; time.sleep({opts.seconds + 60})"])
         agents = {t: start_agentd(tmp, f"bench-{t}", t, sock, url) for t in ("unix", "http")}
-        floor = subprocess.Popen([sys.executable, os.path.join(HERE, "floor_agent.py"), "1",
-                                  str(free_port())], stdout=subprocess.PIPE, text=True)
-        floor.stdout.readline()
+        floors = {"datagram": _floor(str(free_port())), "http": _floor(url + "/heartbeat")}
         time.sleep(2)
         start = {t: (cpu_seconds(p.pid), _count(u)) for t, (p, u) in agents.items()}
-        floor_start = (cpu_seconds(floor.pid), time.monotonic())
+        floor_start = {f: cpu_seconds(p.pid) for f, p in floors.items()}
+        began = time.monotonic()
         peak = {t: 0 for t in agents}
         peak["bare"] = 0
         deadline = time.monotonic() + opts.seconds
@@ -62,29 +62,43 @@ def main(argv=None) -> list:
             for t, (p, _) in agents.items():
                 peak[t] = max(peak[t], rss_bytes(p.pid))
             peak["bare"] = max(peak["bare"], rss_bytes(bare.pid))
-        floor_beats = int(time.monotonic() - floor_start[1])
-        floor_ms = (cpu_seconds(floor.pid) - floor_start[0]) / max(1, floor_beats) * 1000
-        floor.kill()
-        floor.wait()
+        floor_beats = int(time.monotonic() - began)
+        floor_ms = {}
+        for f, p in floors.items():
+            floor_ms[f] = (cpu_seconds(p.pid) - floor_start[f]) / max(1, floor_beats) * 1000
+            p.kill()
+            p.wait()
         rows = [("process", "RSS MB (peak)", "× bare", "heartbeats", "CPU ms/heartbeat",
-                 "× floor")]
+                 "× datagram floor", "× its transport's floor")]
         rows.append(("bare python3 + psutil + yaml", f"{peak['bare'] / 1e6:.1f}", "1.00", "", "",
-                     ""))
+                     "", ""))
         rows.append(("floor: Timer re-armed + one datagram", "", "", floor_beats,
-                     f"{floor_ms:.3f}", "1.00"))
+                     f"{floor_ms['datagram']:.3f}", "1.00", ""))
+        rows.append(("floor: Timer re-armed + one kept-alive POST", "", "", floor_beats,
+                     f"{floor_ms['http']:.3f}", f"{floor_ms['http'] / floor_ms['datagram']:.2f}",
+                     "1.00"))
         for t, (p, u) in agents.items():
             cpu0, n0 = start[t]
             beats = _count(u) - n0
             cpu = cpu_seconds(p.pid) - cpu0
             per_beat = cpu / max(1, beats) * 1000
+            own = floor_ms["http" if t == "http" else "datagram"]
             rows.append((f"agentd ({t})", f"{peak[t] / 1e6:.1f}", f"{peak[t] / peak['bare']:.2f}",
-                         beats, f"{per_beat:.3f}", f"{per_beat / floor_ms:.2f}"))
+                         beats, f"{per_beat:.3f}", f"{per_beat / floor_ms['datagram']:.2f}",
+                         f"{per_beat / own:.2f}"))
             p.terminate()
             p.wait(10)
         bare.kill()
         bare.wait()
     report(f"agentd at a 1 s interval for {opts.seconds} s", rows)
     return rows
+
+
+def _floor(where: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "floor_agent.py"), "1", where],
+                            stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    return proc
 
 
 def _count(status_url: str) -> int:
