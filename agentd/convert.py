@@ -193,6 +193,53 @@ def http_url(value) -> str:
     return url
 
 
+def web_url(value) -> str:
+    """An http:// or https:// URL with a host (and a valid port if one is given)."""
+    url = text(value).strip()
+    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+        raise ValueError("an http:// or https:// URL such as https://hooks.example.com/hb")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"an http(s):// URL with a valid host and port 1-65535 ({exc})") from None
+    if not parts.hostname or port == 0:
+        raise ValueError("an http(s):// URL with a host, such as http://127.0.0.1:9093")
+    return url
+
+
+def url_list(value) -> tuple:
+    """A list of http(s):// URLs (from the environment: separated by commas or spaces)."""
+    items = re.split(r"[,\s]+", value.strip()) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError("a list of http:// or https:// URLs")
+    return tuple(web_url(item) for item in items if not isinstance(item, str) or item.strip())
+
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def label_map(value) -> tuple:
+    """Prometheus labels as a mapping of name to value (from the environment:
+    name=value pairs separated by commas), kept as sorted (name, value) pairs."""
+    if isinstance(value, str):
+        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError("name=value pairs separated by commas, e.g. cluster=eu-1,team=ops")
+        value = {name.strip(): val.strip() for name, _, val in pairs}
+    if not isinstance(value, dict):
+        raise ValueError("a mapping of label names to values, e.g. {cluster: eu-1}")
+    out = []
+    for name, val in value.items():
+        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            raise ValueError(f"label name {name!r}: letters, digits and _, not starting with a "
+                             "digit or __")
+        if isinstance(val, (dict, list, tuple)) or val is None:
+            raise ValueError(f"label {name}: a single value")
+        out.append((name, text(val)))
+    return tuple(sorted(out))
+
+
 def optional_http_url(value) -> str:
     """An http:// URL, or empty for none."""
     return http_url(value) if text(value).strip() else ""

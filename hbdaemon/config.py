@@ -7,8 +7,10 @@ walks those declarations, so the key names, the environment names
 
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
+from urllib.parse import urlsplit
 
 from hbdaemon import convert as cv
 from hbdaemon.configkit import REQUIRED, ConfigError, items, key, load, section
@@ -18,6 +20,8 @@ from hbdaemon.protocol import valid_agent_id
 DEFAULT_PATH = "/etc/hbdaemon/hbdaemon.yaml"
 ENV_PREFIX = "HBDAEMON_"
 STATES = ("unknown", "healthy", "over_threshold", "no_heartbeat", "dead", "stopped")
+FAILING_STATES = ("no_heartbeat", "dead", "over_threshold")  # an agent here is an alert
+EVENT_KINDS = ("hook_suspended", "id_conflict")  # events that are not a change of state
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class AgentConfig:
 
 @dataclass(frozen=True)
 class HookConfig:
-    on: Tuple[str, ...] = key(REQUIRED, cv.word_list(*STATES, "hook_suspended", "id_conflict"))
+    on: Tuple[str, ...] = key(REQUIRED, cv.word_list(*STATES, *EVENT_KINDS))
     command: Tuple[str, ...] = key(REQUIRED, cv.argv)
     timeout: float = key(30.0, cv.positive_duration)
     name: str = key("", cv.text)
@@ -137,6 +141,52 @@ class HookConfig:
 
 
 @dataclass(frozen=True)
+class AlertmanagerConfig:
+    urls: Tuple[str, ...] = key((), cv.url_list)  # each gets every alert (one HA cluster)
+    resend_interval: float = key(60.0, cv.positive_duration)
+    labels: Tuple[Tuple[str, str], ...] = key((), cv.label_map)
+    timeout: float = key(10.0, cv.positive_duration)
+    # the status page's address as a person reaches it (generatorURL); empty: this
+    # daemon's HTTP listener, if it has one
+    external_url: str = key("", lambda v: cv.web_url(v) if cv.text(v).strip() else "")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str = key(REQUIRED, cv.web_url)
+    on: Tuple[str, ...] = key(FAILING_STATES + ("healthy", "stopped"),
+                              cv.word_list(*STATES, *EVENT_KINDS))
+    secret_file: str = key("", cv.optional_path)  # set: X-Hbdaemon-Signature: sha256=<HMAC>
+    timeout: float = key(10.0, cv.positive_duration)
+    name: str = key("", cv.text)
+    agents: Tuple[str, ...] = key((), cv.glob_list)  # only for these ids (globs); (): all
+    queue_size: int = key(1000, cv.integer(1, 1_000_000))
+    max_retries: int = key(5, cv.integer(0, 1000))
+    backoff_base: float = key(1.0, cv.positive_duration)
+    backoff_max: float = key(60.0, cv.positive_duration)
+
+    def covers(self, agent_id: str) -> bool:
+        return not self.agents or any(fnmatch.fnmatchcase(agent_id, g) for g in self.agents)
+
+    @property
+    def label(self) -> str:
+        return self.name or redacted_url(self.url)
+
+
+def redacted_url(url: str) -> str:
+    """A URL fit for logs and metrics: no user, password, query or fragment (a Slack or
+    PagerDuty webhook carries its secret in the path, so only the host is shown then)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    path = parts.path if len(parts.path) <= 32 and not re.search(r"[A-Za-z0-9_-]{20,}", parts.path) \
+        else "/…"
+    return f"{parts.scheme}://{host}{port}{path}"
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = section(DaemonConfig)
     log: LogConfig = section(LogConfig)
@@ -145,6 +195,8 @@ class Config:
     manager: ManagerConfig = section(ManagerConfig)
     agent: AgentConfig = section(AgentConfig)
     hooks: Tuple[HookConfig, ...] = items(HookConfig)
+    alertmanager: AlertmanagerConfig = section(AlertmanagerConfig)
+    webhooks: Tuple[WebhookConfig, ...] = items(WebhookConfig)
     source: str = field(default="(defaults)", compare=False)
 
     @property

@@ -5,14 +5,16 @@ import logging
 import os
 import resource
 import signal
+import socket
 import time
 from typing import Callable, List, Optional
 
 from hbdaemon import __version__, logsetup, metrics, process
+from hbdaemon.alerting import Alerting, read_secrets
 from hbdaemon.api import Api
 from hbdaemon.auth import Credentials
 from hbdaemon.checker import HealthChecker
-from hbdaemon.config import Config, ConfigError, read_token
+from hbdaemon.config import FAILING_STATES, Config, ConfigError, read_token
 from hbdaemon.connlimit import NEW_ID_SLOTS, FairGate
 from hbdaemon.events import EventLog, EventPump
 from hbdaemon.health import PolicySet
@@ -24,7 +26,7 @@ from hbdaemon.stats import ReceiverStats
 from hbdaemon.store import Store
 from hbdaemon.threads import Component, guard, join, problems
 from hbdaemon.unix_server import UnixHeartbeatServer, group_id
-from hbdaemon.upstream import UpstreamReporter
+from hbdaemon.upstream import UpstreamReporter, daemon_id
 from hbdaemon.wakeup import Wakeup
 from hbdaemon.workers import WorkerPool
 
@@ -68,6 +70,20 @@ def raise_open_file_limit(needed: int) -> None:
                     "or ulimit -n)", target, needed)
 
 
+def page_url(cfg: Config) -> str:
+    """Where a person finds the status page (alerts link to it): alertmanager.external_url,
+    or this daemon's HTTP listener (a wildcard address named by the host's name); empty
+    without a listener."""
+    if cfg.alertmanager.external_url:
+        return cfg.alertmanager.external_url.rstrip("/") + "/"
+    if not cfg.http.port:
+        return ""
+    host = cfg.http.host
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"http://[{host}]:{cfg.http.port}/" if ":" in host else f"http://{host}:{cfg.http.port}/"
+
+
 class Daemon:
     """One running hbdaemon. start() and stop() are called from the main thread."""
 
@@ -96,6 +112,8 @@ class Daemon:
         self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
                            self.registry.take_dirty, self.hooks.take_dirty)
         self.checker = HealthChecker(self.registry, hc.stall_threshold)
+        self.alerting = Alerting(cfg, read_secrets(cfg), daemon_id(cfg.manager), page_url(cfg),
+                                 self.registry.get)
         # Intake that is not a known agent's heartbeat (new ids, refusals, the API) passes
         # one gate shared by both receivers, a few threads at a time, in order of arrival:
         # a flood of new ids then cannot keep a crash verdict or a known agent from the GIL.
@@ -124,7 +142,9 @@ class Daemon:
         # (the run's row carries the event), never the event without its run
         self.events.subscribe(self.hooks.on_event)
         self.events.subscribe(self.store.add_event)
+        self.events.subscribe(self.alerting.on_event)
         self.registry.load(agents)
+        self.alerting.rebuild(self.registry.alerting(FAILING_STATES))
         self.hooks.restore(self.store.hook_runs)
         if agents:
             log.info("remembered %d agents and %d events from %s", len(agents), len(events),
@@ -156,6 +176,7 @@ class Daemon:
         self.event_pump.start()
         self.store.start()
         self.hooks.start()
+        self.alerting.start()
         self.checker.start()
         self._serve(self.unix, "hb-unix")
         if self.http:
@@ -188,6 +209,7 @@ class Daemon:
         return ([self.checker.component, self.store.component, self.hooks.component,
                  self.event_pump.component,
                  self.upstream.component if self.upstream else None]
+                + self.alerting.components
                 + [component for _, component in self._threads] + self.pool.components)
 
     def problems(self) -> List[str]:
@@ -223,6 +245,7 @@ class Daemon:
             "hook_runs": self.hooks.runs, "hook_failures": self.hooks.failures,
             "store_writes": self.store.writes, "store_errors": self.store.errors,
             "store_dropped_events": self.store.dropped_events,
+            "alerting": self.alerting.report(),
             "components": {c.name: {"restarts": c.restarts, "up": c.problem() is None}
                            for c in self.components if c is not None},
         }
@@ -272,6 +295,7 @@ class Daemon:
         try:
             new = self._reload_config()
             credentials = preflight(new)
+            secrets = read_secrets(new)
             logsetup.configure(new.log.level, new.log.file, new.log.format)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
@@ -297,6 +321,7 @@ class Daemon:
         if self.checker.component is not None:
             self.checker.component.stuck_after = self.checker.stuck_after
         self.hooks.configure(new.hooks, new.agent.restart)
+        self.alerting.configure(new, secrets)
         if self.http:
             self.http.credentials = credentials
         self.cfg = new
@@ -326,6 +351,7 @@ class Daemon:
             self.upstream.stop(2.0)
         self.event_pump.stop(1.0)  # every event recorded before hooks and store stop
         self.hooks.stop(1.0)
+        self.alerting.stop(2.0)
         self.store.stop(max(1.0, deadline - time.monotonic()))
         if self.unix:
             self.unix.remove_socket()

@@ -123,6 +123,27 @@ def render(registry, stats, events, extra: Callable[[], dict],
     w.family("hbdaemon_store_dropped_events_total", "counter",
              "Events not written because the store kept failing (the newest max_events are "
              "kept for the retry).", [({}, more.get("store_dropped_events", 0))])
+    alerting = more.get("alerting", {"firing": 0, "receivers": []})
+    receivers = alerting["receivers"]
+    w.family("hbdaemon_alerts_firing", "gauge",
+             "Agents in no_heartbeat, dead or over_threshold: one firing alert each.",
+             [({}, alerting["firing"])])
+    for name, field, kind, help_text in (
+            ("hbdaemon_alerts_sent_total", "sent", "counter",
+             "Alerts (Alertmanager) or events (webhooks) delivered, per receiver."),
+            ("hbdaemon_alerts_failed_total", "failed", "counter",
+             "Deliveries that failed (each attempt), per receiver."),
+            ("hbdaemon_alerts_dropped_total", "dropped", "counter",
+             "Alerts or events given up on: queue full or retries spent, per receiver."),
+            ("hbdaemon_alerts_silenced_total", "silenced", "counter",
+             "Webhook events not sent because their agent was silenced."),
+            ("hbdaemon_alerts_queue_depth", "queue_depth", "gauge",
+             "Alerts or events waiting to be delivered, per receiver."),
+            ("hbdaemon_alerts_last_success_timestamp_seconds", "last_success_seconds", "gauge",
+             "When a delivery last succeeded (Unix time), per receiver.")):
+        w.family(name, kind, help_text,
+                 [({"kind": r["kind"], "receiver": r["receiver"]}, r[field])
+                  for r in receivers if r[field] is not None])
     components = more.get("components", {})
     w.family("hbdaemon_component_restarts_total", "counter",
              "Times a part of the daemon (a long-lived thread) raised and was started again.",

@@ -57,7 +57,7 @@ class AgentRecord:
                  "due_from", "policy", "over_since", "below_count", "changes", "flapping",
                  "conn_id", "connected", "local", "check_pid", "check_started", "remote",
                  "peer_uid", "owner_uid", "summary", "hist_at", "hist", "conflict_noted",
-                 "interval", "received", "watcher")
+                 "interval", "received", "watcher", "prior")
 
     def __init__(self, agent_id: str, wall: float, now: float, policy):
         self.agent_id = agent_id
@@ -95,6 +95,7 @@ class AgentRecord:
         self.interval = None         # seconds between heartbeats, smoothed (sizes restart grace)
         self.received = None         # perf_counter() at receipt of the last HTTP heartbeat applied
         self.conflict_noted = False  # an id_conflict event was recorded for the current holder
+        self.prior = None            # while `unknown` after a restart: [state, since] before it
 
     def deadline(self) -> float:
         return self.due_from + self.policy.heartbeat_timeout
@@ -130,7 +131,7 @@ class AgentRecord:
                 "local": self.local, "check_pid": self.check_pid,
                 "check_started": self.check_started, "remote": self.remote,
                 "peer_uid": self.peer_uid, "owner_uid": self.owner_uid, "summary": self.summary,
-                "watcher": self.watcher,
+                "watcher": self.watcher, "prior": self.prior,
                 "interval": self.interval}
 
 
@@ -551,6 +552,8 @@ class Registry:
         old = rec.state
         self._counts[old] -= 1
         self._counts[state] += 1
+        if old is State.UNKNOWN:
+            rec.prior = None  # known again: what it was before the restart is history
         rec.state, rec.state_since, rec.reason = state, wall, reason
         if state not in WATCHED:
             rec.over_since, rec.below_count = None, 0
@@ -604,6 +607,20 @@ class Registry:
             with self._lock:
                 out.extend(take(rec) for rec in chunk if self._records.get(rec.agent_id) is rec)
         return out
+
+    def alerting(self, failing: Iterable[str]) -> List[Tuple[str, str, float, str]]:
+        """(agent_id, state, since, reason) of every agent in one of the `failing` states;
+        one `unknown` since a restart counts in the state it was in before (its alert goes
+        on until its state is known again)."""
+        failing = frozenset(failing)
+
+        def take(rec: AgentRecord):
+            if rec.state.value in failing:
+                return rec.agent_id, rec.state.value, rec.state_since, rec.reason
+            if rec.state is State.UNKNOWN and rec.prior and rec.prior[0] in failing:
+                return rec.agent_id, rec.prior[0], rec.prior[1], rec.reason
+            return None
+        return [row for row in self._copy(take) if row is not None]
 
     def snapshot(self) -> List[dict]:
         """Every record as the API shows it, sorted by agent_id."""
@@ -714,7 +731,9 @@ class Registry:
                 self._records[agent_id] = rec
                 self._counts[rec.state] += 1
                 if rec.state not in ENDED and rec.state is not State.UNKNOWN:
+                    prior = [rec.state.value, rec.state_since]
                     self._change(rec, State.UNKNOWN, f"daemon restarted; was {rec.state}", now, wall)
+                    rec.prior = prior  # an alert it raised goes on until its state is known
         if skipped:
             log.warning("state store: %d stored fields of the wrong kind were left out", skipped)
         self._emit()
@@ -757,7 +776,11 @@ _STORED = {
     "peer_uid": _optional(_count), "owner_uid": _optional(_count),
     "summary": _optional(lambda v: type(v) is dict), "interval": _optional(_number),
     "watcher": _optional(valid_agent_id),
+    "prior": _optional(lambda v: type(v) is list and len(v) == 2 and isinstance(v[0], str)
+                       and v[0] in _STATE_NAMES
+                       and _number(v[1])),
 }
+_STATE_NAMES = frozenset(s.value for s in State)
 
 
 def _restart_grace(rec: AgentRecord) -> float:

@@ -6,28 +6,30 @@ heartbeat_interval, and every reconnect_interval while that fails; the summary
 and shows. On a clean stop it says `stopping`, so the upstream shows it stopped.
 """
 
-import http.client
 import json
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 from urllib.parse import urlsplit
 
 from hbdaemon import __version__
 from hbdaemon.config import ManagerConfig
+from hbdaemon.httpclient import SEND_ERRORS, request
 from hbdaemon.protocol import format_rfc3339
 from hbdaemon.threads import Component, alive, guard, halt
 
 log = logging.getLogger(__name__)
 
-# What one failed report can raise: socket and urllib errors (OSError), a server that does
-# not speak HTTP (BadStatusLine, IncompleteRead: HTTPException), a bad URL (ValueError)
-SEND_ERRORS = (OSError, http.client.HTTPException, ValueError)
-MAX_ANSWER = 4096  # bytes of an upstream's answer read (and shown in the log on an error)
 STUCK_MARGIN = 30.0
+
+
+def daemon_id(cfg: ManagerConfig) -> str:
+    """This daemon's id upstream (and its alerts' `instance`): manager.agent_id, or
+    <short hostname>-hbdaemon."""
+    return cfg.agent_id or f"{socket.gethostname().split('.')[0]}-hbdaemon"[:128]
 
 
 def heartbeat_url(url: str) -> str:
@@ -42,7 +44,7 @@ class UpstreamReporter:
                  token: Optional[str] = None):
         self.cfg = cfg
         self.url = heartbeat_url(cfg.url)
-        self.agent_id = cfg.agent_id or f"{socket.gethostname().split('.')[0]}-hbdaemon"[:128]
+        self.agent_id = daemon_id(cfg)
         self._summary = summary
         self._token = token
         self._stop = threading.Event()
@@ -96,8 +98,8 @@ class UpstreamReporter:
         headers = {"Content-Type": "application/json"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        status, body = post(self.url, json.dumps(doc).encode(), headers,
-                            timeout or self.cfg.timeout)
+        status, body = request("POST", self.url, json.dumps(doc).encode(), headers,
+                               timeout or self.cfg.timeout)
         if not 200 <= status < 300:
             raise OSError(f"upstream answered {status}: {body[:200]!r}")
 
@@ -109,35 +111,6 @@ class UpstreamReporter:
         if now <= then:
             return 0.0
         return round(min(100.0, (used - before) / (now - then) * 100 / (os.cpu_count() or 1)), 2)
-
-
-def post(url: str, body: bytes, headers: Dict[str, str], timeout: float) -> Tuple[int, bytes]:
-    """POST `body`; (status, the answer's first MAX_ANSWER bytes). The whole exchange ends
-    within `timeout`: a server that trickles a byte a second, or answers `100 Continue`
-    for ever, has its connection shut, so a hostile upstream cannot hang the reporter (and
-    starve the watchdog) or fill the memory with an endless answer."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
-    conn.connect()
-    sock = conn.sock
-    deadline = threading.Timer(timeout, _shut, (sock,))
-    deadline.daemon = True
-    deadline.start()
-    try:
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request("POST", path, body, headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read(MAX_ANSWER)
-    finally:
-        deadline.cancel()
-        conn.close()
-
-
-def _shut(sock) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
-    except OSError:
-        pass
 
 
 def _rss() -> int:

@@ -1,0 +1,145 @@
+"""Alerting: each event to Alertmanager (as alerts) and to the webhooks (as events).
+
+An event listener on the event thread: it decides and queues, the senders' own threads
+deliver. What a webhook is told is what an on-call engineer wants paged about: an
+agent starting to fail (or failing another way), and its recovery; not an agent seen
+again after a daemon restart, nor one that stopped on purpose without having failed.
+"""
+
+import logging
+from typing import Callable, Dict, List, Optional
+
+from hbdaemon.alerts import AlertBook, AlertChange, AlertmanagerSender, Delivery
+from hbdaemon.config import EVENT_KINDS, FAILING_STATES, Config, ConfigError
+from hbdaemon.events import Event
+from hbdaemon.threads import Component
+from hbdaemon.webhooks import WebhookSender, payload
+
+log = logging.getLogger(__name__)
+
+Silenced = Callable[[str, str], Optional[str]]  # (agent_id, state) -> a silence's id or None
+
+
+def read_secrets(cfg: Config) -> List[Optional[bytes]]:
+    """Each webhook's secret (None: unsigned). Raises ConfigError naming the webhook."""
+    secrets = []
+    for n, hook in enumerate(cfg.webhooks):
+        if not hook.secret_file:
+            secrets.append(None)
+            continue
+        try:
+            with open(hook.secret_file, "rb") as f:
+                secret = f.read(65536).strip()
+        except OSError as exc:
+            raise ConfigError(f"{cfg.source}: webhooks[{n}].secret_file: cannot read "
+                              f"{hook.secret_file}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"{cfg.source}: webhooks[{n}].secret_file: {hook.secret_file} "
+                              "is empty")
+        secrets.append(secret)
+    return secrets
+
+
+def news(ev: Event, change: AlertChange) -> Optional[str]:
+    """Whether a webhook hears of `ev` ("firing", "resolved", "event"), or None."""
+    if ev.kind in EVENT_KINDS:
+        return "event"
+    if ev.kind != "state":
+        return None
+    if ev.to_state in FAILING_STATES:
+        return "firing" if change.fired is not None else None
+    if ev.to_state in ("healthy", "stopped"):
+        return "resolved" if change.resolved is not None else None
+    return "event"  # unknown: only for a webhook that asked for it by name
+
+
+class Alerting:
+    """The alert book, the Alertmanager senders and the webhooks. on_event is thread-safe
+    and returns at once."""
+
+    def __init__(self, cfg: Config, secrets: List[Optional[bytes]], instance: str,
+                 page_url: str, lookup: Callable[[str], Optional[dict]],
+                 silenced: Silenced = lambda agent_id, state: None):
+        self.book = AlertBook()
+        self.instance, self.page_url = instance, page_url
+        self._lookup, self._silenced = lookup, silenced
+        self.senders: List[AlertmanagerSender] = []
+        self.webhooks: List[WebhookSender] = []
+        self._started = False
+        self.configure(cfg, secrets)
+
+    def configure(self, cfg: Config, secrets: List[Optional[bytes]]) -> None:
+        """(Re)build the senders (SIGHUP); one whose settings did not change keeps running
+        with what it had queued, one removed stops, what a changed one had queued moves on."""
+        old_senders = {(s.url, s.cfg): s for s in self.senders}
+        old_hooks = {(w.cfg, w.secret): w for w in self.webhooks}
+        senders, hooks = [], []
+        for n, url in enumerate(cfg.alertmanager.urls):
+            kept = old_senders.pop((url.rstrip("/") + "/api/v2/alerts", cfg.alertmanager), None)
+            senders.append(kept or AlertmanagerSender(url, n + 1, cfg.alertmanager, self.book,
+                                                      self.instance, self.page_url))
+        for n, (hook, secret) in enumerate(zip(cfg.webhooks, secrets)):
+            kept = old_hooks.pop((hook, secret), None)
+            hooks.append(kept or WebhookSender(hook, n + 1, secret))
+        by_url = {s.url: s for s in senders}
+        for sender in old_senders.values():
+            sender.stop(1.0)
+            if sender.url in by_url:
+                by_url[sender.url].take_over(sender)
+        for hook in old_hooks.values():
+            hook.stop(1.0)
+            for new in hooks:
+                if new.cfg.url == hook.cfg.url and new is not hook:
+                    new.take_over(hook)
+        self.senders, self.webhooks = senders, hooks
+        if self._started:
+            self.start()
+
+    def rebuild(self, rows) -> None:
+        """The firing alerts from the registry (at start, before the first event)."""
+        n = self.book.rebuild(rows)
+        if n and self.senders:
+            log.info("alerting: %d alerts firing since before the restart", n)
+
+    def start(self) -> None:
+        self._started = True
+        for part in self.senders + self.webhooks:
+            if part.component is None:
+                part.start()
+
+    def stop(self, timeout: float) -> None:
+        for part in self.senders + self.webhooks:
+            part.stop(timeout)
+
+    @property
+    def components(self) -> List[Optional[Component]]:
+        return [part.component for part in self.senders + self.webhooks]
+
+    @property
+    def deliveries(self) -> List[Delivery]:
+        return [part.delivery for part in self.senders + self.webhooks]
+
+    def on_event(self, ev: Event) -> None:
+        change = self.book.apply(ev)
+        if change:
+            for sender in self.senders:
+                sender.offer(change.alerts)
+        kind = news(ev, change)
+        if kind is None or not self.webhooks:
+            return
+        trigger = ev.to_state if ev.kind == "state" else ev.kind
+        chosen = [w for w in self.webhooks if trigger in w.cfg.on and w.cfg.covers(ev.agent_id)]
+        if not chosen:
+            return
+        if self._silenced(ev.agent_id, ev.to_state):
+            for hook in chosen:
+                hook.delivery.silenced += 1
+            return
+        alert = kind if kind in ("firing", "resolved") else None
+        body = payload(ev.to_dict(), self._lookup(ev.agent_id), alert, self.instance)
+        for hook in chosen:
+            hook.offer(body)
+
+    def report(self) -> Dict[str, object]:
+        return {"firing": len(self.book), "receivers": [d.report() for d in self.deliveries]}
+

@@ -1,0 +1,61 @@
+"""One bounded HTTP exchange for the daemon's outgoing requests (the upstream report,
+Alertmanager, webhooks): http:// or https:// (the system's CAs, hostname checked)."""
+
+import http.client
+import socket
+import ssl
+import threading
+from typing import Dict, Optional, Tuple
+from urllib.parse import urlsplit
+
+# What one failed request can raise: socket errors (OSError, ssl.SSLError among them), a
+# server that does not speak HTTP (BadStatusLine, IncompleteRead: HTTPException), a bad
+# URL (ValueError)
+SEND_ERRORS = (OSError, http.client.HTTPException, ValueError)
+MAX_ANSWER = 4096  # bytes of an answer read by default (and shown in the log on an error)
+
+_TLS: Optional[ssl.SSLContext] = None
+
+
+def request(method: str, url: str, body: Optional[bytes], headers: Dict[str, str],
+            timeout: float, max_answer: int = MAX_ANSWER) -> Tuple[int, bytes]:
+    """(status, the answer's first `max_answer` bytes). The whole exchange ends within
+    `timeout`: a server that trickles a byte a second, or answers `100 Continue` for
+    ever, has its connection shut, so a hostile peer cannot hang the caller's thread (and
+    starve the watchdog) or fill the memory with an endless answer. Raises SEND_ERRORS."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
+                                           context=_tls())
+    elif parts.scheme == "http":
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    else:
+        raise ValueError(f"not an http:// or https:// URL: {url[:100]!r}")
+    try:
+        conn.connect()
+        deadline = threading.Timer(timeout, _shut, (conn.sock,))
+        deadline.daemon = True
+        deadline.start()
+        try:
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.request(method, path, body, headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read(max_answer)
+        finally:
+            deadline.cancel()
+    finally:
+        conn.close()
+
+
+def _tls() -> ssl.SSLContext:
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()
+    return _TLS
+
+
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+    except OSError:
+        pass
