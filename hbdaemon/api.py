@@ -9,6 +9,7 @@ from hbdaemon import convert
 from hbdaemon.events import EventLog
 from hbdaemon.protocol import parse_rfc3339, valid_agent_id
 from hbdaemon.registry import ID_CONFLICT, UNKNOWN, Registry
+from hbdaemon.silences import SilenceError, Silences
 from hbdaemon.status_page import STATUS_PAGE
 from hbdaemon.stats import ReceiverStats
 
@@ -18,6 +19,8 @@ MAX_EVENTS_PER_QUERY = 10000
 
 HTML = "text/html; charset=utf-8"
 AGENT_PATH = "/agents/<id>"  # one path segment: the agent id
+SILENCE_PATH = "/silences/<id>"
+_NAMED = (("/agents/", AGENT_PATH), ("/silences/", SILENCE_PATH))  # paths ending in a name
 
 
 class Route(NamedTuple):
@@ -43,22 +46,28 @@ ROUTES = (
     Route("GET", "/metrics", "metrics", False),
     Route("POST", "/heartbeat", "heartbeat", True),
     Route("GET", "/heartbeat/stats", "heartbeat_stats", False),  # the Go receiver's
+    Route("GET", "/silences", "silences", False),
+    Route("POST", "/silences", "silence", True),
+    Route("DELETE", SILENCE_PATH, "unsilence", True),
 )
+_WITH_BODY = frozenset(("silence",))  # actions given the request's body
 _TABLE: Dict[str, Dict[str, Route]] = {}
 for _route in ROUTES:
     _TABLE.setdefault(_route.path, {})[_route.method] = _route
 
 
 def resolve(method: str, path: str) -> Tuple[Route, Optional[str]]:
-    """The route for `method` on a decoded path, and the agent id it names (or None).
+    """The route for `method` on a decoded path, and the name it ends in (an agent id, a
+    silence id) or None.
 
     Raises ApiError: 404 for an unknown path, 405 (with Allow) for a method it does not take.
     """
     agent_id = None
-    if path.startswith("/agents/"):
-        path, agent_id = AGENT_PATH, path[len("/agents/"):]
-        if "/" in agent_id:
-            raise ApiError(404, "no such path")
+    for prefix, pattern in _NAMED:
+        if path.startswith(prefix):
+            path, agent_id = pattern, path[len(prefix):]
+            if "/" in agent_id:
+                raise ApiError(404, "no such path")
     routes = _TABLE.get(path)
     if routes is None:
         raise ApiError(404, "no such path")
@@ -119,19 +128,26 @@ class Api:
     def __init__(self, registry: Registry, events: EventLog, stats: ReceiverStats,
                  extra_stats: Callable[[], dict], metrics: Callable[[], str],
                  wallclock: Callable[[], float] = time.time,
-                 problems: Callable[[], List[str]] = lambda: []):
+                 problems: Callable[[], List[str]] = lambda: [],
+                 silences: Optional[Silences] = None):
         self.registry, self.events, self.stats = registry, events, stats
         self._extra_stats, self._wall, self._problems = extra_stats, wallclock, problems
-        self._agents = SharedRender(lambda: _json_list("agents", registry.snapshot_chunks()))
+        self.silences = silences
+        self._agents = SharedRender(lambda: _json_list("agents", map(
+            self._annotate, registry.snapshot_chunks())))
         self._history = SharedRender(lambda: _json(
             {"step": registry.history_step, "agents": registry.history()}))
         self._metrics = SharedRender(lambda: metrics().encode())
 
     def handle(self, route: Route, agent_id: Optional[str], query: Dict[str, List[str]],
-               by: str = "") -> Tuple[int, object, str]:
+               by: str = "", body: bytes = b"") -> Tuple[int, object, str]:
         """(status, JSON-able document, text or bytes, content type) for a resolved route; raises
-        ApiError. `by` names the client, for the record of who forgot an agent."""
-        return getattr(self, "serve_" + route.action)(query, agent_id, by)
+        ApiError. `by` names the client, for the record of who forgot an agent; `body` is
+        the request's, for the routes that take one."""
+        serve = getattr(self, "serve_" + route.action)
+        if route.action in _WITH_BODY:
+            return serve(query, agent_id, by, body)
+        return serve(query, agent_id, by)
 
     def drop_stale(self) -> None:
         """Free rendered documents no longer fresh (the daemon's main loop calls it)."""
@@ -162,7 +178,43 @@ class Api:
         record = self.registry.get(agent_id) if valid_agent_id(agent_id) else None
         if record is None:
             raise ApiError(404, f"no agent {agent_id!r}")
-        return 200, record, JSON
+        return 200, self._annotate([record])[0], JSON
+
+    def _annotate(self, records: List[dict]) -> List[dict]:
+        return self.silences.annotate(records) if self.silences is not None else records
+
+    def serve_silences(self, query, agent_id, by) -> Tuple[int, object, str]:
+        return self._silence_call(lambda s: s.list("all" in query))
+
+    def serve_silence(self, query, agent_id, by, body: bytes) -> Tuple[int, object, str]:
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
+            doc = None
+        if not isinstance(doc, dict):
+            raise ApiError(400, 'expected a JSON object: {"match": GLOB, "for": "30m", '
+                                '"reason": TEXT}')
+        match, reason = doc.get("match"), doc.get("reason", "")
+        try:
+            duration = convert.positive_duration(doc.get("for", ""))
+        except ValueError:
+            raise ApiError(400, "for: a duration such as 30m, 2h or 3600") from None
+        if not isinstance(match, str) or not isinstance(reason, str):
+            raise ApiError(400, "match and reason: strings")
+        who = str(doc.get("created_by") or "")[:100] or "hbctl"
+        return self._silence_call(lambda s: s.create(match, duration, reason,
+                                                     f"{who} via {by or 'the API'}"))
+
+    def serve_unsilence(self, query, agent_id, by) -> Tuple[int, object, str]:
+        return self._silence_call(lambda s: s.expire(agent_id))
+
+    def _silence_call(self, call) -> Tuple[int, object, str]:
+        if self.silences is None:
+            raise ApiError(404, "no silences here")
+        try:
+            return 200, call(self.silences), JSON
+        except SilenceError as exc:
+            raise ApiError(exc.code, str(exc)) from None
 
     def serve_forget(self, query, agent_id, by) -> Tuple[int, object, str]:
         refusal = self.registry.forget(agent_id, by) if valid_agent_id(agent_id) else UNKNOWN

@@ -70,14 +70,16 @@ def cmd_status(client: Client, args) -> int:
         return EXIT_OK
     fleet = any(a.get("summary") for a in agents)  # downstream daemons report their agents
     watched = any(a.get("watcher") for a in agents)  # processes an agentd speaks for
+    silenced = any(a.get("silenced") for a in agents)
     rows = [["AGENT", "STATE", "SINCE", "LAST HEARTBEAT", "PID", "CPU", "MEMORY", "VERSION",
-             "TRANSPORT"] + (["WATCHED BY"] if watched else [])
+             "TRANSPORT"] + (["WATCHED BY"] if watched else []) + (["SILENCED"] if silenced else [])
             + (["ITS AGENTS"] if fleet else [])]
     for a in agents:
         rows.append([a["agent_id"], a["state"] + ("*" if a.get("flapping") else ""),
                      age(a["state_since"]), age(a["last_seen"]), str(a["pid"]),
                      f"{a['cpu']:.1f}%", human_bytes(a["memory"]), a["version"] or "-",
                      a["transport"] or "-"] + ([a.get("watcher") or "-"] if watched else [])
+                    + ([a.get("silenced") or "-"] if silenced else [])
                     + ([_summary(a.get("summary"))] if fleet else []))
     print(table(rows, [a["state"] for a in agents], _colour()))
     if any(a.get("flapping") for a in agents):
@@ -147,11 +149,65 @@ def cmd_stats(client: Client, args) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return EXIT_OK
+    alerting = stats.pop("alerting", None)
     width = max(len(k) for k in stats)
     for key, value in stats.items():
         shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
         print(f"{key.ljust(width)}  {printable(shown) if shown not in ('', None) else '-'}")
+    if alerting:
+        silences = alerting.get("silences") or {}
+        print(f"{'alerting'.ljust(width)}  {alerting['firing']} firing; silences: "
+              f"{silences.get('active', 0)} active ({silences.get('mode', '-')})"
+              + (f", {printable(silences['last_error'])}" if silences.get("last_error") else ""))
+        receivers = alerting.get("receivers") or []
+        if receivers:
+            rows = [["RECEIVER", "KIND", "SENT", "FAILED", "DROPPED", "SILENCED", "QUEUE",
+                     "LAST SUCCESS", "LAST ERROR"]]
+            rows += [[r["receiver"], r["kind"], str(r["sent"]), str(r["failed"]),
+                      str(r["dropped"]), str(r["silenced"]), str(r["queue_depth"]),
+                      age(r["last_success"]) + " ago" if r["last_success"] else "never",
+                      r["last_error"][:60] or "-"] for r in receivers]
+            print(table(rows, [], False))
     return EXIT_OK
+
+
+def cmd_silence(client: Client, args) -> int:
+    doc = client.post("/silences", {"match": args.glob, "for": args.duration,
+                                    "reason": args.reason, "created_by": _user()})
+    print(f"silence {doc['id']}: agents {args.glob} until {doc['ends_at']}")
+    return EXIT_OK
+
+
+def cmd_silences(client: Client, args) -> int:
+    doc = client.get("/silences" + ("?all=1" if args.all else ""))
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    if not doc["silences"]:
+        print(f"no silences ({doc['mode']})")
+        return EXIT_OK
+    rows = [["ID", "STATE", "MATCHERS", "ENDS", "BY", "REASON"]]
+    for sil in doc["silences"]:
+        matchers = ",".join(f"{m['name']}{m['op']}{m['value']}" for m in sil["matchers"])
+        rows.append([sil["id"], sil["state"], matchers, sil["ends_at"], sil["created_by"],
+                     sil["comment"][:60]])
+    print(table(rows, [], False))
+    return EXIT_OK
+
+
+def cmd_unsilence(client: Client, args) -> int:
+    client.delete(f"/silences/{quote(args.id, safe='')}")
+    print(f"silence {args.id} expired")
+    return EXIT_OK
+
+
+def _user() -> str:
+    try:
+        import pwd
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        name = str(os.getuid())
+    return f"{name}@{os.uname().nodename}"
 
 
 def cmd_forget(client: Client, args) -> int:
@@ -239,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="Nagios/Icinga plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
     s.add_argument("agent", nargs="?")
     s.add_argument("--all", action="store_true", help="the worst state of all agents")
+    s = sub.add_parser("silence", help="silence agents: Alertmanager's silence, or a local mute "
+                                       "that webhooks and hooks honour")
+    s.add_argument("glob", help="agent ids, e.g. web-* (quote it from the shell)")
+    s.add_argument("--for", dest="duration", required=True, help="e.g. 30m, 2h")
+    s.add_argument("--reason", required=True)
+    s = sub.add_parser("silences", help="list silences")
+    s.add_argument("--all", action="store_true", help="expired ones too")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("unsilence", help="expire a silence")
+    s.add_argument("id")
     s = sub.add_parser("send", help="send one heartbeat by hand")
     s.add_argument("--agent-id", required=True)
     s.add_argument("--pid", type=int, help="default: hbctl's parent (the calling script)")
@@ -252,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"status": cmd_status, "show": cmd_show, "events": cmd_events, "stats": cmd_stats,
-            "forget": cmd_forget, "check": cmd_check, "send": cmd_send}
+            "forget": cmd_forget, "check": cmd_check, "send": cmd_send,
+            "silence": cmd_silence, "silences": cmd_silences, "unsilence": cmd_unsilence}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -22,6 +22,7 @@ from hbdaemon.hooks import HookRunner
 from hbdaemon.http_server import TRANSPORT as HTTP, HeartbeatHTTPServer
 from hbdaemon.registry import Registry
 from hbdaemon.sdnotify import Notifier
+from hbdaemon.silences import Silences
 from hbdaemon.stats import ReceiverStats
 from hbdaemon.store import Store
 from hbdaemon.threads import Component, guard, join, problems
@@ -108,12 +109,14 @@ class Daemon:
                                  max_agents=cfg.agent.max_agents,
                                  new_agents_per_minute=cfg.agent.new_agents_per_minute,
                                  on_notice=self.event_pump.notice)
-        self.hooks = HookRunner(cfg.hooks, cfg.agent.restart, self.events.record, self.registry.get)
+        self.silences = Silences(cfg.alertmanager, cfg.daemon.state_dir, daemon_id(cfg.manager))
+        self.hooks = HookRunner(cfg.hooks, cfg.agent.restart, self.events.record, self.registry.get,
+                                silenced=self.silences.silenced)
         self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
                            self.registry.take_dirty, self.hooks.take_dirty)
         self.checker = HealthChecker(self.registry, hc.stall_threshold)
         self.alerting = Alerting(cfg, read_secrets(cfg), daemon_id(cfg.manager), page_url(cfg),
-                                 self.registry.get)
+                                 self.registry.get, silenced=self.silences.silenced)
         # Intake that is not a known agent's heartbeat (new ids, refusals, the API) passes
         # one gate shared by both receivers, a few threads at a time, in order of arrival:
         # a flood of new ids then cannot keep a crash verdict or a known agent from the GIL.
@@ -121,7 +124,7 @@ class Daemon:
         self._start_times = process.StartTimes()  # of local HTTP agents' processes
         self.pool = WorkerPool(self._process_http, cfg.http.workers, cfg.http.queue_size)
         self.api = Api(self.registry, self.events, self.stats, self.extra_stats,
-                       self.render_metrics, problems=self.problems)
+                       self.render_metrics, problems=self.problems, silences=self.silences)
         self.upstream: Optional[UpstreamReporter] = None
         self.unix: Optional[UnixHeartbeatServer] = None
         self.http: Optional[HeartbeatHTTPServer] = None
@@ -175,6 +178,7 @@ class Daemon:
         self.pool.start()
         self.event_pump.start()
         self.store.start()
+        self.silences.start()
         self.hooks.start()
         self.alerting.start()
         self.checker.start()
@@ -209,7 +213,7 @@ class Daemon:
         return ([self.checker.component, self.store.component, self.hooks.component,
                  self.event_pump.component,
                  self.upstream.component if self.upstream else None]
-                + self.alerting.components
+                + [self.silences.component] + self.alerting.components
                 + [component for _, component in self._threads] + self.pool.components)
 
     def problems(self) -> List[str]:
@@ -243,9 +247,10 @@ class Daemon:
             "max_agents": self.registry.max_agents,
             "event_backlog": self.event_pump.backlog,
             "hook_runs": self.hooks.runs, "hook_failures": self.hooks.failures,
+            "hook_silenced": self.hooks.silenced,
             "store_writes": self.store.writes, "store_errors": self.store.errors,
             "store_dropped_events": self.store.dropped_events,
-            "alerting": self.alerting.report(),
+            "alerting": dict(self.alerting.report(), silences=self.silences.report()),
             "components": {c.name: {"restarts": c.restarts, "up": c.problem() is None}
                            for c in self.components if c is not None},
         }
@@ -322,6 +327,7 @@ class Daemon:
             self.checker.component.stuck_after = self.checker.stuck_after
         self.hooks.configure(new.hooks, new.agent.restart)
         self.alerting.configure(new, secrets)
+        self.silences.configure(new.alertmanager)
         if self.http:
             self.http.credentials = credentials
         self.cfg = new
@@ -352,6 +358,7 @@ class Daemon:
         self.event_pump.stop(1.0)  # every event recorded before hooks and store stop
         self.hooks.stop(1.0)
         self.alerting.stop(2.0)
+        self.silences.stop(1.0)
         self.store.stop(max(1.0, deadline - time.monotonic()))
         if self.unix:
             self.unix.remove_socket()

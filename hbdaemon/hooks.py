@@ -70,11 +70,13 @@ class HookRunner:
                  clock: Callable[[], float] = time.monotonic,
                  wallclock: Callable[[], float] = time.time,
                  execute: Callable[[HookConfig, Event, dict], bool] = None,
-                 spawn_run: Callable[..., None] = None):
+                 spawn_run: Callable[..., None] = None,
+                 silenced: Callable[[str, str], Optional[str]] = lambda agent_id, state: None):
         self._hooks, self._restart = tuple(hooks), restart
         self._emit, self._lookup, self._clock, self._wall = emit, lookup, clock, wallclock
         self._execute = execute or run_hook
         self._spawn = spawn_run or spawn
+        self._silenced = silenced  # (agent, state) -> the silence that holds its hooks back
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -87,6 +89,7 @@ class HookRunner:
         self.component: Optional[Component] = None
         self.runs = 0
         self.failures = 0
+        self.silenced = 0
 
     def configure(self, hooks: Tuple[HookConfig, ...], restart: RestartConfig) -> None:
         """Replace the hooks (SIGHUP). A hook that stays keeps its waiting runs and backoff;
@@ -156,13 +159,20 @@ class HookRunner:
                     if slot.retry:  # it retried while the agent stayed in that state
                         slot.pending, slot.retry = None, False
                     self._dirty.add((ev.agent_id, hook_key(hook)))
-            for hook in self._hooks:
-                if trigger in hook.on and hook.covers(ev.agent_id):
-                    slot = self._slots.setdefault(ev.agent_id, slots).setdefault(hook, _Slot())
-                    if not slot.suspended:
-                        slot.pending, slot.retry = ev, False
-                        self._dirty.add((ev.agent_id, self._keys[hook]))
-                        self._wake.set()
+            chosen = [h for h in self._hooks if trigger in h.on and h.covers(ev.agent_id)]
+            if chosen and ev.kind == "state" and ev.to_state != "healthy":
+                silence = self._silenced(ev.agent_id, ev.to_state)
+                if silence is not None:  # an operator is on it: do not restart under them
+                    log.info("hooks for %s (%s) held back: silenced by %s", ev.agent_id,
+                             ev.to_state, silence)
+                    self.silenced += len(chosen)
+                    return
+            for hook in chosen:
+                slot = self._slots.setdefault(ev.agent_id, slots).setdefault(hook, _Slot())
+                if not slot.suspended:
+                    slot.pending, slot.retry = ev, False
+                    self._dirty.add((ev.agent_id, self._keys[hook]))
+                    self._wake.set()
 
     def start(self) -> None:
         self.component = guard("hb-hooks", self._loop, stuck_after=STUCK_AFTER)

@@ -204,7 +204,12 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             if grant is None:
                 raise Refusal(401, "unauthorized", "missing or wrong bearer token",
                               (("WWW-Authenticate", 'Bearer realm="hbdaemon"'),), log_it=True)
-            if agent_id is not None and not grant.covers(agent_id):
+            if route.path.startswith("/silences"):
+                if grant.globs is not None:  # silences reach every agent: the full token only
+                    raise Refusal(403, "not_permitted", f"{grant.name} speaks for some agents "
+                                  "only; silences need the http.auth_token_file token",
+                                  log_it=True)
+            elif agent_id is not None and not grant.covers(agent_id):
                 raise self._not_covered(grant, agent_id)
         if heartbeat and self._length is None:
             raise Refusal(411, "no_length", "Content-Length required")
@@ -223,7 +228,8 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             else:
                 try:
                     code, doc, content_type = server.api.handle(
-                        route, agent_id, target.query, by=f"{route.method} from {self._client()}")
+                        route, agent_id, target.query, by=f"{route.method} from {self._client()}",
+                        body=body)
                 except ApiError as exc:
                     code, doc, content_type = exc.code, _json_body(False, exc.message), JSON
                 if isinstance(doc, str):

@@ -34,6 +34,7 @@ STATUS_PAGE = """<!DOCTYPE html>
   #events li { padding: 4px 0; border-bottom: 1px solid #eceef2; list-style: none; }
   #events { padding: 0 10px; margin: 0; background: #fff; border-radius: 6px; }
   .muted { color: #7b8394; font-size: 12px; }
+  tr.focus td { background: #fff7d6; }
   #error { color: #9b1c1c; font-weight: 600; }
   @media (max-width: 700px) { .wide { display: none; } td, th { padding: 6px; } }
 </style>
@@ -57,6 +58,12 @@ STATUS_PAGE = """<!DOCTYPE html>
 <script>
 "use strict";
 const STATES = ["healthy", "over_threshold", "unknown", "no_heartbeat", "dead", "stopped"];
+// an alert's link (generatorURL) names its agent: /#agent=ID
+const focus = (() => {
+  try { return decodeURIComponent((location.hash.match(/^#agent=(.*)$/) || ["", ""])[1]); }
+  catch (err) { return ""; }  // a malformed link must not stop the page
+})();
+let scrolled = false;
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -117,6 +124,13 @@ function renderAgents(agents, history) {
     const st = el("td");
     st.appendChild(stateBadge(a.state));
     if (a.flapping) st.appendChild(el("span", " flapping", "muted"));
+    if (a.silenced) {
+      tr.dataset.silenced = a.silenced;
+      const mark = el("span", " silenced", "muted");
+      mark.title = "silence " + a.silenced;
+      st.appendChild(mark);
+    }
+    if (a.agent_id === focus) tr.className = "focus";
     tr.appendChild(st);
     tr.appendChild(el("td", ago(a.state_since)));
     tr.appendChild(el("td", ago(a.last_seen)));
@@ -134,6 +148,8 @@ function renderAgents(agents, history) {
     return tr;
   });
   body.replaceChildren(...rows);
+  const focused = body.querySelector("tr.focus");
+  if (focused && !scrolled) { focused.scrollIntoView({block: "center"}); scrolled = true; }
   const counts = {};
   agents.forEach(a => { counts[a.state] = (counts[a.state] || 0) + 1; });
   const summary = document.getElementById("summary");

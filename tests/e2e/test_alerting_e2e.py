@@ -1,0 +1,288 @@
+"""Alerts that reach a person: the real daemon pushing to a real Alertmanager (Debian's
+prometheus-alertmanager) that notifies a webhook receiver run by the test, and the
+daemon's own webhooks."""
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support.alertmanager import Alertmanager, Receiver, am_alerts
+from support.wait import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def receiver():
+    made = []
+
+    def make(mode="ok"):
+        made.append(Receiver(mode))
+        return made[-1]
+    yield make
+    for r in made:
+        r.close()
+
+
+@pytest.fixture
+def alertmanager(short_tmp):
+    made = []
+
+    def make(receiver_url):
+        made.append(Alertmanager(short_tmp, receiver_url).start())
+        return made[-1]
+    yield make
+    for am in made:
+        am.kill()
+
+
+def notifications(rx, agent_id, status):
+    """Alertmanager's notifications at `rx` that carry `agent_id`'s alert in `status`."""
+    return [n for n in rx.docs("/am") if (status, agent_id) in am_alerts(n)]
+
+
+def hbctl(daemon, *args):
+    out = subprocess.run([sys.executable, "-m", "hbdaemon.ctl", "--url",
+                          f"http://127.0.0.1:{daemon.port}", *args],
+                         capture_output=True, text=True, timeout=30)
+    return out.returncode, out.stdout + out.stderr
+
+
+def am_config(am, **more):
+    return {"alertmanager": dict({"urls": [am.url], "resend_interval": "1s"}, **more)}
+
+
+def test_kill_9_fires_at_the_receiver_and_recovery_resolves(daemon_factory, receiver,
+                                                            alertmanager):
+    rx = receiver()
+    am = alertmanager(rx.url)
+    d = daemon_factory(**am_config(am, labels={"cluster": "eu-1"})).start()
+    agent = d.unix_agent("web-1")
+    d.wait_state("web-1", "healthy")
+    agent.kill()  # SIGKILL
+    agent.wait()
+    wait_for(lambda: notifications(rx, "web-1", "firing"), 10, what="a firing notification")
+    alert = notifications(rx, "web-1", "firing")[0]["alerts"][0]
+    assert alert["labels"] == {"alertname": "HeartbeatAgentDown", "agent_id": "web-1",
+                               "state": "dead", "instance": alert["labels"]["instance"],
+                               "severity": "critical", "cluster": "eu-1"}
+    assert "is dead" in alert["annotations"]["summary"]
+    assert "gone" in alert["annotations"]["reason"]
+    assert alert["generatorURL"] == f"http://127.0.0.1:{d.port}/#agent=web-1"
+    assert not notifications(rx, "web-1", "resolved")
+    again = d.unix_agent("web-1")
+    d.wait_state("web-1", "healthy")
+    wait_for(lambda: notifications(rx, "web-1", "resolved"), 10, what="a resolved notification")
+    again.terminate()
+    again.wait()
+    stats = d.get("/stats")[2]["alerting"]
+    assert stats["firing"] == 0
+    [am_stats] = stats["receivers"]
+    assert am_stats["kind"] == "alertmanager" and am_stats["sent"] >= 2
+    assert am_stats["last_success"] and am_stats["failed"] == 0
+
+
+def test_a_planned_stop_pages_nobody(daemon_factory, receiver, alertmanager):
+    rx = receiver()
+    am = alertmanager(rx.url)
+    d = daemon_factory(**am_config(am), webhooks=[{"url": rx.url + "/hook"}]).start()
+    agent = d.unix_agent("batch-1")
+    d.wait_state("batch-1", "healthy")
+    agent.terminate()  # the agent says `stopping`
+    agent.wait()
+    d.wait_state("batch-1", "stopped")
+    time.sleep(1.5)
+    assert rx.posts == [] and am.alerts() == []
+
+
+def test_a_silence_from_hbctl_holds_the_notification_while_the_alert_is_suppressed(
+        daemon_factory, receiver, alertmanager):
+    rx = receiver()
+    am = alertmanager(rx.url)
+    d = daemon_factory(**am_config(am), webhooks=[{"url": rx.url + "/hook"}]).start()
+    code, out = hbctl(d, "silence", "web-*", "--for", "10m", "--reason", "replacing a disk")
+    assert code == 0, out
+    silence_id = out.split()[1].rstrip(":")
+    agent = d.unix_agent("web-2")
+    agent.kill()
+    agent.wait()
+    d.wait_state("web-2", "dead")
+    wait_for(lambda: [a for a in am.alerts() if a["labels"]["agent_id"] == "web-2"], 10,
+             what="the alert in Alertmanager")
+    time.sleep(2)  # group_wait 0s, group_interval 1s: a notification would be here by now
+    [alert] = [a for a in am.alerts() if a["labels"]["agent_id"] == "web-2"]
+    assert alert["status"]["state"] == "suppressed"
+    assert alert["status"]["silencedBy"] == [silence_id]
+    assert rx.posts == []  # neither Alertmanager's notification nor the webhook
+    assert d.agent("web-2")["silenced"] == silence_id
+    code, out = hbctl(d, "silences")
+    assert code == 0 and silence_id in out and "replacing a disk" in out
+    assert hbctl(d, "unsilence", silence_id)[0] == 0
+    wait_for(lambda: notifications(rx, "web-2", "firing"), 10,
+             what="the notification once the silence is gone")
+    code, out = hbctl(d, "unsilence", silence_id)
+    assert code == 1 and "no silence" in out
+
+
+def test_a_daemon_restart_while_an_alert_fires_resolves_nothing(daemon_factory, receiver,
+                                                                alertmanager):
+    rx = receiver()
+    am = alertmanager(rx.url)
+    d = daemon_factory(**am_config(am), agent={"health_check": {"heartbeat_timeout": "1s"}}
+                       ).start()
+    dead = d.unix_agent("db-1")
+    dead.kill()
+    dead.wait()
+    hung = d.unix_agent("db-2")
+    hung.send_signal(signal.SIGSTOP)  # alive, silent: no_heartbeat
+    try:
+        d.wait_state("db-1", "dead")
+        d.wait_state("db-2", "no_heartbeat", timeout=5)
+        wait_for(lambda: notifications(rx, "db-1", "firing") and
+                 notifications(rx, "db-2", "firing"), 10, what="both alerts notified")
+        assert d.stop() == 0
+        time.sleep(1.5)  # down for longer than a resend_interval
+        d.start()
+        assert d.state("db-2") == "unknown"  # until its grace runs out: the alert goes on
+        # Alertmanager would resolve an alert it stops hearing about within 4 intervals
+        time.sleep(6)
+        assert not notifications(rx, "db-1", "resolved")
+        assert not notifications(rx, "db-2", "resolved")
+        assert {a["labels"]["agent_id"] for a in am.alerts()} == {"db-1", "db-2"}
+        assert d.state("db-2") == "no_heartbeat"
+    finally:
+        hung.kill()  # its connection went with the old daemon: a new process takes over
+        hung.wait()
+    again = d.unix_agent("db-2")
+    d.wait_state("db-2", "healthy", timeout=5)
+    wait_for(lambda: notifications(rx, "db-2", "resolved"), 10, what="db-2 resolved")
+    again.kill()
+
+
+def test_webhooks_carry_the_event_and_record_signed_with_the_secret(daemon_factory, receiver,
+                                                                   short_tmp):
+    rx = receiver()
+    secret_file = os.path.join(short_tmp, "hook.secret")
+    with open(secret_file, "w") as f:
+        f.write("s3cret-value\n")
+    d = daemon_factory(webhooks=[{"url": rx.url + "/hook", "secret_file": secret_file}]).start()
+    agent = d.unix_agent("api-1")
+    d.wait_state("api-1", "healthy")
+    agent.kill()
+    agent.wait()
+    wait_for(lambda: rx.docs("/hook"), 10, what="the webhook")
+    _, _, headers, raw, doc = rx.posts[0]
+    expected = hmac.new(b"s3cret-value", raw, hashlib.sha256).hexdigest()
+    assert headers["X-Hbdaemon-Signature"] == f"sha256={expected}"
+    assert doc["alert"] == "firing" and doc["version"] == 1
+    assert doc["event"]["agent_id"] == "api-1" and doc["event"]["to"] == "dead"
+    assert doc["agent"]["state"] == "dead" and doc["agent"]["pid"] == agent.pid
+    forged = hmac.new(b"another", raw, hashlib.sha256).hexdigest()
+    assert headers["X-Hbdaemon-Signature"] != f"sha256={forged}"
+
+
+def test_a_failing_webhook_is_retried_with_backoff_then_given_up(daemon_factory, receiver):
+    rx = receiver("fail")
+    d = daemon_factory(webhooks=[{"url": rx.url + "/hook", "max_retries": 2,
+                                  "backoff_base": "0.2s", "backoff_max": "0.3s"}]).start()
+    agent = d.unix_agent("api-2")
+    agent.kill()
+    agent.wait()
+    wait_for(lambda: len(rx.posts) == 3, 10, what="three attempts")
+    gaps = [b[0] - a[0] for a, b in zip(rx.posts, rx.posts[1:])]
+    assert gaps[0] >= 0.19 and gaps[1] >= 0.29  # 0.2 s, then doubled to the cap
+    [hook] = d.get("/stats")[2]["alerting"]["receivers"]
+    wait_for(lambda: d.get("/stats")[2]["alerting"]["receivers"][0]["dropped"] == 1, 5,
+             what="the event given up")
+    assert hook["failed"] >= 3 and "500" in hook["last_error"]
+    metrics = d.get("/metrics")[2]
+    assert 'hbdaemon_alerts_dropped_total{kind="webhook",receiver="http://127.0.0.1:' in metrics
+
+
+def test_hung_receivers_slow_neither_heartbeats_nor_verdicts(daemon_factory, receiver):
+    hang = receiver("hang")
+    d = daemon_factory(alertmanager={"urls": [hang.url], "timeout": "30s"},
+                       webhooks=[{"url": hang.url + "/hook", "timeout": "30s",
+                                  "queue_size": 10}]).start()
+    for n in range(30):  # 30 crashes: more events than the webhook's queue holds
+        agent = d.unix_agent(f"crash-{n}")
+        agent.kill()
+        agent.wait()
+    for n in range(30):
+        d.wait_state(f"crash-{n}", "dead")
+    accepted = 0
+    for n in range(1000):
+        status, _, _ = d.post({"agent_id": f"load-{n % 50}", "pid": os.getpid()})
+        accepted += status == 200
+    assert accepted == 1000
+    status, _, health = d.get("/healthz")
+    assert status == 200, health
+    receivers = {r["kind"]: r for r in d.get("/stats")[2]["alerting"]["receivers"]}
+    assert receivers["webhook"]["dropped"] >= 19  # 30 events, 10 queued, 1 in flight
+    assert receivers["webhook"]["queue_depth"] == 10
+    assert receivers["alertmanager"]["queue_depth"] >= 1
+
+
+def test_without_alertmanager_a_silence_is_a_local_mute_that_webhooks_and_hooks_honour(
+        daemon_factory, receiver, short_tmp):
+    rx = receiver()
+    marker = os.path.join(short_tmp, "hook-ran")
+    d = daemon_factory(webhooks=[{"url": rx.url + "/hook"}],
+                       hooks=[{"on": ["dead"], "command": ["/bin/sh", "-c", f"touch {marker}"]}]
+                       ).start()
+    code, out = hbctl(d, "silence", "job-1", "--for", "1h", "--reason", "restoring a backup")
+    assert code == 0, out
+    d.stop()
+    d.start()  # the mute is kept across a restart
+    code, out = hbctl(d, "silences")
+    assert "agent_id=job-1" in out and "restoring a backup" in out
+    agent = d.unix_agent("job-1")
+    agent.kill()
+    agent.wait()
+    d.wait_state("job-1", "dead")
+    time.sleep(1)
+    assert rx.posts == [] and not os.path.exists(marker)
+    assert d.agent("job-1")["silenced"]
+    assert d.get("/stats")[2]["hook_silenced"] == 1
+    silence_id = json.loads(hbctl(d, "silences", "--json")[1])["silences"][0]["id"]
+    assert hbctl(d, "unsilence", silence_id)[0] == 0
+    again = d.unix_agent("job-1")
+    d.wait_state("job-1", "healthy")
+    again.kill()
+    again.wait()
+    wait_for(lambda: os.path.exists(marker) and rx.docs("/hook"), 10,
+             what="the hook and the webhook once unsilenced")
+
+
+def test_silence_requests_are_checked(daemon_factory, short_tmp):
+    token = os.path.join(short_tmp, "admin.token")
+    scoped = os.path.join(short_tmp, "web.token")
+    for path, value in ((token, "admin-token"), (scoped, "web-token")):
+        with open(path, "w") as f:
+            f.write(value)
+    d = daemon_factory(http={"auth_token_file": token,
+                             "tokens": [{"token_file": scoped, "agents": ["web-*"]}]}).start()
+    admin = {"Authorization": "Bearer admin-token"}
+    for body, needle in (({"match": "a", "for": "10m"}, "reason"),
+                         ({"match": "a b", "for": "10m", "reason": "x"}, "glob"),
+                         ({"match": "a", "for": "-1s", "reason": "x"}, "for"),
+                         ({"match": "a", "for": "400d", "reason": "x"}, "366d"),
+                         ({"match": ["a"], "for": "1m", "reason": "x"}, "strings"),
+                         ("[" * 50000, "JSON object")):
+        status, _, doc = d.request("POST", "/silences", body, admin)
+        assert status == 400 and needle in doc["message"], (body, doc)
+    ok = {"match": "web-*", "for": "1m", "reason": "x"}
+    assert d.request("POST", "/silences", ok)[0] == 401
+    status, _, doc = d.request("POST", "/silences", ok, {"Authorization": "Bearer web-token"})
+    assert status == 403 and "auth_token_file" in doc["message"]
+    for path in ("/silences/not-a-uuid", "/silences/00000000-0000-0000-0000-000000000000",
+                 "/silences/../agents"):
+        assert d.request("DELETE", path, None, admin)[0] == 404
+    assert d.request("POST", "/silences", ok, admin)[0] == 200
