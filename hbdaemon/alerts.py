@@ -40,11 +40,12 @@ VALID_FOR = 4            # a firing alert's endsAt: this many resend_intervals a
 class Alert:
     """One agent's alert: firing while `ended` is None."""
 
-    __slots__ = ("agent_id", "state", "since", "reason", "ended")
+    __slots__ = ("agent_id", "state", "since", "reason", "daemon", "ended")
 
     def __init__(self, agent_id: str, state: str, since: float, reason: str,
-                 ended: Optional[float] = None):
+                 daemon: bool = False, ended: Optional[float] = None):
         self.agent_id, self.state, self.since, self.reason = agent_id, state, since, reason
+        self.daemon = daemon  # the agent is a host's hbdaemon reporting to this one
         self.ended = ended
 
     @property
@@ -52,7 +53,7 @@ class Alert:
         return self.agent_id, self.state
 
     def resolved(self, at: float) -> "Alert":
-        return Alert(self.agent_id, self.state, self.since, self.reason, at)
+        return Alert(self.agent_id, self.state, self.since, self.reason, self.daemon, at)
 
 
 class AlertChange:
@@ -78,14 +79,16 @@ class AlertBook:
         self._lock = threading.Lock()
         self._firing: Dict[str, Alert] = {}
 
-    def rebuild(self, rows: Iterable[Tuple[str, str, float, str]]) -> int:
-        """(agent_id, state, since, reason) of the failing agents (Registry.alerting)."""
+    def rebuild(self, rows: Iterable[Tuple[str, str, float, str, bool]]) -> int:
+        """(agent_id, state, since, reason, is a daemon) of the failing agents
+        (Registry.alerting)."""
         with self._lock:
-            self._firing = {a: Alert(a, state, since, reason) for a, state, since, reason in rows
-                            if state in FAILING_STATES}
+            self._firing = {row[0]: Alert(*row) for row in rows if row[1] in FAILING_STATES}
             return len(self._firing)
 
-    def apply(self, ev: Event) -> AlertChange:
+    def apply(self, ev: Event, is_daemon: Callable[[str], bool] = lambda agent_id: False
+              ) -> AlertChange:
+        """What `ev` does to the alerts; is_daemon(agent_id) is asked when one fires."""
         with self._lock:
             current = self._firing.get(ev.agent_id)
             if ev.kind == "forgotten" or (ev.kind == "state"
@@ -98,7 +101,7 @@ class AlertBook:
                 return AlertChange()  # `unknown` (a restart) changes no alert
             if current is not None and current.state == ev.to_state:
                 return AlertChange()  # the same alert goes on (e.g. after a restart)
-            fired = Alert(ev.agent_id, ev.to_state, ev.time, ev.reason)
+            fired = Alert(ev.agent_id, ev.to_state, ev.time, ev.reason, is_daemon(ev.agent_id))
             self._firing[ev.agent_id] = fired
             return AlertChange(current.resolved(ev.time) if current else None, fired)
 
@@ -143,11 +146,15 @@ class Delivery:
 def alert_labels(alert: Alert, instance: str, extra: Tuple[Tuple[str, str], ...]) -> Dict[str, str]:
     """The alert's identity in Alertmanager: two daemons watching the same agents (an HA
     pair) must give identical labels, so instance is manager.agent_id, not a hostname
-    guessed per daemon, when the pair sets it alike."""
+    guessed per daemon, when the pair sets it alike. `hbdaemon` names the host's daemon
+    the agent belongs to (the agent itself when it is a host's daemon, `role` hbdaemon),
+    so that one host's daemon down can inhibit its agents' alerts."""
     labels = {"severity": SEVERITY[alert.state]}
     labels.update(extra)
     labels.update(alertname=ALERTNAME[alert.state], agent_id=alert.agent_id,
-                  state=alert.state, instance=instance)
+                  state=alert.state, instance=instance,
+                  role="hbdaemon" if alert.daemon else "agent",
+                  hbdaemon=alert.agent_id if alert.daemon else instance)
     return labels
 
 

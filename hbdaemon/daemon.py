@@ -116,7 +116,8 @@ class Daemon:
                            self.registry.take_dirty, self.hooks.take_dirty)
         self.checker = HealthChecker(self.registry, hc.stall_threshold)
         self.alerting = Alerting(cfg, read_secrets(cfg), daemon_id(cfg.manager), page_url(cfg),
-                                 self.registry.get, silenced=self.silences.silenced)
+                                 self.registry.get, silenced=self.silences.silenced,
+                                 is_daemon=self.registry.is_daemon)
         # Intake that is not a known agent's heartbeat (new ids, refusals, the API) passes
         # one gate shared by both receivers, a few threads at a time, in order of arrival:
         # a flood of new ids then cannot keep a crash verdict or a known agent from the GIL.

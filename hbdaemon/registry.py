@@ -592,6 +592,12 @@ class Registry:
 
     # -- reads and administration -------------------------------------------------------
 
+    def is_daemon(self, agent_id: str) -> bool:
+        """The agent is a host's hbdaemon reporting to this one (it sends a summary)."""
+        with self._lock:
+            rec = self._records.get(agent_id)
+            return rec is not None and rec.summary is not None
+
     def get(self, agent_id: str) -> Optional[dict]:
         with self._lock:
             rec = self._records.get(agent_id)
@@ -608,17 +614,18 @@ class Registry:
                 out.extend(take(rec) for rec in chunk if self._records.get(rec.agent_id) is rec)
         return out
 
-    def alerting(self, failing: Iterable[str]) -> List[Tuple[str, str, float, str]]:
-        """(agent_id, state, since, reason) of every agent in one of the `failing` states;
-        one `unknown` since a restart counts in the state it was in before (its alert goes
-        on until its state is known again)."""
+    def alerting(self, failing: Iterable[str]) -> List[Tuple[str, str, float, str, bool]]:
+        """(agent_id, state, since, reason, is a daemon) of every agent in one of the
+        `failing` states; one `unknown` since a restart counts in the state it was in
+        before (its alert goes on until its state is known again)."""
         failing = frozenset(failing)
 
         def take(rec: AgentRecord):
+            daemon = rec.summary is not None
             if rec.state.value in failing:
-                return rec.agent_id, rec.state.value, rec.state_since, rec.reason
+                return rec.agent_id, rec.state.value, rec.state_since, rec.reason, daemon
             if rec.state is State.UNKNOWN and rec.prior and rec.prior[0] in failing:
-                return rec.agent_id, rec.prior[0], rec.prior[1], rec.reason
+                return rec.agent_id, rec.prior[0], rec.prior[1], rec.reason, daemon
             return None
         return [row for row in self._copy(take) if row is not None]
 

@@ -12,11 +12,14 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from support.alertmanager import Alertmanager, Receiver, am_alerts
+from support.tools import require_tool
 from support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture
@@ -70,9 +73,10 @@ def test_kill_9_fires_at_the_receiver_and_recovery_resolves(daemon_factory, rece
     agent.wait()
     wait_for(lambda: notifications(rx, "web-1", "firing"), 10, what="a firing notification")
     alert = notifications(rx, "web-1", "firing")[0]["alerts"][0]
+    instance = alert["labels"]["instance"]
     assert alert["labels"] == {"alertname": "HeartbeatAgentDown", "agent_id": "web-1",
-                               "state": "dead", "instance": alert["labels"]["instance"],
-                               "severity": "critical", "cluster": "eu-1"}
+                               "state": "dead", "instance": instance, "severity": "critical",
+                               "cluster": "eu-1", "role": "agent", "hbdaemon": instance}
     assert "is dead" in alert["annotations"]["summary"]
     assert "gone" in alert["annotations"]["reason"]
     assert alert["generatorURL"] == f"http://127.0.0.1:{d.port}/#agent=web-1"
@@ -87,6 +91,43 @@ def test_kill_9_fires_at_the_receiver_and_recovery_resolves(daemon_factory, rece
     [am_stats] = stats["receivers"]
     assert am_stats["kind"] == "alertmanager" and am_stats["sent"] >= 2
     assert am_stats["last_success"] and am_stats["failed"] == 0
+
+
+def test_a_hosts_daemon_down_inhibits_its_agents_alerts_with_the_shipped_rules(
+        daemon_factory, receiver, short_tmp):
+    with open(os.path.join(REPO, "docs", "alertmanager.yml")) as f:
+        rules = yaml.safe_load(f)["inhibit_rules"]
+    rx = receiver()
+    am = Alertmanager(short_tmp, rx.url, inhibit_rules=rules).start()
+    try:
+        alerting = {"urls": [am.url], "resend_interval": "2s"}
+        central = daemon_factory("central", alertmanager=alerting, manager={"agent_id": "central"},
+                                 agent={"health_check": {"heartbeat_timeout": "1s"}}).start()
+        host = daemon_factory("host-b", alertmanager=alerting, manager={
+            "url": f"http://127.0.0.1:{central.port}", "agent_id": "host-b-hbdaemon",
+            "heartbeat_interval": "0.2s", "reconnect_interval": "0.2s", "timeout": "2s"}).start()
+        central.wait_state("host-b-hbdaemon", "healthy")
+        app = host.unix_agent("app-1")
+        app.kill()
+        app.wait()
+        wait_for(lambda: notifications(rx, "app-1", "firing"), 10, what="app-1 paged")
+        host.signal(signal.SIGSTOP)  # the host's daemon hangs: central sees no heartbeats
+        try:
+            central.wait_state("host-b-hbdaemon", "no_heartbeat", timeout=5)
+            wait_for(lambda: notifications(rx, "host-b-hbdaemon", "firing"), 10,
+                     what="the host's daemon paged")
+
+            def app_alert():
+                found = [a for a in am.alerts() if a["labels"]["agent_id"] == "app-1"]
+                return found and found[0]["status"]["state"] == "suppressed" and found[0]
+            alert = wait_for(app_alert, 10, what="app-1's alert inhibited")
+            assert alert["status"]["inhibitedBy"] and alert["labels"]["hbdaemon"] == "host-b-hbdaemon"
+            [down] = [a for a in am.alerts() if a["labels"]["agent_id"] == "host-b-hbdaemon"]
+            assert down["labels"]["role"] == "hbdaemon" and down["labels"]["instance"] == "central"
+        finally:
+            host.signal(signal.SIGCONT)
+    finally:
+        am.kill()
 
 
 def test_a_planned_stop_pages_nobody(daemon_factory, receiver, alertmanager):
@@ -286,3 +327,11 @@ def test_silence_requests_are_checked(daemon_factory, short_tmp):
                  "/silences/../agents"):
         assert d.request("DELETE", path, None, admin)[0] == 404
     assert d.request("POST", "/silences", ok, admin)[0] == 200
+
+
+def test_the_shipped_alertmanager_config_passes_amtool():
+    amtool = require_tool("amtool", "prometheus-alertmanager")
+    out = subprocess.run([amtool, "check-config", os.path.join(REPO, "docs", "alertmanager.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+    assert "2 inhibit rules" in out.stdout

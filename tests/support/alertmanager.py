@@ -68,7 +68,8 @@ class Alertmanager:
     """prometheus-alertmanager on 127.0.0.1, no clustering, routing every alert to
     `receiver_url` at once (group_wait 0s, group_interval 1s)."""
 
-    def __init__(self, tmp: str, receiver_url: str, extra_route: dict = None):
+    def __init__(self, tmp: str, receiver_url: str, extra_route: dict = None,
+                 inhibit_rules: list = ()):
         self.binary = require_tool("prometheus-alertmanager", "prometheus-alertmanager")
         self.dir = os.path.join(tmp, f"am-{free_port()}")
         os.makedirs(self.dir)
@@ -78,7 +79,8 @@ class Alertmanager:
                  "group_interval": "1s", "repeat_interval": "1h"}
         route.update(extra_route or {})
         config = {"route": route, "receivers": [{"name": "test", "webhook_configs": [
-            {"url": receiver_url + "/am", "send_resolved": True}]}]}
+            {"url": receiver_url + "/am", "send_resolved": True}]}],
+                  "inhibit_rules": list(inhibit_rules)}
         self.config_path = os.path.join(self.dir, "alertmanager.yml")
         with open(self.config_path, "w") as f:
             yaml.safe_dump(config, f)

@@ -80,7 +80,8 @@ def test_every_route_resolves_and_other_methods_get_405_with_allow():
 
 def test_only_writes_need_a_credential():
     assert {(r.method, r.path) for r in ROUTES if r.credential} == \
-        {("POST", "/heartbeat"), ("DELETE", "/agents/<id>")}
+        {("POST", "/heartbeat"), ("DELETE", "/agents/<id>"), ("POST", "/silences"),
+         ("DELETE", "/silences/<id>")}
 
 
 def test_credentials_grant_by_token_and_glob():

@@ -1,0 +1,186 @@
+"""The alert book's decisions, what a webhook hears of, silences' matching, and the
+alerting config: each against hostile or odd input too."""
+
+import fnmatch
+import json
+import re
+
+import pytest
+
+from hbdaemon import convert as cv
+from hbdaemon.alerting import news
+from hbdaemon.alerts import Alert, AlertBook, AlertmanagerSender, alert_labels
+from hbdaemon.config import AlertmanagerConfig, ConfigError, load_config, redacted_url
+from hbdaemon.events import Event
+from hbdaemon.silences import Silence, Silences, SilenceError, _from_am, glob_regex
+
+
+def ev(to, frm="healthy", agent="a", kind="state", at=100.0, reason="why"):
+    return Event(1, at, agent, frm, to, reason, kind)
+
+
+def test_an_agent_fires_once_per_failing_state_and_resolves_on_recovery_or_forgetting():
+    book = AlertBook()
+    change = book.apply(ev("no_heartbeat"))
+    assert change.fired.state == "no_heartbeat" and change.resolved is None
+    assert not book.apply(ev("no_heartbeat", "unknown"))  # the same alert goes on
+    assert not book.apply(ev("unknown", "no_heartbeat"))  # a restart changes nothing
+    change = book.apply(ev("dead", "no_heartbeat", at=150.0))  # another alert: old one ends
+    assert change.resolved.state == "no_heartbeat" and change.resolved.ended == 150.0
+    assert change.fired.state == "dead" and change.fired.since == 150.0
+    change = book.apply(ev("healthy", "dead", at=200.0))
+    assert change.resolved.state == "dead" and change.resolved.since == 150.0
+    assert change.fired is None and len(book) == 0
+    assert not book.apply(ev("healthy", "unknown"))  # nothing was firing
+    book.apply(ev("over_threshold"))
+    assert book.apply(ev("dead", "over_threshold", kind="forgotten")).resolved
+    assert not book.apply(ev("dead", kind="hook_suspended"))
+
+
+def test_the_book_is_rebuilt_from_the_registry_with_the_old_start_times():
+    book = AlertBook()
+    assert book.rebuild([("a", "dead", 5.0, "gone", False), ("b", "healthy", 6.0, "", False),
+                         ("c", "no_heartbeat", 7.0, "silent", True)]) == 2
+    assert book.get("a").since == 5.0 and book.get("c").daemon
+    assert not book.apply(ev("no_heartbeat", "unknown", agent="c"))  # after the restart
+
+
+def test_webhooks_hear_of_failures_and_recoveries_not_of_restarts_or_planned_stops():
+    book = AlertBook()
+    assert news(ev("dead"), book.apply(ev("dead"))) == "firing"
+    assert news(ev("healthy", "dead"), book.apply(ev("healthy", "dead"))) == "resolved"
+    assert news(ev("healthy", "unknown"), book.apply(ev("healthy", "unknown"))) is None
+    assert news(ev("stopped", "healthy"), book.apply(ev("stopped", "healthy"))) is None
+    book.rebuild([("a", "no_heartbeat", 1.0, "", False)])
+    assert news(ev("no_heartbeat", "unknown"), book.apply(ev("no_heartbeat", "unknown"))) is None
+    assert news(ev("dead", kind="hook_suspended"), book.apply(ev("dead", kind="hook_suspended"))) \
+        == "event"
+    assert news(ev("unknown", "healthy"), book.apply(ev("unknown", "healthy"))) == "event"
+
+
+def test_an_ha_pair_gives_identical_labels_and_configured_ones_cannot_hide_the_identity():
+    alert = Alert("web-1", "dead", 1.0, "gone")
+    extra = (("agent_id", "forged"), ("cluster", "eu"), ("severity", "page"))
+    one, two = alert_labels(alert, "pair", extra), alert_labels(alert, "pair", extra)
+    assert one == two
+    assert one["agent_id"] == "web-1" and one["severity"] == "page" and one["cluster"] == "eu"
+    assert one["role"] == "agent" and one["hbdaemon"] == "pair"
+    host = alert_labels(Alert("host-b", "no_heartbeat", 1.0, "", daemon=True), "central", ())
+    assert host["role"] == "hbdaemon" and host["hbdaemon"] == "host-b"
+
+
+def test_the_alertmanager_document_has_ends_ahead_while_firing_and_the_end_once_resolved():
+    cfg = AlertmanagerConfig(urls=("http://127.0.0.1:1",), resend_interval=60.0)
+    sender = AlertmanagerSender(cfg.urls[0], 1, cfg, AlertBook(), "me",
+                                "http://h:8690/", wallclock=lambda: 1000.0)
+    firing = sender.document(Alert("a b/c", "over_threshold", 900.0, "cpu 99%"))
+    assert firing["startsAt"] == "1970-01-01T00:15:00.000Z"
+    assert firing["endsAt"] == "1970-01-01T00:20:40.000Z"  # 1000 + 4 x 60
+    assert firing["generatorURL"] == "http://h:8690/#agent=a%20b%2Fc"
+    assert firing["labels"]["alertname"] == "HeartbeatAgentOverThreshold"
+    done = sender.document(Alert("a", "dead", 900.0, "", ended=950.0))
+    assert done["endsAt"] == "1970-01-01T00:15:50.000Z"
+
+
+def test_a_sender_keeps_the_newest_word_on_each_alert_and_bounds_its_queue(monkeypatch):
+    import hbdaemon.alerts as alerts
+    monkeypatch.setattr(alerts, "MAX_PENDING", 3)
+    cfg = AlertmanagerConfig(urls=("http://127.0.0.1:1",))
+    sender = AlertmanagerSender(cfg.urls[0], 1, cfg, AlertBook(), "me")
+    first = Alert("a", "dead", 1.0, "")
+    sender.offer([first, Alert("b", "dead", 1.0, "")])
+    sender.offer([first.resolved(2.0)])
+    assert sender.delivery.depth == 2
+    sender.offer([Alert(f"x{n}", "dead", 1.0, "") for n in range(3)])
+    assert sender.delivery.depth == 3 and sender.delivery.dropped == 2
+
+
+@pytest.mark.parametrize("glob", ["web-*", "db-?.x", "[!a]bc", "[]x]y", "a[bc", "u@uid0:*",
+                                  "*", "[a-c]1", "exact"])
+def test_a_glob_becomes_the_regex_alertmanager_anchors(glob):
+    regex = glob_regex(glob)
+    for agent in ("web-1", "db-1.x", "db-12x", "xbc", "abc", "]y", "a[bc", "u@uid0:7", "b1",
+                  "exact", "exactly", ""):
+        assert bool(re.fullmatch(regex, agent)) == fnmatch.fnmatchcase(agent, glob), agent
+
+
+def test_silence_matchers_follow_alertmanager():
+    labels = {"agent_id": "web-1", "state": "dead"}
+    assert Silence("s", [("agent_id", "=~", "web-.*")], 0, 10, "", "").matches(labels)
+    assert not Silence("s", [("agent_id", "=~", "web")], 0, 10, "", "").matches(labels)
+    assert Silence("s", [("state", "!=", "no_heartbeat")], 0, 10, "", "").matches(labels)
+    assert Silence("s", [("team", "=", "")], 0, 10, "", "").matches(labels)  # missing is ""
+    assert not Silence("s", [("agent_id", "!~", "w.*")], 0, 10, "", "").matches(labels)
+    assert not Silence("s", [("agent_id", "=~", "(")], 0, 10, "", "").matches(labels)
+    assert not Silence("s", [("agent_id", "=", "web-1")], 5, 10, "", "").active(4.0)
+
+
+@pytest.mark.parametrize("item", [
+    None, [], {"status": {"state": "active"}}, {"id": 1, "status": {"state": "active"},
+                                                "matchers": [], "startsAt": "x", "endsAt": "y"},
+    {"id": "i", "status": {"state": "active"}, "matchers": [{"name": 1, "value": "v"}],
+     "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2026-01-02T00:00:00Z"},
+    {"id": "i", "status": {"state": "expired"}, "matchers": [],
+     "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2026-01-02T00:00:00Z"},
+])
+def test_a_silence_alertmanager_lists_that_makes_no_sense_is_left_out(item):
+    assert _from_am(item) is None
+
+
+def test_local_silences_survive_a_restart_and_a_hostile_file_is_refused(tmp_path):
+    cfg = AlertmanagerConfig()
+    silences = Silences(cfg, str(tmp_path), "me", wallclock=lambda: 1000.0)
+    made = silences.create("job-*", 60, "backup", "ops")
+    assert silences.silenced("job-1", "dead") == made["id"]
+    assert silences.silenced("web-1", "dead") is None
+    again = Silences(cfg, str(tmp_path), "me", wallclock=lambda: 1030.0)
+    again._load_local()
+    assert again.silenced("job-9", "healthy") == made["id"]
+    assert Silences(cfg, str(tmp_path), "me", wallclock=lambda: 1061.0).list()["silences"] == []
+    with pytest.raises(SilenceError) as err:
+        again.expire("not-a-uuid")
+    assert err.value.code == 404
+    again.expire(made["id"])
+    assert again.silenced("job-9", "dead") is None
+    for text in ("{", "[1, {\"id\": 5}]", json.dumps([{"id": "x", "matchers": [["a", "==", "b"]],
+                                                      "starts": 0, "ends": 1e12}]),
+                 json.dumps([{"id": "x", "matchers": [], "starts": "nan", "ends": 1e12}])):
+        (tmp_path / "silences.json").write_text(text)
+        hostile = Silences(cfg, str(tmp_path), "me", wallclock=lambda: 1000.0)
+        hostile._load_local()
+        assert hostile.silenced("x", "dead") is None
+
+
+@pytest.mark.parametrize("value, expected", [
+    ({"cluster": "eu-1", "team": 7}, (("cluster", "eu-1"), ("team", "7"))),
+    ("cluster=eu-1, team=ops", (("cluster", "eu-1"), ("team", "ops"))),
+    ({}, ()),
+])
+def test_labels_from_yaml_or_the_environment(value, expected):
+    assert cv.label_map(value) == expected
+
+
+@pytest.mark.parametrize("value", [{"1x": "a"}, {"__name__": "a"}, {"a-b": "c"}, {"a": None},
+                                   {"a": [1]}, "novalue", ["a=b"]])
+def test_bad_labels_are_refused(value):
+    with pytest.raises(ValueError):
+        cv.label_map(value)
+
+
+def test_alerting_config_errors_name_the_key(tmp_path):
+    for text, needle in (("alertmanager: {urls: [ftp://x]}", "alertmanager.urls"),
+                         ("webhooks: [{on: [dead]}]", "webhooks[0].url"),
+                         ("webhooks: [{url: 'http://h/', on: [exploded]}]", "webhooks[0].on"),
+                         ("alertmanager: {resend_interval: 0s}", "resend_interval")):
+        path = tmp_path / "hb.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as err:
+            load_config(str(path))
+        assert needle in str(err.value), (text, err.value)
+
+
+def test_urls_in_logs_and_metrics_keep_no_secrets():
+    assert redacted_url("https://hooks.slack.com/services/T0/B0/abcdefghijklmnopqrstuvwx") \
+        == "https://hooks.slack.com/…"
+    assert redacted_url("http://user:pw@127.0.0.1:9000/hook?token=x#f") \
+        == "http://127.0.0.1:9000/hook"
