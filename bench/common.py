@@ -56,7 +56,10 @@ def hbdaemon(stderr=None, repo: str = REPO, **overrides):
            "unix": {"socket_path": sock, "socket_group": ""},
            "http": {"host": "127.0.0.1", "port": port}}
     for section, values in overrides.items():
-        cfg.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:  # a list (webhooks, hooks): as given
+            cfg[section] = values
     path = os.path.join(tmp, "hb.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)

@@ -5,6 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_alerts  # noqa: E402
 import bench_crash  # noqa: E402
 import bench_flood  # noqa: E402
 import bench_http  # noqa: E402
@@ -26,6 +27,7 @@ def main() -> None:
     bench_lock.main([])
     bench_storm.main(["--rounds", "3"])
     bench_watch.main([])
+    bench_alerts.main([])
 
 
 if __name__ == "__main__":

@@ -335,3 +335,28 @@ def test_the_shipped_alertmanager_config_passes_amtool():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
     assert "2 inhibit rules" in out.stdout
+
+
+def test_a_reload_moves_the_webhooks_and_a_bad_secret_keeps_the_old_ones(daemon_factory,
+                                                                        receiver, short_tmp):
+    old, new = receiver(), receiver()
+    d = daemon_factory(webhooks=[{"url": old.url + "/hook"}]).start()
+    config = dict(d.config, webhooks=[{"url": new.url + "/hook",
+                                       "secret_file": os.path.join(short_tmp, "missing")}])
+    d.write_config(config)
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in d.log() and "webhooks[0].secret_file" in d.log(), 5,
+             what="the reload refused")
+    first = d.unix_agent("r-1")
+    first.kill()
+    first.wait()
+    wait_for(lambda: old.docs("/hook"), 10, what="the old webhook still in use")
+    d.write_config(dict(config, webhooks=[{"url": new.url + "/hook"}]))
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: d.log().count("configuration reloaded") == 1, 5, what="the reload")
+    second = d.unix_agent("r-2")
+    second.kill()
+    second.wait()
+    wait_for(lambda: new.docs("/hook"), 10, what="the new webhook")
+    assert [doc["event"]["agent_id"] for doc in old.docs("/hook")] == ["r-1"]
+    assert [doc["event"]["agent_id"] for doc in new.docs("/hook")] == ["r-2"]
