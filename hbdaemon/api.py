@@ -51,6 +51,7 @@ ROUTES = (
     Route("DELETE", SILENCE_PATH, "unsilence", True),
 )
 _WITH_BODY = frozenset(("silence",))  # actions given the request's body
+NETWORK_BOUND = frozenset(("silence", "unsilence"))  # actions that wait on Alertmanager
 _TABLE: Dict[str, Dict[str, Route]] = {}
 for _route in ROUTES:
     _TABLE.setdefault(_route.path, {})[_route.method] = _route

@@ -18,7 +18,7 @@ import time
 from typing import Callable, Optional, Tuple
 
 from hbdaemon import __version__
-from hbdaemon.api import JSON, Api, ApiError, Body, resolve
+from hbdaemon.api import JSON, NETWORK_BOUND, Api, ApiError, Body, resolve
 from hbdaemon.auth import OPEN, Credentials, Grant
 from hbdaemon.connlimit import NEW_ID_SLOTS, NO_GATE, ConnectionLimitMixIn, FairGate
 from hbdaemon.http_request import (BadRequest, is_loopback_address, is_loopback_host,
@@ -221,7 +221,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         known, self._known = self._known, False
         if heartbeat and not known:  # maybe a new agent: it waits for a place in the new
             server.wait_room(True, SUBMIT_WAIT)  # agents' share here, outside the gate
-        gated = not (known and heartbeat)
+        # silences wait on Alertmanager, not on the interpreter: outside the gate, so that a
+        # hung Alertmanager cannot hold the new-id gate's few places
+        gated = not (known and heartbeat) and route.action not in NETWORK_BOUND
         with (server.gate if gated else NO_GATE):
             if heartbeat:
                 warnings = self._intake(body, grant, gated)

@@ -201,8 +201,8 @@ class Silences:
     # -- create, list, expire -------------------------------------------------------------
 
     def list(self, include_expired: bool = False) -> dict:
-        if self.cfg.urls:
-            self._refresh()
+        """From the copy (Alertmanager's is read every REFRESH seconds and after each
+        change made here): a hung Alertmanager must not hang the API."""
         now = self._wall()
         with self._lock:
             shown = [s.to_dict(now) for s in self._silences if include_expired or s.ends > now]
@@ -220,7 +220,7 @@ class Silences:
         silence = Silence("", [glob_matcher(glob)], now, now + duration, by[:200], reason[:1000])
         if self.cfg.urls:
             silence.id = self._am_create(silence)
-            self._refresh()
+            self._refresh_soon()
         else:
             with self._lock:
                 live = [s for s in self._silences if s.ends > now]
@@ -248,7 +248,7 @@ class Silences:
             if status // 100 != 2:
                 raise SilenceError(502, f"Alertmanager answered {status}: "
                                         f"{answer[:200].decode('utf-8', 'replace')}")
-            self._refresh()
+            self._refresh_soon()
         else:
             with self._lock:
                 found = [s for s in self._silences if s.id == silence_id and s.ends > now]
@@ -290,6 +290,15 @@ class Silences:
             raise SilenceError(502, f"Alertmanager did not take the silence ({status}): "
                                     f"{answer[:200].decode('utf-8', 'replace')}")
         return silence_id
+
+    def _refresh_soon(self) -> None:
+        """After a change made in Alertmanager: read its silences now, or, if that fails
+        (the change is made all the same), on hb-silences' next turn."""
+        try:
+            self._refresh()
+        except (SEND_ERRORS + (SilenceError,)) as exc:
+            log.warning("silences: cannot read Alertmanager's after a change: %s", exc)
+            self._wake.set()
 
     def _refresh(self) -> None:
         """Alertmanager's silences that are not expired, as this daemon's copy."""
