@@ -67,7 +67,7 @@ class Ticker:
                 self._timers = [t for t in self._timers if not t.cancelled]
                 first = min(self._timers, key=lambda t: t.at) if self._timers else None
                 wait = None if first is None else first.at - time.monotonic()
-                if wait is not None and wait <= 0:
+                if wait is not None and not wait > 0:  # NaN too: run it once, not for ever
                     self._timers.remove(first)
                     first.cancelled = True  # it has run: a cancel() needs no wake-up
             if wait is None:

@@ -5,7 +5,6 @@ import random
 import re
 import select
 import socket
-import struct
 import threading
 import time
 from typing import Callable, Optional
@@ -15,7 +14,10 @@ from urllib.parse import urlsplit
 MAX_LINE = 8192
 MAX_BODY = 64 * 1024
 MAX_HEAD = 64 * 1024
-_HEADER_LINE = re.compile(rb"^[ \t]*([^:\r\n]+?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.M)
+# simple classes only: nested optional blanks backtrack for minutes on a line of spaces
+_HEADER_LINE = re.compile(rb"^([^:\r\n]*):([^\r\n]*)", re.M)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,8}")
 
 
 class TransportError(Exception):
@@ -160,14 +162,20 @@ class HttpTransport:
                       f"Content-Type: application/json\r\n{auth}").encode("latin-1")
         self._sock: Optional[socket.socket] = None
         self._buf = b""
+        self._deadline = 0.0
         self.connected = False
 
     def send(self, line: bytes) -> None:
-        """POST one heartbeat; raises TransportError (see its retry_after and permanent)."""
+        """POST one heartbeat; raises TransportError (see its retry_after and permanent).
+        The whole exchange ends within `timeout`, however the daemon trickles its answer."""
+        if self._buf:  # bytes no request asked for: this stream is out of step
+            self.close()
         for reused in (self._sock is not None, False):
             try:
+                self._deadline = time.monotonic() + self.timeout
                 if self._sock is None:
                     self._open()
+                self._sock.settimeout(self.timeout)
                 self._sock.sendall(self._request(line))
                 status, headers, body = self._read_response()
                 break
@@ -200,21 +208,19 @@ class HttpTransport:
         raise TransportError(f"daemon answered {status}: {message}")
 
     def _open(self) -> None:
-        sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
-        # kernel timeouts on a blocking socket: one syscall per read, where a Python
-        # timeout polls before every recv
-        sock.settimeout(None)
-        seconds, micros = int(self.timeout), int(self.timeout % 1 * 1e6)
-        timeval = struct.pack("ll", seconds, micros if seconds or micros else 1)  # 0 = never
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-        self._sock, self._buf = sock, b""
+        self._sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
+        self._buf = b""
 
     def _request(self, body: bytes) -> bytes:
         return b"%sContent-Length: %d\r\n\r\n%s" % (self._head, len(body), body)
 
     def _recv(self) -> bool:
-        """Read what has arrived onto the buffer; False at the end of the stream."""
+        """Read what has arrived onto the buffer, within what is left of the exchange's
+        time; False at the end of the stream."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        self._sock.settimeout(left)
         data = self._sock.recv(65536)
         self._buf += data
         return bool(data)
@@ -222,18 +228,21 @@ class HttpTransport:
     def _read_response(self):
         """(status, headers as lower-cased bytes, body); ValueError on anything malformed. The
         daemon's answer is small: usually one recv holds all of it."""
-        while b"\r\n\r\n" not in self._buf:
+        while True:
+            end = _HEAD_END.search(self._buf)
+            if end is not None:
+                break
             if len(self._buf) > MAX_HEAD:
                 raise ValueError("answer's header too large")
             if not self._recv():
                 raise ValueError("connection closed by the daemon")
-        head, self._buf = self._buf.split(b"\r\n\r\n", 1)
-        status_line, _, rest = head.partition(b"\r\n")
+        head, self._buf = self._buf[:end.start()], self._buf[end.end():]
+        status_line, _, rest = head.partition(b"\n")
         parts = status_line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
-        # the lines in two C calls: a Python loop over them cost a measurable part of a beat
-        headers = dict(_HEADER_LINE.findall(rest.lower()))
+        headers = {name.strip(b" \t"): value.strip(b" \t\r")
+                   for name, value in _HEADER_LINE.findall(rest.lower())}
         if headers.get(b"transfer-encoding") == b"chunked":
             body = self._read_chunked()
         elif headers.get(b"content-length", b"").isdigit():
@@ -257,24 +266,29 @@ class HttpTransport:
         return data
 
     def _line(self) -> bytes:
-        while b"\r\n" not in self._buf:
+        while b"\n" not in self._buf:
             if len(self._buf) > MAX_LINE:
                 raise ValueError("answer's line too long")
             if not self._recv():
                 raise ValueError("connection closed mid-answer")
-        line, self._buf = self._buf.split(b"\r\n", 1)
-        return line
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.rstrip(b"\r")
 
     def _read_chunked(self) -> bytes:
         body = b""
-        while len(body) <= MAX_BODY:
-            size = int(self._line().split(b";")[0].strip() or b"0", 16)
+        while True:
+            size = self._line().split(b";")[0].strip()
+            if not _CHUNK_SIZE.fullmatch(size):
+                raise ValueError(f"not a chunk size: {size[:20]!r}")
+            size = int(size, 16)
             if size == 0:
-                self._line()
+                while self._line():  # trailers, up to the empty line
+                    pass
                 return body
+            if size > MAX_BODY - len(body):
+                raise ValueError("answer too large")
             body += self._take(size)
             self._line()
-        raise ValueError("answer too large")
 
     def close(self) -> None:
         sock, self._sock, self._buf = self._sock, None, b""

@@ -360,3 +360,21 @@ def test_a_reload_moves_the_webhooks_and_a_bad_secret_keeps_the_old_ones(daemon_
     wait_for(lambda: new.docs("/hook"), 10, what="the new webhook")
     assert [doc["event"]["agent_id"] for doc in old.docs("/hook")] == ["r-1"]
     assert [doc["event"]["agent_id"] for doc in new.docs("/hook")] == ["r-2"]
+
+
+def test_an_ha_pair_of_daemons_is_one_alert_in_alertmanager(daemon_factory, receiver,
+                                                           alertmanager):
+    rx = receiver()
+    am = alertmanager(rx.url)
+    pair = [daemon_factory(name, **am_config(am), manager={"agent_id": "central"},
+                           agent={"health_check": {"heartbeat_timeout": "1s"}}).start()
+            for name in ("a", "b")]
+    for d in pair:  # the same agent reports to both (as HTTP agents of a central pair do)
+        assert d.post({"agent_id": "edge-1", "pid": os.getpid()})[0] == 200
+    for d in pair:
+        d.wait_state("edge-1", "no_heartbeat", timeout=5)
+    wait_for(lambda: notifications(rx, "edge-1", "firing"), 10, what="the page")
+    time.sleep(2)
+    alerts = [a for a in am.alerts() if a["labels"]["agent_id"] == "edge-1"]
+    assert len(alerts) == 1 and alerts[0]["labels"]["instance"] == "central"
+    assert len(notifications(rx, "edge-1", "firing")) == 1

@@ -53,3 +53,19 @@ def test_page_renders_agents_states_sparklines_and_escapes_what_agents_send(daem
     chromium(f"http://127.0.0.1:{d.port}/", f"--screenshot={shot}", "--window-size=420,800")
     with open(shot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"  # a phone-sized render
+
+
+def test_page_marks_silenced_agents_and_highlights_the_one_an_alert_links_to(daemon_factory):
+    d = daemon_factory().start()
+    for agent in ("web-1", "db-1"):
+        assert d.post({"agent_id": agent, "pid": os.getpid()})[0] == 200
+    status, _, silence = d.request("POST", "/silences",
+                                   {"match": "db-*", "for": "10m", "reason": "maintenance"})
+    assert status == 200, silence
+    dom = chromium(f"http://127.0.0.1:{d.port}/#agent=db-1", "--dump-dom")
+    rows = {m[0]: m[1] for m in re.findall(r'<tr data-agent="([^"]+)"([^>]*)>', dom)}
+    assert f'data-silenced="{silence["id"]}"' in rows["db-1"] and 'class="focus"' in rows["db-1"]
+    assert "silenced" not in rows["web-1"] and "focus" not in rows["web-1"]
+    assert dom.count(">silenced<") + dom.count("> silenced<") == 1
+    broken = chromium(f"http://127.0.0.1:{d.port}/#agent=%E0%A4%A", "--dump-dom")
+    assert 'data-loaded="yes"' in broken  # a malformed link does not stop the page

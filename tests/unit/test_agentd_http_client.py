@@ -3,6 +3,7 @@ what it makes of hostile or odd ones, and that a dropped keep-alive connection c
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -41,13 +42,22 @@ class ScriptedServer:
                     if answer is None:
                         break
                     self.bodies.append(body)
-                    conn.sendall(answer)
+                    try:
+                        if callable(answer):  # it writes (or trickles) its own answer
+                            answer(conn)
+                        else:
+                            conn.sendall(answer)
+                    except OSError:  # the client gave up on a hostile answer
+                        break
 
     @staticmethod
     def _read_request(conn):
         data = b""
         while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
+            try:
+                chunk = conn.recv(65536)
+            except OSError:  # reset by a client that gave up on a hostile answer
+                return None
             if not chunk:
                 return None
             data += chunk
@@ -128,6 +138,8 @@ def test_refusals_say_whether_a_retry_can_help(serve, answer, permanent, retry_a
     b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70000,        # a header without end
     b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",   # cut short
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a chunk size
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n",  # nor this
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7fffffff\r\n" + b"x" * 70000,
 ])
 def test_a_hostile_answer_is_a_transport_error_not_a_crash(serve, answer):
     server = serve(answer, None)
@@ -154,3 +166,54 @@ def test_a_daemon_that_never_answers_times_out(serve):
     with pytest.raises(TransportError):
         transport.send(b"1\n")
     sock.close()
+
+
+@pytest.mark.parametrize("line", [b" " * 60000, b"x:" + b" " * 60000 + b"\rz",
+                                  b"\t" * 30000 + b":" + b"\t" * 30000])
+def test_a_header_line_of_blanks_is_parsed_at_once(serve, line):
+    server = serve(b"HTTP/1.1 200 OK\r\n" + line + b"\r\nContent-Length: 0\r\n\r\n")
+    transport = HttpTransport(server.url, 2.0)
+    started = time.monotonic()
+    try:
+        transport.send(b"1\n")
+    except TransportError:
+        pass
+    assert time.monotonic() - started < 1.0  # a backtracking regex took minutes here
+    transport.close()
+
+
+def test_bare_line_feeds_and_trailers_keep_the_stream_in_step(serve):
+    server = serve(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+                   b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"2\r\nok\r\n0\r\nX-Trailer: 1\r\n\r\n", OK)
+    transport = HttpTransport(server.url, 2.0)
+    for n in range(3):
+        transport.send(b"%d\n" % n)
+    assert server.connections == 1 and len(server.bodies) == 3
+    transport.close()
+
+
+def test_an_answer_nobody_asked_for_is_not_taken_for_the_next_one(serve):
+    refused = b"HTTP/1.1 401 No\r\nContent-Length: 0\r\n\r\n"
+    server = serve(OK + refused, OK)
+    transport = HttpTransport(server.url, 2.0)
+    transport.send(b"1\n")
+    transport.send(b"2\n")  # the stray 401 is dropped with its connection, not read as ours
+    assert server.connections == 2
+    transport.close()
+
+
+def test_a_trickled_answer_cannot_stretch_the_timeout(serve):
+    def trickle(conn):
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nX: " + b"a" * 100:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.05)
+        except OSError:
+            pass
+    server = serve(trickle)
+    transport = HttpTransport(server.url, 0.5)
+    started = time.monotonic()
+    with pytest.raises(TransportError) as err:
+        transport.send(b"1\n")
+    assert time.monotonic() - started < 1.5 and "timed out" in str(err.value)
