@@ -7,7 +7,8 @@ again after a daemon restart, nor one that stopped on purpose without having fai
 """
 
 import logging
-from typing import Callable, Dict, List, Optional
+import threading
+from typing import Callable, Dict, List, Optional, Tuple
 
 from hbdaemon.alerts import AlertBook, AlertChange, AlertmanagerSender, Delivery
 from hbdaemon.config import EVENT_KINDS, FAILING_STATES, Config, ConfigError
@@ -66,6 +67,8 @@ class Alerting:
         self._lookup, self._silenced, self._is_daemon = lookup, silenced, is_daemon
         self.senders: List[AlertmanagerSender] = []
         self.webhooks: List[WebhookSender] = []
+        self._retired: List[Tuple[str, Dict[int, Optional[bytes]]]] = []  # queues to delete
+        self._retired_lock = threading.Lock()  # configure() adds, the store's writer takes
         self._started = False
         self.configure(cfg, secrets)
 
@@ -92,9 +95,44 @@ class Alerting:
             for new in hooks:
                 if new.cfg.url == hook.cfg.url and new is not hook:
                     new.take_over(hook)
+                    break
+            with self._retired_lock:
+                self._retired.append((hook.key, hook.retire()))
         self.senders, self.webhooks = senders, hooks
         if self._started:
             self.start()
+
+    def take_dirty(self) -> List[Tuple[str, int, Optional[bytes]]]:
+        """(webhook key, seq, body to keep or None to delete) for each queued webhook event
+        changed since the last call: the store's writer persists them with the events."""
+        with self._retired_lock:
+            retired, self._retired = self._retired, []
+        out = [(key, seq, body) for key, dirty in retired for seq, body in dirty.items()]
+        for hook in self.webhooks:
+            out.extend((hook.key, seq, body) for seq, body in hook.take_dirty().items())
+        return out
+
+    def restore(self, rows: List[Tuple[str, int, bytes]]) -> int:
+        """Webhook events that waited before the restart, back in their queues; those of a
+        webhook no longer configured are dropped (logged). Returns how many wait."""
+        by_key = {hook.key: hook for hook in self.webhooks}
+        waiting: Dict[str, List[Tuple[int, bytes]]] = {}
+        for key, seq, body in rows:
+            waiting.setdefault(key, []).append((seq, body))
+        restored = 0
+        for key, items in waiting.items():
+            hook = by_key.get(key)
+            if hook is None:
+                log.warning("webhooks: dropping %d events that waited for a webhook no longer "
+                            "configured (%s)", len(items), key[:200])
+                with self._retired_lock:
+                    self._retired.append((key, {seq: None for seq, _ in items}))
+                continue
+            hook.restore(items)
+            restored += len(items)
+        if restored:
+            log.info("webhooks: %d events waiting from before the restart", restored)
+        return restored
 
     def rebuild(self, rows) -> None:
         """The firing alerts from the registry (at start, before the first event)."""

@@ -112,12 +112,13 @@ class Daemon:
         self.silences = Silences(cfg.alertmanager, cfg.daemon.state_dir, daemon_id(cfg.manager))
         self.hooks = HookRunner(cfg.hooks, cfg.agent.restart, self.events.record, self.registry.get,
                                 silenced=self.silences.silenced)
-        self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
-                           self.registry.take_dirty, self.hooks.take_dirty)
-        self.checker = HealthChecker(self.registry, hc.stall_threshold)
         self.alerting = Alerting(cfg, read_secrets(cfg), daemon_id(cfg.manager), page_url(cfg),
                                  self.registry.get, silenced=self.silences.silenced,
                                  is_daemon=self.registry.is_daemon)
+        self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
+                           self.registry.take_dirty, self.hooks.take_dirty,
+                           self.alerting.take_dirty)
+        self.checker = HealthChecker(self.registry, hc.stall_threshold)
         # Intake that is not a known agent's heartbeat (new ids, refusals, the API) passes
         # one gate shared by both receivers, a few threads at a time, in order of arrival:
         # a flood of new ids then cannot keep a crash verdict or a known agent from the GIL.
@@ -145,10 +146,11 @@ class Daemon:
         # hooks first: a store write between the two then holds the run with its event
         # (the run's row carries the event), never the event without its run
         self.events.subscribe(self.hooks.on_event)
+        self.events.subscribe(self.alerting.on_event)  # webhooks' queues: the same rule
         self.events.subscribe(self.store.add_event)
-        self.events.subscribe(self.alerting.on_event)
         self.registry.load(agents)
         self.alerting.rebuild(self.registry.alerting(FAILING_STATES))
+        self.alerting.restore(self.store.webhook_queue)
         self.hooks.restore(self.store.hook_runs)
         if agents:
             log.info("remembered %d agents and %d events from %s", len(agents), len(events),

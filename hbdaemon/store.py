@@ -1,5 +1,5 @@
-"""Persistent state: agent records, events and waiting hook runs in SQLite (WAL), written
-by one thread."""
+"""Persistent state: agent records, events, waiting hook runs and webhook events in
+SQLite (WAL), written by one thread."""
 
 import json
 import logging
@@ -27,8 +27,11 @@ CREATE TABLE IF NOT EXISTS events (
     from_state TEXT NOT NULL, to_state TEXT NOT NULL, reason TEXT NOT NULL, kind TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hook_runs (
     agent_id TEXT NOT NULL, hook TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (agent_id, hook));
+CREATE TABLE IF NOT EXISTS webhook_queue (
+    hook TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (hook, seq));
 """
 HookRun = Tuple[str, str, Optional[dict]]  # agent, hook key, what waits (None: nothing)
+Queued = Tuple[str, int, Optional[bytes]]  # webhook key, seq, the body (None: delivered)
 
 
 class StoreError(Exception):
@@ -43,13 +46,17 @@ class Store:
 
     def __init__(self, state_dir: str, max_events: int, interval: float,
                  take_dirty: Callable[[], List[Tuple[str, Optional[dict]]]] = lambda: [],
-                 take_hook_runs: Callable[[], List[HookRun]] = lambda: []):
+                 take_hook_runs: Callable[[], List[HookRun]] = lambda: [],
+                 take_webhooks: Callable[[], List[Queued]] = lambda: []):
         self.path = os.path.join(state_dir, DB_NAME)
         self._state_dir = state_dir
         self._max_events = max_events
         self._interval = interval
         self._take_dirty = take_dirty
         self._take_hook_runs = take_hook_runs
+        self._take_webhooks = take_webhooks
+        self._unsaved_queue: Dict[Tuple[str, int], Optional[bytes]] = {}  # writer thread only
+        self.webhook_queue: List[Tuple[str, int, bytes]] = []  # read by open()
         self._pending: List[Event] = []
         self._unsaved: Dict[str, Optional[dict]] = {}  # writer thread only
         self._unsaved_runs: Dict[Tuple[str, str], Optional[dict]] = {}  # writer thread only
@@ -145,6 +152,10 @@ class Store:
                     self.hook_runs.append((agent_id, hook, json.loads(data)))
                 except (ValueError, RecursionError):
                     log.warning("state store: skipping an unreadable hook run of %s", agent_id)
+            self.webhook_queue = [
+                (hook, seq, bytes(body)) for hook, seq, body in db.execute(
+                    "SELECT hook, seq, body FROM webhook_queue ORDER BY hook, seq")
+                if type(hook) is str and type(seq) is int and isinstance(body, (bytes, str))]
             return agents, events
         finally:
             db.close()
@@ -234,7 +245,9 @@ class Store:
             batch = self._take_dirty()
             self._unsaved.update(batch)
             self._unsaved_runs.update(((a, h), d) for a, h, d in self._take_hook_runs())
-            if not events and not self._unsaved and not self._unsaved_runs and not mark:
+            self._unsaved_queue.update(((h, n), b) for h, n, b in self._take_webhooks())
+            if not events and not self._unsaved and not self._unsaved_runs and not mark \
+                    and not self._unsaved_queue:
                 return
             if not self._write(db, events, mark):
                 with self._lock:  # asked again with the next batch
@@ -246,6 +259,7 @@ class Store:
     def _write(self, db: sqlite3.Connection, events: List[Event], mark: int = 0) -> bool:
         agents = list(self._unsaved.items())
         runs = [(a, h, d) for (a, h), d in self._unsaved_runs.items()]
+        queued = [(h, n, b) for (h, n), b in self._unsaved_queue.items()]
         try:
             with db:
                 db.execute("BEGIN")
@@ -256,6 +270,9 @@ class Store:
                                           if d is not None])
                 db.executemany("DELETE FROM hook_runs WHERE agent_id = ? AND hook = ?",
                                [(a, h) for a, h, d in runs if d is None])  # few: one each
+                _insert(db, "webhook_queue", [(h, n, b) for h, n, b in queued if b is not None])
+                db.executemany("DELETE FROM webhook_queue WHERE hook = ? AND seq = ?",
+                               [(h, n) for h, n, b in queued if b is None])
                 if events:  # keep the newest max_events (ids have gaps: see EventLog)
                     db.execute("DELETE FROM events WHERE id <= (SELECT id FROM events "
                                "ORDER BY id DESC LIMIT 1 OFFSET ?)", (self._max_events,))
@@ -266,6 +283,7 @@ class Store:
                 self.on_reserved(mark)
             self._unsaved.clear()
             self._unsaved_runs.clear()
+            self._unsaved_queue.clear()
             self.writes += 1
             self.failing_since = None
             if events:

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from hbdaemon import __version__
 from hbdaemon.alerts import Delivery
@@ -49,32 +49,69 @@ class WebhookSender:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._queue: collections.deque = collections.deque()
+        self._queue: collections.deque = collections.deque()  # (seq, body), oldest first
+        self._seq = 0
+        self._dirty: Dict[int, Optional[bytes]] = {}  # seq -> body to keep, None: to delete
         self._drain_until = 0.0
         self.delivery = Delivery("webhook", cfg.label)
         self.component: Optional[Component] = None
 
+    @property
+    def key(self) -> str:
+        """Its queue's name in the state store."""
+        return json.dumps([self.cfg.url, self.cfg.name])
+
     def offer(self, body: bytes) -> None:
         """Queue one event's payload (from the event thread: never blocks on the network)."""
         with self._lock:
-            if len(self._queue) >= self.cfg.queue_size:
-                self._queue.popleft()
-                self.delivery.dropped += 1
-                if self.delivery.dropped == 1 or self.delivery.dropped % 1000 == 0:
-                    log.warning("webhook %s: queue full (%d): dropped the oldest event "
-                                "(%d so far)", self.cfg.label, self.cfg.queue_size,
-                                self.delivery.dropped)
-            self._queue.append(body)
-            self.delivery.depth = len(self._queue)
+            self._append(body)
         self._wake.set()
 
+    def _append(self, body: bytes) -> None:
+        if len(self._queue) >= self.cfg.queue_size:
+            self._dirty[self._queue.popleft()[0]] = None
+            self.delivery.dropped += 1
+            if self.delivery.dropped == 1 or self.delivery.dropped % 1000 == 0:
+                log.warning("webhook %s: queue full (%d): dropped the oldest event "
+                            "(%d so far)", self.cfg.label, self.cfg.queue_size,
+                            self.delivery.dropped)
+        self._seq += 1
+        self._queue.append((self._seq, body))
+        self._dirty[self._seq] = body
+        self.delivery.depth = len(self._queue)
+
+    def restore(self, rows: List[Tuple[int, bytes]]) -> None:
+        """What waited in the state store before a restart (before start())."""
+        with self._lock:
+            for seq, body in sorted(rows):
+                if len(self._queue) >= self.cfg.queue_size:
+                    self._dirty[self._queue.popleft()[0]] = None
+                self._queue.append((seq, body))
+                self._seq = max(self._seq, seq)
+            self.delivery.depth = len(self._queue)
+
+    def take_dirty(self) -> Dict[int, Optional[bytes]]:
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+        return dirty
+
     def take_over(self, old: "WebhookSender") -> None:
-        """After a reload: what `old` had queued, and its counts (counters never go back)."""
+        """After a reload: what `old` had queued (moved to this one's queue in the store),
+        and its counts (counters never go back)."""
         with old._lock:
-            waiting = list(old._queue)
+            waiting = [body for _, body in old._queue]
         self.delivery.take_over(old.delivery)
-        for body in waiting:
-            self.offer(body)
+        with self._lock:
+            for body in waiting:
+                self._append(body)
+        self._wake.set()
+
+    def retire(self) -> Dict[int, Optional[bytes]]:
+        """Once stopped and replaced: its rows in the store, all to delete."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+            dirty.update((seq, None) for seq, _ in self._queue)
+        return dirty
 
     def start(self) -> None:
         worst = (self.cfg.max_retries + 1) * self.cfg.timeout + self.cfg.backoff_max
@@ -87,24 +124,25 @@ class WebhookSender:
         self._wake.set()
         halt(self.component, timeout + 0.5)
         if self._queue:
-            log.warning("webhook %s: %d events not delivered at stop", self.cfg.label,
-                        len(self._queue))
+            log.warning("webhook %s: %d events not delivered at stop: kept in the state "
+                        "store for the next start", self.cfg.label, len(self._queue))
 
     def _loop(self) -> None:
         while True:
             alive()
             with self._lock:
-                body = self._queue[0] if self._queue else None
-            if self._stop.is_set() and (body is None or self._clock() >= self._drain_until):
+                head = self._queue[0] if self._queue else None
+            if self._stop.is_set() and (head is None or self._clock() >= self._drain_until):
                 return
-            if body is None:
+            if head is None:
                 self._wake.wait(5.0)
                 self._wake.clear()
                 continue
-            self._deliver(body)
+            self._deliver(head[1])
             with self._lock:
-                if self._queue and self._queue[0] is body:
+                if self._queue and self._queue[0] is head:
                     self._queue.popleft()
+                    self._dirty[head[0]] = None
                 self.delivery.depth = len(self._queue)
 
     def _deliver(self, body: bytes) -> None:

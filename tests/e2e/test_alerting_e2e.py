@@ -378,3 +378,26 @@ def test_an_ha_pair_of_daemons_is_one_alert_in_alertmanager(daemon_factory, rece
     alerts = [a for a in am.alerts() if a["labels"]["agent_id"] == "edge-1"]
     assert len(alerts) == 1 and alerts[0]["labels"]["instance"] == "central"
     assert len(notifications(rx, "edge-1", "firing")) == 1
+
+
+def test_a_webhook_event_waiting_at_a_kill_9_is_delivered_after_the_restart(daemon_factory,
+                                                                            receiver):
+    rx = receiver("fail")
+    d = daemon_factory(webhooks=[{"url": rx.url + "/hook", "max_retries": 1000,
+                                  "backoff_base": "0.1s", "backoff_max": "0.2s"}]).start()
+    agent = d.unix_agent("pay-1")
+    agent.kill()
+    agent.wait()
+    wait_for(lambda: len(rx.posts) >= 2, 10, what="the receiver refusing it")
+    time.sleep(0.3)  # the store has written the event with its webhook body
+    d.proc.kill()
+    d.proc.wait()
+    rx.mode = "ok"
+    restarted = time.monotonic()
+    d.start()
+    wait_for(lambda: [p for p in rx.posts if p[0] > restarted], 10, what="the delivery")
+    time.sleep(0.5)
+    after = [doc for arrived, _, _, _, doc in rx.posts if arrived > restarted]
+    assert [(doc["event"]["agent_id"], doc["alert"]) for doc in after] == [("pay-1", "firing")]
+    [hook] = d.get("/stats")[2]["alerting"]["receivers"]
+    assert hook["queue_depth"] == 0 and hook["sent"] == 1
