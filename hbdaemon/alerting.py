@@ -82,9 +82,13 @@ class Alerting:
             kept = old_senders.pop((url.rstrip("/") + "/api/v2/alerts", cfg.alertmanager), None)
             senders.append(kept or AlertmanagerSender(url, n + 1, cfg.alertmanager, self.book,
                                                       self.instance, self.page_url))
+        keys: Dict[str, int] = {}
         for n, (hook, secret) in enumerate(zip(cfg.webhooks, secrets)):
             kept = old_hooks.pop((hook, secret), None)
             hooks.append(kept or WebhookSender(hook, n + 1, secret))
+            base = hooks[-1].base_key  # the same URL and name twice: each its own queue
+            keys[base] = keys.get(base, 0) + 1
+            hooks[-1].key = base if keys[base] == 1 else f"{base}#{keys[base]}"
         by_url = {s.url: s for s in senders}
         for sender in old_senders.values():
             sender.stop(1.0)

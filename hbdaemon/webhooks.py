@@ -55,10 +55,11 @@ class WebhookSender:
         self._drain_until = 0.0
         self.delivery = Delivery("webhook", cfg.label)
         self.component: Optional[Component] = None
+        self.key = self.base_key
 
     @property
-    def key(self) -> str:
-        """Its queue's name in the state store."""
+    def base_key(self) -> str:
+        """Its queue's name in the state store (`key`, unless another has the same)."""
         return json.dumps([self.cfg.url, self.cfg.name])
 
     def offer(self, body: bytes) -> None:
@@ -102,6 +103,8 @@ class WebhookSender:
             waiting = [body for _, body in old._queue]
         self.delivery.take_over(old.delivery)
         with self._lock:
+            # numbered after the old queue's: a row it deletes must never be one added here
+            self._seq = max(self._seq, old._seq)
             for body in waiting:
                 self._append(body)
         self._wake.set()

@@ -184,3 +184,47 @@ def test_urls_in_logs_and_metrics_keep_no_secrets():
         == "https://hooks.slack.com/…"
     assert redacted_url("http://user:pw@127.0.0.1:9000/hook?token=x#f") \
         == "http://127.0.0.1:9000/hook"
+
+
+def _apply(db: dict, rows) -> None:
+    """What the store's writer does with Alerting.take_dirty's rows."""
+    for key, seq, body in rows:
+        if body is None:
+            db.pop((key, seq), None)
+        else:
+            db[(key, seq)] = body
+
+
+def test_webhook_queues_in_the_store_follow_deliveries_drops_reloads_and_restarts(tmp_path):
+    from hbdaemon.alerting import Alerting
+    path = tmp_path / "hb.yaml"
+    path.write_text("webhooks: [{url: 'http://127.0.0.1:1/a', queue_size: 3},"
+                    " {url: 'http://127.0.0.1:1/a', queue_size: 3}]")
+    cfg = load_config(str(path))
+    alerting = Alerting(cfg, [None, None], "me", "", lambda a: None)
+    first, second = alerting.webhooks
+    assert first.key != second.key  # the same URL twice: two queues
+    db = {}
+    for n in range(5):  # one more than fits: the oldest two are dropped
+        first.offer(b"e%d" % n)
+    second.offer(b"x")
+    _apply(db, alerting.take_dirty())
+    assert sorted(db.values()) == [b"e2", b"e3", b"e4", b"x"]
+    # a reload that changes the first webhook's timeout: a new sender takes its queue
+    path.write_text("webhooks: [{url: 'http://127.0.0.1:1/a', queue_size: 3, timeout: 3s},"
+                    " {url: 'http://127.0.0.1:1/a', queue_size: 3}]")
+    alerting.configure(load_config(str(path)), [None, None])
+    _apply(db, alerting.take_dirty())
+    assert sorted(db.values()) == [b"e2", b"e3", b"e4", b"x"]
+    assert alerting.webhooks[0] is not first and alerting.webhooks[1] is second
+    # a restart: the queues come back from the store, each to its webhook
+    again = Alerting(load_config(str(path)), [None, None], "me", "", lambda a: None)
+    assert again.restore([(k, n, b) for (k, n), b in db.items()]) == 4
+    assert [b for _, b in again.webhooks[0]._queue] == [b"e2", b"e3", b"e4"]
+    assert [b for _, b in again.webhooks[1]._queue] == [b"x"]
+    # a webhook removed by the time of the restart loses its queue from the store
+    path.write_text("webhooks: [{url: 'http://127.0.0.1:1/b'}]")
+    gone = Alerting(load_config(str(path)), [None], "me", "", lambda a: None)
+    assert gone.restore([(k, n, b) for (k, n), b in db.items()]) == 0
+    _apply(db, gone.take_dirty())
+    assert db == {}
