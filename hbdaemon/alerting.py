@@ -78,14 +78,14 @@ class Alerting:
         old_senders = {(s.url, s.cfg): s for s in self.senders}
         old_hooks = {(w.cfg, w.secret): w for w in self.webhooks}
         senders, hooks = [], []
-        for n, url in enumerate(cfg.alertmanager.urls):
+        for url in cfg.alertmanager.urls:
             kept = old_senders.pop((url.rstrip("/") + "/api/v2/alerts", cfg.alertmanager), None)
-            senders.append(kept or AlertmanagerSender(url, n + 1, cfg.alertmanager, self.book,
+            senders.append(kept or AlertmanagerSender(url, cfg.alertmanager, self.book,
                                                       self.instance, self.page_url))
         keys: Dict[str, int] = {}
-        for n, (hook, secret) in enumerate(zip(cfg.webhooks, secrets)):
+        for hook, secret in zip(cfg.webhooks, secrets):
             kept = old_hooks.pop((hook, secret), None)
-            hooks.append(kept or WebhookSender(hook, n + 1, secret))
+            hooks.append(kept or WebhookSender(hook, secret))
             base = hooks[-1].base_key  # the same URL and name twice: each its own queue
             keys[base] = keys.get(base, 0) + 1
             hooks[-1].key = base if keys[base] == 1 else f"{base}#{keys[base]}"

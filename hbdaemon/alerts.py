@@ -10,6 +10,7 @@ resend_interval (Alertmanager expires what it stops hearing about); a resolved o
 """
 
 import collections
+import itertools
 import json
 import logging
 import threading
@@ -35,6 +36,7 @@ BATCH = 1000             # alerts per POST
 MAX_PENDING = 200_000    # alerts waiting per receiver; beyond, the oldest are dropped
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 VALID_FOR = 4            # a firing alert's endsAt: this many resend_intervals ahead
+_NUMBERS = itertools.count(1)  # of sender threads, never reused (a reload makes new ones)
 
 
 class Alert:
@@ -161,12 +163,12 @@ def alert_labels(alert: Alert, instance: str, extra: Tuple[Tuple[str, str], ...]
 class AlertmanagerSender:
     """The alerts for one Alertmanager URL, on the thread hb-alertmanager-N."""
 
-    def __init__(self, url: str, number: int, cfg: AlertmanagerConfig, book: AlertBook,
+    def __init__(self, url: str, cfg: AlertmanagerConfig, book: AlertBook,
                  instance: str, page_url: str = "",
                  clock: Callable[[], float] = time.monotonic,
                  wallclock: Callable[[], float] = time.time):
         self.url = url.rstrip("/") + "/api/v2/alerts"
-        self.name = f"hb-alertmanager-{number}"
+        self.name = f"hb-alertmanager-{next(_NUMBERS)}"  # unique: /stats lists parts by name
         self.cfg, self.book, self.instance, self.page_url = cfg, book, instance, page_url
         self._clock, self._wall = clock, wallclock
         self._lock = threading.Lock()

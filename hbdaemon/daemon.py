@@ -109,6 +109,7 @@ class Daemon:
                                  max_agents=cfg.agent.max_agents,
                                  new_agents_per_minute=cfg.agent.new_agents_per_minute,
                                  on_notice=self.event_pump.notice)
+        self.registry.reserved_ids = frozenset((daemon_id(cfg.manager),))
         self.silences = Silences(cfg.alertmanager, cfg.daemon.state_dir, daemon_id(cfg.manager))
         self.hooks = HookRunner(cfg.hooks, cfg.agent.restart, self.events.record, self.registry.get,
                                 silenced=self.silences.silenced)

@@ -86,17 +86,22 @@ def judge_heartbeat(rec, policy: HealthPolicy, now: float) -> Tuple[State, str]:
     """
     if rec.status == "stopping":
         return State.STOPPED, "agent said stopping"
+    # over before a daemon restart counts as over still: a restart must not pass for a
+    # recovery (and resolve its alert) only to find it over the limit again
+    was_over = rec.state is State.OVER_THRESHOLD or (
+        rec.state is State.UNKNOWN and (getattr(rec, "prior", None) or ("",))[0]
+        == State.OVER_THRESHOLD.value)
     over = breach(policy, rec.cpu, rec.memory)
     if over is not None:
         rec.below_count = 0
         if rec.over_since is None:
             rec.over_since = now
         held = now - rec.over_since
-        if rec.state is State.OVER_THRESHOLD or held >= policy.threshold_duration:
+        if was_over or held >= policy.threshold_duration:
             return State.OVER_THRESHOLD, f"{over} for {held:.0f}s"
         return State.HEALTHY, "first heartbeat" if rec.heartbeats <= 1 else "heartbeat received"
     rec.over_since = None
-    if rec.state is State.OVER_THRESHOLD:
+    if was_over:
         rec.below_count += 1
         if rec.below_count < policy.recovery_count:
             return State.OVER_THRESHOLD, ""

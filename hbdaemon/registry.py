@@ -30,6 +30,7 @@ ID_CONFLICT = "id_conflict"    # the id is held by another live Unix connection
 MAX_AGENTS = "max_agents"      # the table is full and the id is new
 RATE_LIMITED = "rate_limited"  # this source created too many new ids this minute
 UNKNOWN = "unknown_agent"      # forget: no such agent
+RESERVED_ID = "reserved_id"    # the daemon's own id (its alerts' instance): never an agent's
 SUPERSEDED = "superseded"      # an HTTP heartbeat received before one already applied
 
 _NOTICE = object()  # an outbox entry that is a log line, not an event
@@ -223,6 +224,9 @@ class Registry:
         self._dirty: set = set()
         self._outbox: collections.deque = collections.deque()  # events waiting for _emit
         self._emit_lock = threading.Lock()
+        # ids no agent may take: this daemon's own (a record under it would speak for the
+        # daemon, and its alerts would inhibit all of this daemon's)
+        self.reserved_ids: frozenset = frozenset()
 
     # -- intake -------------------------------------------------------------------------
 
@@ -282,6 +286,8 @@ class Registry:
 
     def _refusal(self, agent_id: str, peer: Optional[Peer], remote: str,
                  admitted: bool) -> Optional[str]:
+        if agent_id in self.reserved_ids:
+            return RESERVED_ID
         rec = self._records.get(agent_id)
         if rec is not None:
             holder = _holder(rec, peer)

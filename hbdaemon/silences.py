@@ -7,10 +7,12 @@ webhooks and hooks. Without Alertmanager, a silence is a local mute kept in
 state_dir/silences.json. Either way, a silenced agent's webhooks and hooks do not run.
 """
 
+import fnmatch
 import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 import uuid
@@ -29,6 +31,8 @@ REFRESH = 15.0            # seconds between reads of Alertmanager's silences
 MAX_SILENCES = 10_000     # kept (local) or read (Alertmanager)
 MAX_ANSWER = 16 * 2**20   # bytes of Alertmanager's list of silences read
 MAX_DURATION = 366 * 86400.0
+MAX_LOCAL_FILE = 64 * 2**20  # bytes of silences.json (10,000 silences with long reasons fit)
+MAX_ANSWERS = 200_000     # silenced() answers kept until the silences change
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _OPS = {(False, True): "=", (False, False): "!=", (True, True): "=~", (True, False): "!~"}
@@ -58,8 +62,13 @@ class Silence:
         return self.starts <= now < self.ends
 
     def matches(self, labels: Dict[str, str]) -> bool:
+        """Whether every matcher holds. A regex is tried only in the shapes a glob has
+        (literals, `.`, `.*`, `.+`, a [class]), as a glob: Python's backtracking engine
+        takes hours on some regexes Alertmanager's RE2 takes in linear time, and it
+        would hold every thread of the daemon meanwhile. A silence with another regex
+        covers nothing here (Alertmanager still applies it to its notifications)."""
         if self._compiled is None:
-            self._compiled = [(name, op, _regex(value) if "~" in op else value)
+            self._compiled = [(name, op, regex_glob(value) if "~" in op else value)
                               for name, op, value in self.matchers]
         for name, op, want in self._compiled:
             have = labels.get(name, "")  # a missing label is empty, as in Alertmanager
@@ -67,9 +76,10 @@ class Silence:
                 ok = have == want
             elif op == "!=":
                 ok = have != want
+            elif want is None:
+                return False
             else:
-                ok = want is not None and want.fullmatch(have) is not None
-                ok = ok if op == "=~" else not ok
+                ok = fnmatch.fnmatchcase(have, want) == (op == "=~")
             if not ok:
                 return False
         return True
@@ -82,11 +92,31 @@ class Silence:
                 "created_by": self.created_by, "comment": self.comment}
 
 
-def _regex(value: str):
-    try:
-        return re.compile(value)
-    except re.error:
-        return None  # a regex Python cannot read (RE2 dialect): matches nothing here
+_REGEX_TOKEN = re.compile(r"\\[^A-Za-z0-9]|\.\*|\.\+|\.|\[\^?\]?[^\]\[\\]*\]|[^\\.\[\]()|*+?{}^$]")
+
+
+def regex_glob(regex: str) -> Optional[str]:
+    """A regex made only of literals, `.`, `.*`, `.+` and [classes], as the glob that
+    matches the same strings; None for anything else."""
+    out, at = [], 0
+    while at < len(regex):
+        token = _REGEX_TOKEN.match(regex, at)
+        if token is None:
+            return None
+        text = token.group()
+        at = token.end()
+        if text == ".*":
+            out.append("*")
+        elif text == ".+":
+            out.append("?*")
+        elif text == ".":
+            out.append("?")
+        elif text.startswith("["):
+            out.append("[!" + text[2:] if text.startswith("[^") else text)
+        else:
+            literal = text[-1]
+            out.append(f"[{literal}]" if literal in "*?[" else literal)
+    return "".join(out)
 
 
 def glob_regex(glob: str) -> str:
@@ -114,6 +144,17 @@ def glob_regex(glob: str) -> str:
     return "".join(out)
 
 
+def check_glob(glob: str) -> None:
+    """Raises SilenceError for a glob Alertmanager and this daemon would read differently
+    (a POSIX class) or that matches nothing (a reversed range)."""
+    if "[[:" in glob or "[:" in glob:
+        raise SilenceError(400, "match: POSIX classes such as [[:alpha:]] are not globs here")
+    try:
+        re.compile(glob_regex(glob))
+    except re.error as exc:
+        raise SilenceError(400, f"match: not a glob ({exc})") from None
+
+
 def glob_matcher(glob: str) -> Tuple[str, str, str]:
     return ("agent_id", "=~", glob_regex(glob)) if _GLOB_CHARS.search(glob) else \
         ("agent_id", "=", glob)
@@ -129,6 +170,12 @@ class Silences:
         self._wall = wallclock
         self._lock = threading.Lock()
         self._silences: List[Silence] = []
+        # what silenced() looks at: silences by the agent_id they name exactly, the rest;
+        # and its answers, until a silence starts or ends or the list changes
+        self._by_agent: Dict[str, List[Silence]] = {}
+        self._general: List[Silence] = []
+        self._answers: Dict[Tuple[str, str], Optional[str]] = {}
+        self._answers_until = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.component: Optional[Component] = None
@@ -179,17 +226,37 @@ class Silences:
     def silenced(self, agent_id: str, state: str) -> Optional[str]:
         """The id of an active silence covering this agent's alert in `state` (for a state
         that is no alert, the alert it would raise first, `dead`), or None."""
-        with self._lock:
-            silences = self._silences
-        if not silences:
+        if not self._silences:
             return None
+        state = state if state in FAILING_STATES else "dead"
         now = self._wall()
-        labels = alert_labels(Alert(agent_id, state if state in FAILING_STATES else "dead",
-                                    now, ""), self.instance, self.cfg.labels)
+        with self._lock:
+            if now >= self._answers_until or len(self._answers) > MAX_ANSWERS:
+                self._answers = {}
+                self._answers_until = min([s.starts if s.starts > now else s.ends
+                                           for s in self._silences if s.ends > now] or [now + 60])
+            elif (agent_id, state) in self._answers:
+                return self._answers[(agent_id, state)]
+            candidates = self._by_agent.get(agent_id, []) + self._general
+            answers = self._answers
+        labels = alert_labels(Alert(agent_id, state, now, ""), self.instance, self.cfg.labels)
+        found = next((s.id for s in candidates if s.active(now) and s.matches(labels)), None)
+        with self._lock:
+            if answers is self._answers:  # not a stale answer for a list changed meanwhile
+                answers[(agent_id, state)] = found
+        return found
+
+    def _set(self, silences: List[Silence]) -> None:
+        """A new list of silences (under the lock)."""
+        self._silences = silences
+        self._by_agent, self._general = {}, []
         for silence in silences:
-            if silence.active(now) and silence.matches(labels):
-                return silence.id
-        return None
+            exact = [v for n, op, v in silence.matchers if n == "agent_id" and op == "="]
+            if exact:
+                self._by_agent.setdefault(exact[0], []).append(silence)
+            else:
+                self._general.append(silence)
+        self._answers, self._answers_until = {}, 0.0
 
     def annotate(self, records: List[dict]) -> List[dict]:
         """Each record's `silenced`: the id of the silence covering it, or null."""
@@ -212,6 +279,7 @@ class Silences:
         glob, reason = glob.strip(), reason.strip()
         if not glob or len(glob) > 256 or any(c.isspace() or not c.isprintable() for c in glob):
             raise SilenceError(400, "match: a glob of agent ids such as web-* (no spaces)")
+        check_glob(glob)
         if not 0 < duration <= MAX_DURATION:
             raise SilenceError(400, "for: a duration from 1s to 366d, such as 30m")
         if not reason:
@@ -227,8 +295,8 @@ class Silences:
                 if len(live) >= MAX_SILENCES:
                     raise SilenceError(507, f"{MAX_SILENCES} silences already: expire some")
                 silence.id = str(uuid.uuid4())
-                self._silences = live + [silence]
-                self._save_local()
+                self._save_local(live + [silence])
+                self._set(live + [silence])
         log.info("silence %s: %s for %.0fs by %s: %s", silence.id, glob, duration, by, reason)
         return silence.to_dict(now)
 
@@ -254,9 +322,8 @@ class Silences:
                 found = [s for s in self._silences if s.id == silence_id and s.ends > now]
                 if not found:
                     raise SilenceError(404, f"no silence {silence_id!r}")
-                found[0].ends = now
-                self._silences = [s for s in self._silences if s.ends > now]
-                self._save_local()
+                self._save_local([s for s in self._silences if s.ends > now and s is not found[0]])
+                self._set([s for s in self._silences if s.ends > now and s is not found[0]])
         log.info("silence %s expired", silence_id)
         return {"id": silence_id, "state": "expired"}
 
@@ -284,7 +351,7 @@ class Silences:
         status, answer = self._am("POST", "/api/v2/silences", doc)
         try:
             silence_id = json.loads(answer)["silenceID"] if status == 200 else None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             silence_id = None
         if not isinstance(silence_id, str):
             raise SilenceError(502, f"Alertmanager did not take the silence ({status}): "
@@ -307,14 +374,14 @@ class Silences:
             raise SilenceError(502, f"Alertmanager answered {status} for its silences")
         try:
             items = json.loads(answer)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise SilenceError(502, "Alertmanager's list of silences is not JSON "
                                     "(or larger than 16 MiB)") from None
         if not isinstance(items, list):
             raise SilenceError(502, "Alertmanager's list of silences is not a list")
         silences = [s for s in map(_from_am, items[:MAX_SILENCES]) if s is not None]
         with self._lock:
-            self._silences = silences
+            self._set(silences)
         if self.last_error:
             log.info("silences: reading Alertmanager's again")
         self.last_error = ""
@@ -322,34 +389,58 @@ class Silences:
     # -- local ----------------------------------------------------------------------------
 
     def _load_local(self) -> None:
+        """The local silences kept before a restart. A file that cannot be read as ours is
+        moved aside (never overwritten by the next save) and the daemon starts without it."""
         if self.cfg.urls:
             return
         try:
-            with open(self.path, "rb") as f:
-                items = json.loads(f.read(MAX_ANSWER))
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as exc:
-            log.error("silences: cannot read %s (%s): starting without local silences",
-                      self.path, exc)
+        except OSError as exc:
+            log.error("silences: cannot open %s (%s): starting without local silences",
+                      self.path, exc.strerror)
+            return
+        try:
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise ValueError("not a regular file")
+                items = json.loads(f.read(MAX_LOCAL_FILE + 1) or b"[]")
+                if not isinstance(items, list):
+                    raise ValueError("not a list")
+        except (OSError, ValueError, RecursionError) as exc:
+            aside = f"{self.path}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                aside = "(could not move it aside)"
+            log.error("silences: %s is unreadable (%s): moved to %s, starting without local "
+                      "silences", self.path, str(exc)[:200], aside)
             return
         now = self._wall()
-        silences = [s for s in map(_from_local, items if isinstance(items, list) else [])
-                    if s is not None and s.ends > now]
+        silences = [s for s in map(_from_local, items) if s is not None and s.ends > now]
         with self._lock:
-            self._silences = silences[:MAX_SILENCES]
+            self._set(silences[:MAX_SILENCES])
         if silences:
             log.info("silences: %d local silences from %s", len(silences), self.path)
 
-    def _save_local(self) -> None:
+    def _save_local(self, silences: List[Silence]) -> None:
         """Atomically (a crash leaves the old file or the new one). Under the lock."""
         rows = [{"id": s.id, "matchers": [list(m) for m in s.matchers], "starts": s.starts,
                  "ends": s.ends, "created_by": s.created_by, "comment": s.comment}
-                for s in self._silences]
+                for s in silences]
+        data = json.dumps(rows, ensure_ascii=False).encode()
         tmp = self.path + ".tmp"
         try:
-            with open(tmp, "w") as f:
-                json.dump(rows, f)
+            if len(data) > MAX_LOCAL_FILE:
+                raise OSError(f"the silences would take more than {MAX_LOCAL_FILE} bytes")
+            try:
+                os.unlink(tmp)  # whatever is there, a symlink included, is not followed
+            except FileNotFoundError:
+                pass
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -362,11 +453,15 @@ def _from_am(item) -> Optional[Silence]:
     try:
         if item["status"]["state"] == "expired":
             return None
-        matchers = [(m["name"], _OPS[(bool(m.get("isRegex")), m.get("isEqual", True) is not False)],
+        if not all(type(m.get("isRegex", False)) is bool and type(m.get("isEqual", True)) is bool
+                   for m in item["matchers"]):
+            return None
+        matchers = [(m["name"], _OPS[(m.get("isRegex", False), m.get("isEqual", True))],
                      m["value"]) for m in item["matchers"]]
         starts, ends = parse_rfc3339(item["startsAt"]), parse_rfc3339(item["endsAt"])
-        if not all(isinstance(v, str) for m in matchers for v in (m[0], m[2])) \
-                or starts is None or ends is None or not isinstance(item["id"], str):
+        if not matchers or not all(isinstance(v, str) for m in matchers for v in (m[0], m[2])) \
+                or not _plausible(starts) or not _plausible(ends) \
+                or not isinstance(item["id"], str):
             return None
         return Silence(item["id"], matchers, starts, ends, str(item.get("createdBy", "")),
                        str(item.get("comment", "")))
@@ -381,9 +476,14 @@ def _from_local(row) -> Optional[Silence]:
                                    and m[1] in _OPS.values() for m in matchers):
             return None
         starts, ends = float(row["starts"]), float(row["ends"])
-        if not (isinstance(row["id"], str) and starts == starts and ends == ends):
+        if not (isinstance(row["id"], str) and _plausible(starts) and _plausible(ends)):
             return None
         return Silence(row["id"], matchers, starts, ends, str(row.get("created_by", "")),
                        str(row.get("comment", "")))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def _plausible(epoch) -> bool:
+    """A time a silence may start or end at: from 1970 to the end of year 9999."""
+    return isinstance(epoch, (int, float)) and 0 <= epoch <= 253402300799

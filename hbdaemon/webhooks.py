@@ -10,6 +10,7 @@ backoff_base, doubling up to backoff_max, max_retries times; then the event is d
 import collections
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import threading
@@ -25,6 +26,7 @@ from hbdaemon.threads import Component, alive, guard, halt
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Hbdaemon-Signature"
+_NUMBERS = itertools.count(1)  # of sender threads, never reused (a reload makes new ones)
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -40,11 +42,11 @@ def payload(event: dict, record: Optional[dict], alert: Optional[str], instance:
 class WebhookSender:
     """One webhook: its queue, its thread, its counters."""
 
-    def __init__(self, cfg: WebhookConfig, number: int, secret: Optional[bytes],
+    def __init__(self, cfg: WebhookConfig, secret: Optional[bytes],
                  clock: Callable[[], float] = time.monotonic,
                  wallclock: Callable[[], float] = time.time):
         self.cfg, self.secret = cfg, secret
-        self.name = f"hb-webhook-{number}"
+        self.name = f"hb-webhook-{next(_NUMBERS)}"  # unique: /stats lists parts by name
         self._clock, self._wall = clock, wallclock
         self._lock = threading.Lock()
         self._wake = threading.Event()

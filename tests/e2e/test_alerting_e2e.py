@@ -401,3 +401,42 @@ def test_a_webhook_event_waiting_at_a_kill_9_is_delivered_after_the_restart(daem
     assert [(doc["event"]["agent_id"], doc["alert"]) for doc in after] == [("pay-1", "firing")]
     [hook] = d.get("/stats")[2]["alerting"]["receivers"]
     assert hook["queue_depth"] == 0 and hook["sent"] == 1
+
+
+def test_over_threshold_across_a_restart_is_no_recovery(daemon_factory, receiver):
+    rx = receiver()
+    d = daemon_factory(webhooks=[{"url": rx.url + "/hook"}], agent={"health_check": {
+        "cpu_threshold": 10, "threshold_duration": "0.5s"}}).start()
+
+    def beat():
+        assert d.post({"agent_id": "hot-1", "pid": os.getpid(), "cpu": 90.0})[0] == 200
+
+    for _ in range(4):
+        beat()
+        time.sleep(0.2)
+    d.wait_state("hot-1", "over_threshold")
+    wait_for(lambda: rx.docs("/hook"), 10, what="the over_threshold webhook")
+    assert d.stop() == 0
+    d.start()
+    for _ in range(5):
+        beat()
+        time.sleep(0.1)
+    assert d.state("hot-1") == "over_threshold"
+    assert [doc["alert"] for doc in rx.docs("/hook")] == ["firing"]
+    for _ in range(3):  # recovery_count (2) heartbeats under the limit: that is a recovery
+        assert d.post({"agent_id": "hot-1", "pid": os.getpid(), "cpu": 1.0})[0] == 200
+    d.wait_state("hot-1", "healthy")
+    wait_for(lambda: len(rx.docs("/hook")) == 2, 10, what="the recovery")
+    assert [doc["alert"] for doc in rx.docs("/hook")] == ["firing", "resolved"]
+
+
+def test_no_agent_may_take_the_daemons_own_id(daemon_factory):
+    d = daemon_factory(manager={"agent_id": "central-hbdaemon"}).start()
+    status, _, doc = d.post({"agent_id": "central-hbdaemon", "pid": os.getpid(),
+                             "summary": {"healthy": 3}})
+    assert status == 403 and "own id" in doc["message"]
+    sock = d.unix_send(json.dumps({"agent_id": "central-hbdaemon", "pid": os.getpid(),
+                                   "summary": {"healthy": 3}}).encode() + b"\n", wait=0.3)
+    sock.close()
+    assert d.agent("central-hbdaemon") is None
+    assert "reserved_id" in d.get("/metrics")[2]

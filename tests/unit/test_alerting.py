@@ -71,7 +71,7 @@ def test_an_ha_pair_gives_identical_labels_and_configured_ones_cannot_hide_the_i
 
 def test_the_alertmanager_document_has_ends_ahead_while_firing_and_the_end_once_resolved():
     cfg = AlertmanagerConfig(urls=("http://127.0.0.1:1",), resend_interval=60.0)
-    sender = AlertmanagerSender(cfg.urls[0], 1, cfg, AlertBook(), "me",
+    sender = AlertmanagerSender(cfg.urls[0], cfg, AlertBook(), "me",
                                 "http://h:8690/", wallclock=lambda: 1000.0)
     firing = sender.document(Alert("a b/c", "over_threshold", 900.0, "cpu 99%"))
     assert firing["startsAt"] == "1970-01-01T00:15:00.000Z"
@@ -86,7 +86,7 @@ def test_a_sender_keeps_the_newest_word_on_each_alert_and_bounds_its_queue(monke
     import hbdaemon.alerts as alerts
     monkeypatch.setattr(alerts, "MAX_PENDING", 3)
     cfg = AlertmanagerConfig(urls=("http://127.0.0.1:1",))
-    sender = AlertmanagerSender(cfg.urls[0], 1, cfg, AlertBook(), "me")
+    sender = AlertmanagerSender(cfg.urls[0], cfg, AlertBook(), "me")
     first = Alert("a", "dead", 1.0, "")
     sender.offer([first, Alert("b", "dead", 1.0, "")])
     sender.offer([first.resolved(2.0)])
@@ -228,3 +228,61 @@ def test_webhook_queues_in_the_store_follow_deliveries_drops_reloads_and_restart
     assert gone.restore([(k, n, b) for (k, n), b in db.items()]) == 0
     _apply(db, gone.take_dirty())
     assert db == {}
+
+
+@pytest.mark.parametrize("glob", ["web-*", "db-?.x", "[!a]bc", "[]x]y", "a[bc", "exact", "*",
+                                  "[a-c]1", "u@uid0:*"])
+def test_a_glob_made_regex_is_read_back_as_the_same_glob(glob):
+    from hbdaemon.silences import regex_glob
+    back = regex_glob(glob_regex(glob))
+    for agent in ("web-1", "db-1.x", "xbc", "abc", "]y", "a[bc", "exact", "b1", "u@uid0:7", ""):
+        assert fnmatch.fnmatchcase(agent, back) == fnmatch.fnmatchcase(agent, glob), (agent, back)
+
+
+def test_a_regex_python_would_take_hours_on_covers_nothing_and_returns_at_once():
+    import time as clock
+    from hbdaemon.silences import regex_glob
+    assert regex_glob("web.+") == "web?*" and regex_glob("(a+)+c") is None
+    assert regex_glob("[[:alpha:]]*") is None and regex_glob("a\\d") is None
+    evil = Silence("s", [("alertname", "=~", "((.+)+)+Q"), ("agent_id", "=~", "(a+)+c")],
+                   0, 10, "", "")
+    started = clock.monotonic()
+    assert not evil.matches({"alertname": "HeartbeatAgentDown", "agent_id": "a" * 40})
+    assert clock.monotonic() - started < 0.1
+
+
+def test_silenced_answers_follow_the_clock_and_the_list(tmp_path):
+    now = [1000.0]
+    silences = Silences(AlertmanagerConfig(), str(tmp_path), "me", wallclock=lambda: now[0])
+    made = silences.create("web-1", 60, "disk", "ops")
+    assert silences.silenced("web-1", "dead") == made["id"]  # by the exact-id index
+    assert silences.silenced("web-2", "dead") is None
+    now[0] = 1061.0  # past its end: the kept answers are dropped
+    assert silences.silenced("web-1", "dead") is None
+    for glob in ("[[:alpha:]]*", "[z-a]x"):
+        with pytest.raises(SilenceError) as err:
+            silences.create(glob, 60, "x", "ops")
+        assert err.value.code == 400
+
+
+def test_a_hostile_local_silences_file_is_moved_aside_not_followed(tmp_path):
+    import os
+    cfg = AlertmanagerConfig()
+    (tmp_path / "silences.json").write_text("[" * 100000 + "]" * 100000)
+    hostile = Silences(cfg, str(tmp_path), "me", wallclock=lambda: 1000.0)
+    hostile._load_local()  # no RecursionError
+    assert not (tmp_path / "silences.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("silences.json.bad-")]
+    os.mkfifo(tmp_path / "silences.json")
+    Silences(cfg, str(tmp_path), "me")._load_local()  # a FIFO does not block the start
+    assert not (tmp_path / "silences.json").exists()
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("silences.json.bad-")]) == 2
+    (tmp_path / "target").write_text("keep")
+    os.symlink(tmp_path / "target", tmp_path / "silences.json.tmp")
+    Silences(cfg, str(tmp_path), "me").create("a", 60, "x", "ops")
+    assert (tmp_path / "target").read_text() == "keep"
+    (tmp_path / "silences.json").write_text(json.dumps(
+        [{"id": "i", "matchers": [["agent_id", "=", "a"]], "starts": 0, "ends": 1e300}]))
+    far = Silences(cfg, str(tmp_path), "me", wallclock=lambda: 1000.0)
+    far._load_local()
+    assert far.list()["silences"] == []
