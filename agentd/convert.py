@@ -177,35 +177,29 @@ def socket_path(value) -> str:
     return path
 
 
-def http_url(value) -> str:
-    """An http:// URL whose host and port urllib can use (checked here, not at first use)."""
+def _url(value, pattern: str, kind: str, example: str) -> str:
+    """A URL of `kind` whose host and port urllib can use (checked here, not at first use)."""
     url = text(value).strip()
-    if not re.fullmatch(r"http://[^/\s]+(/\S*)?", url):
-        raise ValueError("an http:// URL such as http://127.0.0.1:8690/heartbeat")
+    if not re.fullmatch(pattern + r"://[^/\s]+(/\S*)?", url):
+        raise ValueError(f"an {kind} URL such as {example}")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:  # a port out of range or not a number, a bad [IPv6] literal
-        raise ValueError(f"an http:// URL with a valid host and port 1-65535 ({exc})") from None
+        raise ValueError(f"an {kind} URL with a valid host and port 1-65535 ({exc})") from None
     if not parts.hostname or port == 0:
-        raise ValueError("an http:// URL with a host and a port 1-65535, such as "
-                         "http://127.0.0.1:8690/heartbeat")
+        raise ValueError(f"an {kind} URL with a host and a port 1-65535, such as {example}")
     return url
+
+
+def http_url(value) -> str:
+    """An http:// URL whose host and port urllib can use."""
+    return _url(value, "http", "http://", "http://127.0.0.1:8690/heartbeat")
 
 
 def web_url(value) -> str:
     """An http:// or https:// URL with a host (and a valid port if one is given)."""
-    url = text(value).strip()
-    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
-        raise ValueError("an http:// or https:// URL such as https://hooks.example.com/hb")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"an http(s):// URL with a valid host and port 1-65535 ({exc})") from None
-    if not parts.hostname or port == 0:
-        raise ValueError("an http(s):// URL with a host, such as http://127.0.0.1:9093")
-    return url
+    return _url(value, "https?", "http:// or https://", "https://hooks.example.com/hb")
 
 
 def url_list(value) -> tuple:
