@@ -217,3 +217,35 @@ def test_a_trickled_answer_cannot_stretch_the_timeout(serve):
     with pytest.raises(TransportError) as err:
         transport.send(b"1\n")
     assert time.monotonic() - started < 1.5 and "timed out" in str(err.value)
+
+
+
+def test_signals_on_the_sending_thread_cannot_stretch_the_timeout():
+    """A read interrupted by a signal is retried within what is left of the exchange."""
+    import signal
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    transport = HttpTransport(f"http://127.0.0.1:{sock.getsockname()[1]}/", 1.0)
+    old = signal.signal(signal.SIGUSR1, lambda *_: None)
+    result = []
+    sender = threading.Thread(target=lambda: result.append(_timed_send(transport)))
+    sender.start()
+    try:
+        while sender.is_alive():
+            signal.pthread_kill(sender.ident, signal.SIGUSR1)
+            time.sleep(0.2)
+    finally:
+        sender.join(10)
+        signal.signal(signal.SIGUSR1, old)
+        sock.close()
+    assert result and result[0] < 2.0  # 1 s and a little, not stretched by 0.2 s signals
+
+
+def _timed_send(transport) -> float:
+    started = time.monotonic()
+    try:
+        transport.send(b"1\n")
+    except TransportError:
+        pass
+    return time.monotonic() - started
