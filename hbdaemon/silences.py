@@ -187,6 +187,8 @@ class Silences:
 
     def configure(self, cfg: AlertmanagerConfig) -> None:
         self.cfg = cfg
+        with self._lock:
+            self._answers_until = 0.0  # the labels matchers look at may have changed
         self._wake.set()
 
     def report(self) -> dict:
