@@ -72,6 +72,14 @@ def _agent_id(value) -> str:
 
 
 @dataclass(frozen=True)
+class UdpConfig:
+    host: str = key("127.0.0.1", cv.text)
+    port: int = key(0, cv.port)  # 0: no UDP listener
+    keys_file: str = key("", cv.optional_path)  # required with a port: KEYID SECRET [GLOB ...]
+    max_skew: float = key(60.0, cv.positive_duration)
+
+
+@dataclass(frozen=True)
 class ManagerConfig:
     url: str = key("", cv.optional_http_url)
     heartbeat_interval: float = key(60.0, cv.positive_duration)
@@ -192,6 +200,7 @@ class Config:
     log: LogConfig = section(LogConfig)
     unix: UnixConfig = section(UnixConfig)
     http: HttpConfig = section(HttpConfig)
+    udp: UdpConfig = section(UdpConfig)
     manager: ManagerConfig = section(ManagerConfig)
     agent: AgentConfig = section(AgentConfig)
     hooks: Tuple[HookConfig, ...] = items(HookConfig)
@@ -215,6 +224,9 @@ def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = 
     cfg, reader = load(Config, path or DEFAULT_PATH, env_prefix=ENV_PREFIX,
                        environ=os.environ if environ is None else environ,
                        overrides=overrides, required=required)
+    if cfg.udp.port and not cfg.udp.keys_file:
+        raise reader.fail("udp.keys_file", "required when udp.port is set: lines "
+                                           "KEYID SECRET [GLOB ...]")
     rs = cfg.agent.restart
     if rs.backoff_base > rs.backoff_max:
         raise reader.fail("agent.restart.backoff_base",

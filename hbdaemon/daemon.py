@@ -7,7 +7,7 @@ import resource
 import signal
 import socket
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from hbdaemon import __version__, logsetup, metrics, process
 from hbdaemon.alerting import Alerting, read_secrets
@@ -19,6 +19,7 @@ from hbdaemon.connlimit import NEW_ID_SLOTS, FairGate
 from hbdaemon.events import EventLog, EventPump
 from hbdaemon.health import PolicySet
 from hbdaemon.hooks import HookRunner
+from hbdaemon.http_request import is_loopback_address
 from hbdaemon.http_server import TRANSPORT as HTTP, HeartbeatHTTPServer
 from hbdaemon.registry import Registry
 from hbdaemon.sdnotify import Notifier
@@ -27,6 +28,8 @@ from hbdaemon.stats import ReceiverStats
 from hbdaemon.store import Store
 from hbdaemon.threads import Component, guard, join, problems
 from hbdaemon.unix_server import UnixHeartbeatServer, group_id
+from hbdaemon.udp_server import (TRANSPORT as UDP, HeartbeatUDPServer, Key, KeysFileError,
+                                 read_keys)
 from hbdaemon.upstream import UpstreamReporter, daemon_id
 from hbdaemon.wakeup import Wakeup
 from hbdaemon.workers import WorkerPool
@@ -50,6 +53,16 @@ def preflight(cfg: Config) -> Credentials:
             raise ConfigError(f"{cfg.source}: unix.socket_group: {exc}") from None
     read_token(cfg.manager.auth_token_file, cfg.source, "manager.auth_token_file")
     return Credentials.from_config(cfg)
+
+
+def udp_keys(cfg: Config) -> Optional[Dict[bytes, Key]]:
+    """The UDP listener's keys (None: no listener). Raises ConfigError."""
+    if not cfg.udp.port:
+        return None
+    try:
+        return read_keys(cfg.udp.keys_file)
+    except KeysFileError as exc:
+        raise ConfigError(f"{cfg.source}: udp.keys_file: {exc}") from None
 
 
 def raise_open_file_limit(needed: int) -> None:
@@ -94,6 +107,7 @@ class Daemon:
         self._reload_config = reload_config
         self.notifier = notifier or Notifier()
         self.credentials = preflight(cfg)
+        self._udp_keys = udp_keys(cfg)
         hc = cfg.agent.health_check
         self.stats = ReceiverStats()
         # events are shown once written (a kill -9 cannot take back what was seen), and
@@ -131,6 +145,7 @@ class Daemon:
         self.upstream: Optional[UpstreamReporter] = None
         self.unix: Optional[UnixHeartbeatServer] = None
         self.http: Optional[HeartbeatHTTPServer] = None
+        self.udp: Optional[HeartbeatUDPServer] = None
         self._threads = []
         self._wakeup = Wakeup()  # set by signal handlers: a self-pipe, not an Event
         self._stop_requested = False
@@ -179,6 +194,18 @@ class Daemon:
                 self.unix.remove_socket()
                 raise StartupError(f"cannot listen on http {h.host}:{h.port}: "
                                    f"{exc.strerror or exc}") from None
+        if self._udp_keys is not None:
+            try:
+                self.udp = HeartbeatUDPServer(self.cfg.udp.host, self.cfg.udp.port,
+                                              self._udp_keys, self._apply_udp, self.stats,
+                                              self.cfg.udp.max_skew)
+            except OSError as exc:
+                for server in (self.unix, self.http):
+                    if server:
+                        server.close()
+                self.unix.remove_socket()
+                raise StartupError(f"cannot listen on udp {self.cfg.udp.host}:"
+                                   f"{self.cfg.udp.port}: {exc.strerror or exc}") from None
         self.pool.start()
         self.event_pump.start()
         self.store.start()
@@ -189,6 +216,8 @@ class Daemon:
         self._serve(self.unix, "hb-unix")
         if self.http:
             self._serve(self.http, "hb-http")
+        if self.udp:
+            self._serve(self.udp, "hb-udp")
         if self.cfg.manager.url:
             token = read_token(self.cfg.manager.auth_token_file, self.cfg.source,
                                "manager.auth_token_file")
@@ -223,6 +252,17 @@ class Daemon:
     def problems(self) -> List[str]:
         """What keeps the daemon from doing its work: a component down, ended or stuck."""
         return problems(self.components) + [p for p in (self.store.problem(),) if p]
+
+    def _apply_udp(self, hb, host: str) -> Optional[str]:
+        """A checked UDP heartbeat into the registry: a refusal reason, or None."""
+        refusal = self.registry.admit(hb.agent_id, host)
+        if refusal is not None:
+            return refusal
+        local = is_loopback_address(host)
+        birth = self._start_times.get(hb.pid) if local and \
+            self.registry.needs_start_time(hb.agent_id, hb.pid) else None
+        return self.registry.apply(hb, UDP, remote=host, local=local, admitted=True,
+                                   started=birth)
 
     def _process_http(self, item) -> None:
         hb, started, host, local = item
@@ -305,6 +345,7 @@ class Daemon:
             new = self._reload_config()
             credentials = preflight(new)
             secrets = read_secrets(new)
+            keys = udp_keys(new)
             logsetup.configure(new.log.level, new.log.file, new.log.format)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
@@ -315,6 +356,8 @@ class Daemon:
                 log.warning("daemon.%s changed: takes effect after a restart", name)
         # the HTTP credentials are reloaded; the listener's other settings are not
         fixed = {"unix": new.unix, "manager": new.manager,
+                 "udp": dataclasses.replace(new.udp, keys_file=self.cfg.udp.keys_file,
+                                            max_skew=self.cfg.udp.max_skew),
                  "http": dataclasses.replace(new.http, auth_token_file=self.cfg.http.auth_token_file,
                                              tokens=self.cfg.http.tokens)}
         for section, settings in fixed.items():
@@ -334,6 +377,9 @@ class Daemon:
         self.silences.configure(new.alertmanager)
         if self.http:
             self.http.credentials = credentials
+        if self.udp and keys is not None:
+            self.udp.keys, self.udp.max_skew = keys, new.udp.max_skew
+            self.udp.replays.window = new.udp.max_skew
         self.cfg = new
         log.info("configuration reloaded from %s", new.source)
         self.notifier.notify("READY=1")
@@ -354,6 +400,8 @@ class Daemon:
             self.unix.close()
         if self.http:
             self.http.close()
+        if self.udp:
+            self.udp.server_close()
         self.pool.stop(max(0.1, deadline - time.monotonic()))
         self.checker.stop(1.0)
         self.registry.check()

@@ -80,10 +80,10 @@ def render(registry, stats, events, extra: Callable[[], dict],
              [({"state": s}, n) for s, n in counts.items()])
     w.family("hbdaemon_heartbeats_received_total", "counter",
              "Heartbeat messages received, valid or not.",
-             [({"transport": t}, stats.received.get(t, 0)) for t in ("unix", "http")])
+             [({"transport": t}, stats.received.get(t, 0)) for t in ("unix", "http", "udp")])
     w.family("hbdaemon_heartbeats_processed_total", "counter",
              "Heartbeats validated and applied to the registry.",
-             [({"transport": t}, stats.processed.get(t, 0)) for t in ("unix", "http")])
+             [({"transport": t}, stats.processed.get(t, 0)) for t in ("unix", "http", "udp")])
     w.family("hbdaemon_heartbeats_rejected_total", "counter",
              "Heartbeat messages rejected, by transport and reason.",
              [({"transport": t, "reason": r}, n) for (t, r), n in sorted(stats.rejected.items())])
