@@ -16,7 +16,8 @@ from agentd.protocol import encode_heartbeat
 from agentd.scheduler import Scheduler
 from agentd.stats import AgentStats, ProcessSampler
 from agentd.targets import ExitWatcher, Target, target_for
-from agentd.transport import Backoff, HttpTransport, TransportError, UnixTransport
+from agentd.transport import (Backoff, HttpTransport, TransportError, UdpTransport,
+                              UnixTransport, read_key_file)
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,18 @@ def make_transport(hb: HeartbeatConfig, on_closed: Optional[Callable[[], None]] 
     """The configured transport; on_closed: the daemon hung up a Unix connection."""
     if hb.transport == "http":
         return HttpTransport(hb.url, hb.timeout, read_token(hb.auth_token_file))
+    if hb.transport == "udp":
+        return UdpTransport(hb.udp_target, *read_key_file(hb.key_file))
     return UnixTransport(hb.socket_path, hb.timeout, on_closed)
 
 
+def _destination(hb: HeartbeatConfig) -> str:
+    return {"http": hb.url, "udp": hb.udp_target}.get(hb.transport, hb.socket_path)
+
+
 def _connection_keys(hb: HeartbeatConfig) -> tuple:
-    return (hb.transport, hb.socket_path, hb.url, hb.auth_token_file, hb.timeout)
+    return (hb.transport, hb.socket_path, hb.url, hb.auth_token_file, hb.timeout,
+            hb.udp_target, hb.key_file)
 
 
 class Agent:
@@ -104,8 +112,7 @@ class Agent:
         self.scheduler.start()
 
     def _target(self) -> str:
-        hb = self.cfg.heartbeat
-        return hb.url if hb.transport == "http" else hb.socket_path
+        return _destination(self.cfg.heartbeat)
 
     def _tick(self, due: bool) -> Optional[float]:
         with self._lock:
@@ -274,7 +281,7 @@ class Agent:
                 self.transport = transport
                 self.stats.transport = transport.name
                 log.info("agent %s: now sending over %s to %s", self.agent_id, transport.name,
-                         new.url if new.transport == "http" else new.socket_path)
+                         _destination(new))
             self.backoff = Backoff(new.reconnect_min, new.reconnect_max)
             self.scheduler.set_interval(new.interval)
             self.sampler.min_window = new.interval * WINDOW

@@ -92,14 +92,19 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         cfg = load()
+        secret = "heartbeat.auth_token_file"
         if cfg.heartbeat.auth_token_file:
             from agentd.agent import read_token
             read_token(cfg.heartbeat.auth_token_file)
+        if cfg.heartbeat.transport == "udp":
+            from agentd.transport import read_key_file
+            secret = "heartbeat.key_file"
+            read_key_file(cfg.heartbeat.key_file)
     except ConfigError as exc:
         print(f"agentd: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
-        print(f"agentd: configuration error: heartbeat.auth_token_file: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"agentd: configuration error: {secret}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.check_config:
         from agentd.logsetup import unwritable
@@ -108,7 +113,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"agentd: configuration error: {cfg.source}: log.file: {cfg.log.file} will not "
                   f"be writable: {problem}", file=sys.stderr)
             return EXIT_USAGE
-        target = cfg.heartbeat.url if cfg.heartbeat.transport == "http" else cfg.heartbeat.socket_path
+        hb = cfg.heartbeat
+        target = {"http": hb.url, "udp": hb.udp_target}.get(hb.transport, hb.socket_path)
         print(f"{cfg.source}: configuration OK (agent {cfg.effective_agent_id}, "
               f"{cfg.heartbeat.transport} {target}, every {cfg.heartbeat.interval:g}s)")
         return EXIT_OK

@@ -37,7 +37,7 @@ def agent_id(value) -> str:
 
 @dataclass(frozen=True)
 class HeartbeatConfig:
-    transport: str = key("unix", cv.choice("unix", "http"))
+    transport: str = key("unix", cv.choice("unix", "http", "udp"))
     socket_path: str = key("/run/hbdaemon/hbdaemon.sock", cv.socket_path)
     url: str = key("http://127.0.0.1:8690/heartbeat", cv.http_url)
     auth_token_file: str = key("", cv.optional_path)
@@ -45,6 +45,8 @@ class HeartbeatConfig:
     timeout: float = key(5.0, cv.positive_duration)
     reconnect_min: float = key(1.0, cv.positive_duration)
     reconnect_max: float = key(30.0, cv.positive_duration)
+    udp_target: str = key("", cv.host_port)  # transport udp: the daemon's HOST:PORT
+    key_file: str = key("", cv.optional_path)  # transport udp: one line KEYID SECRET
 
 
 def target_id(value) -> str:
@@ -153,6 +155,11 @@ def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = 
     if hb.reconnect_min > hb.reconnect_max:
         raise reader.fail("heartbeat.reconnect_min",
                           f"must not exceed reconnect_max ({hb.reconnect_max:g}s)")
+    if hb.transport == "udp":
+        for name in ("udp_target", "key_file"):
+            if not getattr(hb, name):
+                raise reader.fail(f"heartbeat.{name}", "required with transport udp "
+                                  "(the daemon's HOST:PORT; a file with one line KEYID SECRET)")
     if len(cfg.version) > 64:
         raise reader.fail("version", "at most 64 characters")
     seen = {cfg.effective_agent_id: "agentd's own agent_id"}

@@ -202,6 +202,21 @@ def web_url(value) -> str:
     return _url(value, "https?", "http:// or https://", "https://hooks.example.com/hb")
 
 
+def host_port(value) -> str:
+    """HOST:PORT (an IPv6 address in brackets: [::1]:8692), or empty for none."""
+    hostport = text(value).strip()
+    if not hostport:
+        return ""
+    try:
+        parts = urlsplit("udp://" + hostport)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"HOST:PORT with a port 1-65535 ({exc})") from None
+    if not parts.hostname or not port or parts.path or parts.query or "@" in hostport:
+        raise ValueError("HOST:PORT, such as central.example.com:8692 or [::1]:8692")
+    return hostport
+
+
 def url_list(value) -> tuple:
     """A list of http(s):// URLs (from the environment: separated by commas or spaces)."""
     items = re.split(r"[,\s]+", value.strip()) if isinstance(value, str) else value

@@ -71,7 +71,7 @@ class AgentService:
             new = self._load()
             logsetup.configure(new.log.level, new.log.file, new.log.format)
             self.agent.reload(new)
-        except (ConfigError, OSError) as exc:
+        except (ConfigError, OSError, ValueError) as exc:  # ValueError: a bad key file
             log.error("reload refused, keeping the running configuration: %s", exc)
             return False, f"reload refused: {exc}"
         except Exception as exc:  # a reload must never kill the agent (under systemd: a loop)

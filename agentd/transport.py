@@ -1,5 +1,7 @@
 """Getting a heartbeat line to the daemon: a persistent Unix connection, or HTTP POST."""
 
+import hashlib
+import hmac
 import json
 import random
 import re
@@ -7,12 +9,13 @@ import select
 import socket
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 from urllib.parse import urlsplit
 
 
 MAX_LINE = 8192
 MAX_BODY = 64 * 1024
+MAX_DATAGRAM = 1400  # the daemon's bound for one signed UDP heartbeat
 MAX_HEAD = 64 * 1024
 # simple classes only: nested optional blanks backtrack for minutes on a line of spaces
 _HEADER_LINE = re.compile(rb"^([^:\r\n]*):([^\r\n]*)", re.M)
@@ -141,6 +144,60 @@ class UnixTransport:
             sock.close()
 
 
+
+
+class UdpTransport:
+    """One signed datagram per heartbeat (`HB1 KEYID HMAC PAYLOAD`), never answered: a
+    lost one is a missed beat. Resolves the target once, again after a send fails."""
+
+    name = "udp"
+
+    def __init__(self, target: str, key_id: str, secret: bytes):
+        parts = urlsplit("udp://" + target)
+        self.target, self._host, self._port = target, parts.hostname, parts.port
+        self._key_id, self._secret = key_id.encode(), secret
+        self._sock: Optional[socket.socket] = None
+        self._address = None
+        self.connected = False
+
+    def send(self, line: bytes) -> None:
+        payload = line.rstrip(b"\n")
+        mac = hmac.new(self._secret, payload, hashlib.sha256).hexdigest().encode()
+        datagram = b"HB1 %s %s %s" % (self._key_id, mac, payload)
+        if len(datagram) > MAX_DATAGRAM:
+            raise TransportError(f"heartbeat of {len(datagram)} bytes is larger than a "
+                                 f"datagram ({MAX_DATAGRAM})", permanent=True)
+        try:
+            if self._sock is None:
+                family, _, _, _, self._address = socket.getaddrinfo(
+                    self._host, self._port, type=socket.SOCK_DGRAM)[0]
+                self._sock = socket.socket(family, socket.SOCK_DGRAM)
+            self._sock.sendto(datagram, self._address)
+        except OSError as exc:
+            self.close()
+            raise TransportError(f"send to udp {self.target} failed: {exc}") from None
+        self.connected = True
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self.connected = False
+
+    forget = close  # after fork(): a datagram socket has nothing to shut down
+
+
+def read_key_file(path: str) -> Tuple[str, bytes]:
+    """(KEYID, SECRET) from the first line of `path` that is not a comment. Raises
+    OSError or ValueError."""
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            words = raw.split("#", 1)[0].split()
+            if words:
+                if len(words) != 2:
+                    raise ValueError(f"{path}: expected one line KEYID SECRET")
+                return words[0], words[1].encode()
+    raise ValueError(f"{path}: no KEYID SECRET line")
 
 
 class HttpTransport:

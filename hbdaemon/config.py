@@ -79,14 +79,25 @@ class UdpConfig:
     max_skew: float = key(60.0, cv.positive_duration)
 
 
+def _manager_url(value) -> str:
+    """Empty, an http(s):// URL, or udp://HOST:PORT (signed datagrams, manager.key_file)."""
+    url = cv.text(value).strip()
+    if url.startswith("udp://"):
+        if not cv.host_port(url[len("udp://"):]):
+            raise ValueError("udp://HOST:PORT")
+        return url
+    return cv.web_url(url) if url else ""
+
+
 @dataclass(frozen=True)
 class ManagerConfig:
-    url: str = key("", cv.optional_http_url)
+    url: str = key("", _manager_url)
     heartbeat_interval: float = key(60.0, cv.positive_duration)
     reconnect_interval: float = key(10.0, cv.positive_duration)
     timeout: float = key(30.0, cv.positive_duration)
     agent_id: str = key("", _agent_id)
     auth_token_file: str = key("", cv.optional_path)
+    key_file: str = key("", cv.optional_path)  # with a udp:// url: one line KEYID SECRET
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,9 @@ def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = 
     cfg, reader = load(Config, path or DEFAULT_PATH, env_prefix=ENV_PREFIX,
                        environ=os.environ if environ is None else environ,
                        overrides=overrides, required=required)
+    if cfg.manager.url.startswith("udp://") and not cfg.manager.key_file:
+        raise reader.fail("manager.key_file", "required with a udp:// manager.url: one line "
+                                              "KEYID SECRET")
     if cfg.udp.port and not cfg.udp.keys_file:
         raise reader.fail("udp.keys_file", "required when udp.port is set: lines "
                                            "KEYID SECRET [GLOB ...]")

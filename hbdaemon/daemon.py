@@ -44,7 +44,8 @@ class StartupError(Exception):
 
 
 def preflight(cfg: Config) -> Credentials:
-    """Checks that need the host (group, token files); returns the HTTP credentials.
+    """Checks that need the host (group, token, key and secret files); returns the HTTP
+    credentials.
     Raises ConfigError."""
     if cfg.unix.socket_group:
         try:
@@ -52,7 +53,21 @@ def preflight(cfg: Config) -> Credentials:
         except ValueError as exc:
             raise ConfigError(f"{cfg.source}: unix.socket_group: {exc}") from None
     read_token(cfg.manager.auth_token_file, cfg.source, "manager.auth_token_file")
+    manager_key(cfg)
+    udp_keys(cfg)
+    read_secrets(cfg)
     return Credentials.from_config(cfg)
+
+
+def manager_key(cfg: Config) -> Optional[Key]:
+    """The key that signs the upstream reports sent to a udp:// manager.url (None: not UDP).
+    Raises ConfigError."""
+    if not cfg.manager.url.startswith("udp://"):
+        return None
+    try:
+        return next(iter(read_keys(cfg.manager.key_file).values()))
+    except KeysFileError as exc:
+        raise ConfigError(f"{cfg.source}: manager.key_file: {exc}") from None
 
 
 def udp_keys(cfg: Config) -> Optional[Dict[bytes, Key]]:
@@ -222,7 +237,8 @@ class Daemon:
             token = read_token(self.cfg.manager.auth_token_file, self.cfg.source,
                                "manager.auth_token_file")
             self.upstream = UpstreamReporter(self.cfg.manager, self.registry.counts,
-                                             token.decode() if token else None)
+                                             token.decode() if token else None,
+                                             manager_key(self.cfg))
             self.upstream.start()
         log.info("hbdaemon %s ready: unix socket %s, http %s", __version__, u.socket_path,
                  self.http_url or "off")

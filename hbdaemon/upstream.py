@@ -19,6 +19,7 @@ from hbdaemon import __version__
 from hbdaemon.config import ManagerConfig
 from hbdaemon.httpclient import SEND_ERRORS, request
 from hbdaemon.protocol import format_rfc3339
+from hbdaemon.udp_server import MAX_DATAGRAM, Key, sign
 from hbdaemon.threads import Component, alive, guard, halt
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ def daemon_id(cfg: ManagerConfig) -> str:
 
 def heartbeat_url(url: str) -> str:
     """The upstream's POST /heartbeat: a bare base URL gets the path added."""
+    if url.startswith("udp://"):
+        return url
     return url.rstrip("/") + "/heartbeat" if urlsplit(url).path in ("", "/") else url
 
 
@@ -41,12 +44,14 @@ class UpstreamReporter:
     """The hb-upstream thread. start()/stop(timeout) from the main thread."""
 
     def __init__(self, cfg: ManagerConfig, summary: Callable[[], Dict[str, int]],
-                 token: Optional[str] = None):
+                 token: Optional[str] = None, key: Optional[Key] = None):
         self.cfg = cfg
         self.url = heartbeat_url(cfg.url)
         self.agent_id = daemon_id(cfg)
         self._summary = summary
         self._token = token
+        self._key = key  # with udp://: signs the datagrams
+        self._udp: Optional[socket.socket] = None
         self._stop = threading.Event()
         self.component: Optional[Component] = None
         self._failing = False
@@ -95,6 +100,9 @@ class UpstreamReporter:
         doc = {"agent_id": self.agent_id, "pid": os.getpid(), "status": status,
                "timestamp": format_rfc3339(time.time()), "version": f"hbdaemon-{__version__}",
                "summary": self._summary(), "memory": _rss(), "cpu": self._cpu()}
+        if self.url.startswith("udp://"):
+            self._send_datagram(json.dumps(doc).encode())
+            return
         headers = {"Content-Type": "application/json"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -102,6 +110,23 @@ class UpstreamReporter:
                                timeout or self.cfg.timeout)
         if not 200 <= status < 300:
             raise OSError(f"upstream answered {status}: {body[:200]!r}")
+
+    def _send_datagram(self, payload: bytes) -> None:
+        """One signed datagram (no answer: a lost one is a missed report). OSError."""
+        datagram = sign(self._key.id, self._key.secret, payload)
+        if len(datagram) > MAX_DATAGRAM:
+            raise OSError(f"the report is {len(datagram)} bytes, more than a datagram")
+        if self._udp is None:
+            parts = urlsplit(self.url)
+            family, _, _, _, self._address = socket.getaddrinfo(
+                parts.hostname, parts.port, type=socket.SOCK_DGRAM)[0]
+            self._udp = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self._udp.sendto(datagram, self._address)
+        except OSError:
+            self._udp.close()
+            self._udp = None  # resolved again at the next report
+            raise
 
     def _cpu(self) -> float:
         """This daemon's CPU since the last report, as a percent of the machine."""

@@ -1,0 +1,184 @@
+"""Signed UDP heartbeats: agentd and the upstream reporter sending them, and the daemon
+dropping (and counting) every datagram it must not take."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hbdaemon.protocol import format_rfc3339
+from hbdaemon.udp_server import sign
+from support.daemon import free_port
+from support.wait import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+SECRET = "0123456789abcdef0123"
+
+
+def keys_file(tmp, text=f"fleet {SECRET}\nweb {SECRET}web web-*\n"):
+    path = os.path.join(tmp, "udp.keys")
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+def agent_key(tmp, line=f"fleet {SECRET}", name="agent.key"):
+    path = os.path.join(tmp, name)
+    with open(path, "w") as f:
+        f.write(line + "\n")
+    return path
+
+
+def udp_daemon(daemon_factory, short_tmp, **more):
+    port = free_port()
+    d = daemon_factory(udp={"port": port, "keys_file": keys_file(short_tmp)}, **more).start()
+    d.udp_port = port
+    return d
+
+
+def rejected(d) -> dict:
+    return {r: n for (t, r), n in _rejections(d).items() if t == "udp"}
+
+
+def _rejections(d) -> dict:
+    out = {}
+    for line in d.get("/metrics")[2].splitlines():
+        if line.startswith("hbdaemon_heartbeats_rejected_total{"):
+            labels, value = line[len("hbdaemon_heartbeats_rejected_total{"):].split("} ")
+            pairs = dict(p.split("=", 1) for p in labels.split(","))
+            out[(pairs["transport"].strip('"'), pairs["reason"].strip('"'))] = int(value)
+    return out
+
+
+def test_agentd_over_udp_is_healthy_and_a_kill_9_is_seen(daemon_factory, agentd_factory,
+                                                         short_tmp):
+    d = udp_daemon(daemon_factory, short_tmp,
+                   agent={"health_check": {"heartbeat_timeout": "1s"}})
+    a = agentd_factory("udp-agent", heartbeat={
+        "transport": "udp", "udp_target": f"127.0.0.1:{d.udp_port}",
+        "key_file": agent_key(short_tmp)}).start()
+    rec = d.wait_state("udp-agent", "healthy")
+    assert rec["transport"] == "udp" and rec["pid"] == a.proc.pid
+    assert a.api("/status")["transport"] == "udp"
+    a.proc.kill()
+    a.proc.wait()
+    rec = d.wait_state("udp-agent", "dead", timeout=5)  # late, then its pid is gone
+    assert "gone" in rec["reason"]
+
+
+def test_agentd_says_what_is_missing_for_udp(agentd_factory, short_tmp):
+    for heartbeat, needle in (({"transport": "udp", "key_file": agent_key(short_tmp)},
+                               "heartbeat.udp_target"),
+                              ({"transport": "udp", "udp_target": "127.0.0.1:9"},
+                               "heartbeat.key_file"),
+                              ({"transport": "udp", "udp_target": "127.0.0.1:9",
+                                "key_file": agent_key(short_tmp, "only-an-id", "bad.key")},
+                               "heartbeat.key_file"),
+                              ({"transport": "udp", "udp_target": "127.0.0.1",
+                                "key_file": agent_key(short_tmp)}, "HOST:PORT")):
+        a = agentd_factory("bad-udp", heartbeat=heartbeat)
+        out = subprocess.run([sys.executable, "-m", "agentd", "-c", a.config_path,
+                              "--check-config"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and needle in out.stderr, (heartbeat, out.stderr)
+
+
+def test_a_downstream_daemon_reports_over_udp(daemon_factory, short_tmp):
+    up = udp_daemon(daemon_factory, short_tmp)
+    down = daemon_factory("down", manager={
+        "url": f"udp://127.0.0.1:{up.udp_port}", "key_file": agent_key(short_tmp),
+        "agent_id": "host-c", "heartbeat_interval": "0.3s"}).start()
+    assert down.post({"agent_id": "app-1", "pid": os.getpid()})[0] == 200
+    rec = up.wait_state("host-c", "healthy")
+    assert rec["transport"] == "udp"
+    wait_for(lambda: (up.agent("host-c")["summary"] or {}).get("healthy") == 1, what="summary")
+    assert down.stop() == 0
+    up.wait_state("host-c", "stopped")
+
+
+def test_every_datagram_it_must_not_take_is_dropped_and_counted(daemon_factory, short_tmp):
+    d = udp_daemon(daemon_factory, short_tmp)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    to = ("127.0.0.1", d.udp_port)
+
+    def beat(agent_id, key="fleet", secret=SECRET, ts=None, **extra):
+        doc = {"agent_id": agent_id, "pid": os.getpid(),
+               "timestamp": format_rfc3339(time.time() if ts is None else ts), **extra}
+        return sign(key, secret.encode(), json.dumps(doc).encode())
+
+    good = beat("web-1")
+    for datagram in (good, good,                                  # the second: a replay
+                     beat("db-1", key="web", secret=SECRET + "web"),  # outside the key's globs
+                     beat("web-2", secret="wrong-secret-wrong-secret"),
+                     beat("web-3", key="nobody"),
+                     beat("web-4", ts=time.time() - 300),           # outside max_skew
+                     beat("web-5", ts=time.time() + 300),
+                     sign("fleet", SECRET.encode(), b'{"agent_id": "web-6", "pid": 7}'),
+                     b"HB1 fleet " + b"0" * 64 + b" " + b"x" * 1400,
+                     b"HB2 fleet x {}", b"", b"HB1",
+                     sign("fleet", SECRET.encode(), b"not json"),
+                     sign("fleet", SECRET.encode(), b"[" * 1300)):
+        sock.sendto(datagram, to)
+    wait_for(lambda: sum(rejected(d).values()) >= 13, 5, what="every drop counted")
+    assert rejected(d) == {"replay": 1, "not_permitted": 1, "bad_mac": 1, "unknown_key": 1,
+                           "stale": 2, "no_timestamp": 1, "too_large": 1, "bad_format": 3,
+                           "invalid_message": 2}
+    assert d.state("web-1") == "healthy" and d.get("/agents")[2]["agents"][0]["agent_id"] == "web-1"
+    assert len(d.get("/agents")[2]["agents"]) == 1
+
+
+def test_a_fuzz_of_datagrams_leaves_the_daemon_up(daemon_factory, short_tmp):
+    d = udp_daemon(daemon_factory, short_tmp)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rng = random.Random(12)
+    valid = sign("fleet", SECRET.encode(), json.dumps(
+        {"agent_id": "f-1", "pid": os.getpid(), "timestamp": format_rfc3339(time.time())}).encode())
+    for n in range(3000):
+        kind = n % 3
+        if kind == 0:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 1500)))
+        elif kind == 1:  # a valid datagram with bytes flipped
+            data = bytearray(valid)
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            data = bytes(data)
+        else:
+            data = b"HB1 fleet " + bytes(rng.randrange(256) for _ in range(80))
+        sock.sendto(data, ("127.0.0.1", d.udp_port))
+    wait_for(lambda: d.get("/stats")[2]["received_by_transport"].get("udp", 0) >= 2900, 10,
+             what="the datagrams read")
+    assert d.get("/healthz")[0] == 200
+    assert d.proc.poll() is None
+    assert all(a["agent_id"] in ("f-1",) for a in d.get("/agents")[2]["agents"])
+
+
+def test_udp_keys_are_checked_at_start_and_reloaded(daemon_factory, short_tmp):
+    port = free_port()
+    bad = daemon_factory("bad", udp={"port": port})
+    out = subprocess.run([sys.executable, "-m", "hbdaemon", "-c", bad.config_path,
+                          "--check-config"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "udp.keys_file" in out.stderr
+    path = keys_file(short_tmp, "k1 short\n")
+    bad.write_config(dict(bad.config, udp={"port": port, "keys_file": path}))
+    out = subprocess.run([sys.executable, "-m", "hbdaemon", "-c", bad.config_path,
+                          "--check-config"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "line 1" in out.stderr and "16" in out.stderr
+    d = udp_daemon(daemon_factory, short_tmp)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    beat = sign("newkey", b"a-brand-new-secret-0001", json.dumps(
+        {"agent_id": "r-1", "pid": os.getpid(), "timestamp": format_rfc3339(time.time())}).encode())
+    sock.sendto(beat, ("127.0.0.1", d.udp_port))
+    wait_for(lambda: rejected(d).get("unknown_key") == 1, 5, what="an unknown key")
+    keys_file(short_tmp, f"fleet {SECRET}\nnewkey a-brand-new-secret-0001\n")
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in d.log(), 5, what="the reload")
+    sock.sendto(sign("newkey", b"a-brand-new-secret-0001", json.dumps(
+        {"agent_id": "r-1", "pid": os.getpid(), "timestamp": format_rfc3339(time.time())}
+    ).encode()), ("127.0.0.1", d.udp_port))
+    d.wait_state("r-1", "healthy")
