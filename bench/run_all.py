@@ -12,6 +12,7 @@ import bench_http  # noqa: E402
 import bench_lock  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_storm  # noqa: E402
+import bench_udp  # noqa: E402
 import bench_unix  # noqa: E402
 import bench_watch  # noqa: E402
 from common import machine  # noqa: E402
@@ -28,6 +29,7 @@ def main() -> None:
     bench_storm.main(["--rounds", "3"])
     bench_watch.main([])
     bench_alerts.main([])
+    bench_udp.main([])
 
 
 if __name__ == "__main__":
