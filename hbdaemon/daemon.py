@@ -21,6 +21,7 @@ from hbdaemon.health import PolicySet
 from hbdaemon.hooks import HookRunner
 from hbdaemon.http_request import is_loopback_address
 from hbdaemon.http_server import TRANSPORT as HTTP, HeartbeatHTTPServer
+from hbdaemon.protocol import parse_rfc3339
 from hbdaemon.registry import Registry
 from hbdaemon.sdnotify import Notifier
 from hbdaemon.silences import Silences
@@ -232,6 +233,10 @@ class Daemon:
         if self.http:
             self._serve(self.http, "hb-http")
         if self.udp:
+            for agent_id, agent_time in self.registry.agent_times(UDP):
+                epoch = parse_rfc3339(agent_time)
+                if epoch is not None:
+                    self.udp.replays.seed(agent_id, epoch)
             self._serve(self.udp, "hb-udp")
         if self.cfg.manager.url:
             token = read_token(self.cfg.manager.auth_token_file, self.cfg.source,

@@ -598,6 +598,13 @@ class Registry:
 
     # -- reads and administration -------------------------------------------------------
 
+    def agent_times(self, transport: str) -> List[Tuple[str, str]]:
+        """(agent_id, the agent's clock in its last heartbeat) for the agents last heard
+        over `transport`: the UDP receiver's replay guard starts from them."""
+        return [row for row in self._copy(
+            lambda rec: (rec.agent_id, rec.agent_time) if rec.transport == transport
+            and rec.agent_time else None) if row is not None]
+
     def is_daemon(self, agent_id: str) -> bool:
         """The agent is a host's hbdaemon reporting to this one (it sends a summary)."""
         with self._lock:

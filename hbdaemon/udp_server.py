@@ -32,7 +32,7 @@ MAX_DATAGRAM = 1400
 MAGIC = b"HB1"
 _KEY_ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 _MAC = re.compile(rb"[0-9a-f]{64}")
-MAX_SEEN = 1_000_000  # (agent, timestamp) pairs kept for the replay check
+MAX_SEEN = 1_000_000  # agents whose newest timestamp is kept (pruned past the skew window)
 
 
 class KeysFileError(ValueError):
@@ -92,26 +92,30 @@ def sign(key_id: str, secret: bytes, payload: bytes) -> bytes:
 
 
 class ReplayGuard:
-    """The (agent_id, timestamp) pairs taken within the skew window. Not thread-safe (one
-    receiver thread uses it)."""
+    """Each agent's newest timestamp taken: a datagram must be newer, so a replay (or one
+    overtaken by a later beat) is dropped. Seeded from the records' last agent times at
+    start, so a datagram captured before a restart cannot be replayed after it. An entry
+    older than the skew window is forgotten (anything not newer would be stale anyway).
+    Not thread-safe (one receiver thread uses it)."""
 
     def __init__(self, window: float):
         self.window = window
-        self._seen: Dict[Tuple[str, str], float] = {}
+        self._newest: Dict[str, float] = {}
         self._next_prune = 0.0
 
-    def first(self, agent_id: str, timestamp: str, epoch: float, now: float) -> bool:
-        """True the first time this pair is seen (and remembers it)."""
-        if now >= self._next_prune or len(self._seen) >= MAX_SEEN:
-            cutoff = now - 2 * self.window
-            self._seen = {k: t for k, t in self._seen.items() if t >= cutoff}
+    def seed(self, agent_id: str, epoch: float) -> None:
+        self._newest[agent_id] = max(epoch, self._newest.get(agent_id, epoch))
+
+    def first(self, agent_id: str, epoch: float, now: float) -> bool:
+        """True if `epoch` is newer than every timestamp taken from this agent (and
+        remembers it)."""
+        if now >= self._next_prune or len(self._newest) >= MAX_SEEN:
+            cutoff = now - self.window
+            self._newest = {a: t for a, t in self._newest.items() if t >= cutoff}
             self._next_prune = now + self.window
-            if len(self._seen) >= MAX_SEEN:  # a flood of valid, distinct beats: forget half
-                self._seen = dict(list(self._seen.items())[len(self._seen) // 2:])
-        key = (agent_id, timestamp)
-        if key in self._seen:
+        if epoch <= self._newest.get(agent_id, float("-inf")):
             return False
-        self._seen[key] = epoch
+        self._newest[agent_id] = epoch
         return True
 
 
@@ -191,6 +195,6 @@ class HeartbeatUDPServer(socketserver.UDPServer):
         now = self._wall()
         if abs(now - epoch) > self.max_skew:
             return "stale", None
-        if not self.replays.first(hb.agent_id, hb.timestamp, epoch, now):
+        if not self.replays.first(hb.agent_id, epoch, now):
             return "replay", None
         return None, hb

@@ -182,3 +182,27 @@ def test_udp_keys_are_checked_at_start_and_reloaded(daemon_factory, short_tmp):
         {"agent_id": "r-1", "pid": os.getpid(), "timestamp": format_rfc3339(time.time())}
     ).encode()), ("127.0.0.1", d.udp_port))
     d.wait_state("r-1", "healthy")
+
+
+def test_a_datagram_captured_before_a_restart_cannot_be_replayed_after_it(daemon_factory,
+                                                                        short_tmp):
+    d = udp_daemon(daemon_factory, short_tmp)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def beat(ts):
+        return sign("fleet", SECRET.encode(), json.dumps(
+            {"agent_id": "r-2", "pid": os.getpid(), "timestamp": format_rfc3339(ts)}).encode())
+
+    now = time.time()
+    captured, older = beat(now), beat(now - 1)
+    sock.sendto(captured, ("127.0.0.1", d.udp_port))
+    d.wait_state("r-2", "healthy")
+    sock.sendto(older, ("127.0.0.1", d.udp_port))  # overtaken: not newer than the last
+    wait_for(lambda: rejected(d).get("replay") == 1, 5, what="the older one dropped")
+    assert d.stop() == 0
+    d.start()
+    sock.sendto(captured, ("127.0.0.1", d.udp_port))
+    wait_for(lambda: rejected(d).get("replay") == 1, 5, what="the replay after the restart")
+    assert d.state("r-2") == "unknown"
+    sock.sendto(beat(now + 0.5), ("127.0.0.1", d.udp_port))
+    d.wait_state("r-2", "healthy")
