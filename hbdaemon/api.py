@@ -6,6 +6,7 @@ import time
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from hbdaemon import convert
+from hbdaemon.config import STATES
 from hbdaemon.events import EventLog
 from hbdaemon.protocol import parse_rfc3339, valid_agent_id
 from hbdaemon.registry import ID_CONFLICT, UNKNOWN, Registry
@@ -16,6 +17,7 @@ from hbdaemon.stats import ReceiverStats
 JSON = "application/json"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_EVENTS_PER_QUERY = 10000
+DEFAULT_PAGE, MAX_PAGE = 1000, 10000  # /agents?limit=
 
 HTML = "text/html; charset=utf-8"
 AGENT_PATH = "/agents/<id>"  # one path segment: the agent id
@@ -39,6 +41,7 @@ ROUTES = (
     Route("GET", "/healthz", "healthz", False),
     Route("GET", "/stats", "stats", False),
     Route("GET", "/agents", "agents", False),
+    Route("GET", "/summary", "summary", False),
     Route("GET", AGENT_PATH, "agent", False),
     Route("DELETE", AGENT_PATH, "forget", True),
     Route("GET", "/events", "events", False),
@@ -173,7 +176,31 @@ class Api:
         return 200, self.stats.go_snapshot(), JSON
 
     def serve_agents(self, query, agent_id, by) -> Tuple[int, object, str]:
-        return 200, self._agents.get(), JSON
+        """Every agent (as ever), or with state, match, limit or after a page of them in
+        agent_id order, with `next` (the `after` of the next page) while more remain."""
+        if not any(name in query for name in ("state", "match", "limit", "after")):
+            return 200, self._agents.get(), JSON
+        state = query.get("state", [None])[-1] or None
+        if state is not None and state not in STATES:
+            raise ApiError(400, f"state: one of {', '.join(STATES)}")
+        match = query.get("match", [None])[-1] or None
+        if match is not None and len(match) > 256:
+            raise ApiError(400, "match: a glob of at most 256 characters")
+        try:
+            limit = int(query.get("limit", [str(DEFAULT_PAGE)])[-1])
+        except ValueError:
+            raise ApiError(400, "limit: a whole number") from None
+        limit = max(1, min(limit, MAX_PAGE))
+        after = query.get("after", [""])[-1]
+        records, following = self.registry.page(state, match, limit, after)
+        doc = {"agents": self._annotate(records)}
+        if following is not None:
+            doc["next"] = following
+        return 200, doc, JSON
+
+    def serve_summary(self, query, agent_id, by) -> Tuple[int, object, str]:
+        """How many agents, by state and transport; the oldest problem."""
+        return 200, self.registry.summary(), JSON
 
     def serve_agent(self, query, agent_id, by) -> Tuple[int, object, str]:
         record = self.registry.get(agent_id) if valid_agent_id(agent_id) else None

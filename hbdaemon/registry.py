@@ -2,6 +2,7 @@
 
 import collections
 import contextlib
+import fnmatch
 import logging
 import math
 import threading
@@ -34,6 +35,7 @@ RESERVED_ID = "reserved_id"    # the daemon's own id (its alerts' instance): nev
 SUPERSEDED = "superseded"      # an HTTP heartbeat received before one already applied
 
 _NOTICE = object()  # an outbox entry that is a log line, not an event
+PROBLEMS = frozenset((State.NO_HEARTBEAT, State.DEAD))
 MAX_INSTANCES = 64  # live instances of one program named <program>@uid<uid>.N
 
 # on_event(agent_id, from_state, to_state, reason, kind="state"): called after the registry
@@ -642,6 +644,27 @@ class Registry:
             return None
         return [row for row in self._copy(take) if row is not None]
 
+    def page(self, state: Optional[str] = None, match: Optional[str] = None,
+             limit: int = 1000, after: str = "") -> Tuple[List[dict], Optional[str]]:
+        """Records in agent_id order after `after`, in `state` and matching the glob
+        `match` (None: any), at most `limit`; and the id to continue after, or None at the
+        end. The lock is held a slice at a time, as for every whole-table pass."""
+        with self._lock:
+            ids = [a for a in self._records if a > after] if after else list(self._records)
+        ids.sort()  # outside the lock
+        if match is not None:
+            ids = [a for a in ids if fnmatch.fnmatchcase(a, match)]
+        found: List[dict] = []
+        for chunk in _slices(ids):
+            with self._lock:
+                views = [rec.view() for rec in map(self._records.get, chunk) if rec is not None
+                         and (state is None or rec.state.value == state)]
+            now = self._clock()
+            found.extend(present(view, now) for view in views[:limit + 1 - len(found)])
+            if len(found) > limit:
+                return found[:limit], found[limit - 1]["agent_id"]
+        return found, None
+
     def snapshot(self) -> List[dict]:
         """Every record as the API shows it, sorted by agent_id."""
         return [view for chunk in self.snapshot_chunks() for view in chunk]
@@ -671,6 +694,25 @@ class Registry:
         return {agent_id: {"cpu": [round(v, 2) for v in hist[0::2]],
                            "memory": [int(v) for v in hist[1::2]]}
                 for agent_id, hist in samples if hist}
+
+    def summary(self) -> dict:
+        """`total`, `by_state`, `by_transport`, and the oldest problem (the agent longest in
+        no_heartbeat or dead, or null): a few fields whatever the size of the table."""
+        by_transport: Dict[str, int] = collections.Counter()
+        oldest: Optional[Tuple[float, str, str]] = None
+        with self._lock:
+            recs = list(self._records.values())
+            by_state = {s.value: self._counts[s] for s in State}
+        for chunk in _slices(recs):
+            with self._lock:
+                for rec in chunk:
+                    by_transport[rec.transport or "none"] += 1
+                    if rec.state in PROBLEMS and (oldest is None or rec.state_since < oldest[0]):
+                        oldest = (rec.state_since, rec.agent_id, rec.state.value)
+        return {"total": len(recs), "by_state": by_state, "by_transport": dict(by_transport),
+                "oldest_problem": None if oldest is None else {
+                    "agent_id": oldest[1], "state": oldest[2],
+                    "since": format_rfc3339(oldest[0])}}
 
     def counts(self) -> Dict[str, int]:
         """How many agents are in each state."""

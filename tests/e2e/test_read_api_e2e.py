@@ -1,0 +1,55 @@
+"""The read API at fleet size: /agents in pages with filters, and /summary."""
+
+import os
+from urllib.parse import quote
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_agents_in_pages_filtered_by_state_and_glob(daemon_factory):
+    d = daemon_factory().start()
+    for n in range(25):
+        assert d.post({"agent_id": f"web-{n:02d}", "pid": os.getpid()})[0] == 200
+    for n in range(5):
+        assert d.post({"agent_id": f"db-{n}", "pid": os.getpid(), "status": "stopping"})[0] == 200
+    everything = d.get("/agents")[2]
+    assert len(everything["agents"]) == 30 and "next" not in everything  # as before
+    seen, after, pages = [], "", 0
+    while True:
+        doc = d.get(f"/agents?limit=10&after={quote(after)}")[2]
+        seen += [a["agent_id"] for a in doc["agents"]]
+        pages += 1
+        if "next" not in doc:
+            break
+        after = doc["next"]
+    assert seen == sorted(a["agent_id"] for a in everything["agents"]) and pages == 3
+    stopped = d.get("/agents?state=stopped")[2]
+    assert [a["agent_id"] for a in stopped["agents"]] == [f"db-{n}" for n in range(5)]
+    web = d.get("/agents?match=web-1%3F&limit=5")[2]
+    assert [a["agent_id"] for a in web["agents"]] == [f"web-1{n}" for n in range(5)]
+    assert web["next"] == "web-14"
+    assert d.get("/agents?match=web-1%3F&after=web-14")[2]["agents"][0]["agent_id"] == "web-15"
+    for bad in ("state=exploded", "limit=x", "match=" + "a" * 300):
+        status, _, doc = d.get(f"/agents?{bad}")
+        assert status == 400, (bad, doc)
+    assert d.get("/agents?limit=0")[2]["agents"][0]["agent_id"] == "db-0"  # at least one
+
+
+def test_summary_counts_by_state_and_transport_and_names_the_oldest_problem(daemon_factory):
+    d = daemon_factory().start()
+    assert d.post({"agent_id": "ok-1", "pid": os.getpid()})[0] == 200
+    first = d.unix_agent("gone-1")
+    first.kill()
+    first.wait()
+    d.wait_state("gone-1", "dead")
+    second = d.unix_agent("gone-2")
+    second.kill()
+    second.wait()
+    d.wait_state("gone-2", "dead")
+    doc = d.get("/summary")[2]
+    assert doc["total"] == 3 and doc["by_state"]["dead"] == 2 and doc["by_state"]["healthy"] == 1
+    assert doc["by_transport"] == {"http": 1, "unix": 2}
+    assert doc["oldest_problem"]["agent_id"] == "gone-1"
+    assert doc["oldest_problem"]["state"] == "dead"
