@@ -90,6 +90,11 @@ def _manager_url(value) -> str:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    max_agent_series: int = key(10_000, cv.integer(0, 10_000_000))  # per-agent series kept
+
+
+@dataclass(frozen=True)
 class ManagerConfig:
     url: str = key("", _manager_url)
     heartbeat_interval: float = key(60.0, cv.positive_duration)
@@ -212,6 +217,7 @@ class Config:
     unix: UnixConfig = section(UnixConfig)
     http: HttpConfig = section(HttpConfig)
     udp: UdpConfig = section(UdpConfig)
+    metrics: MetricsConfig = section(MetricsConfig)
     manager: ManagerConfig = section(ManagerConfig)
     agent: AgentConfig = section(AgentConfig)
     hooks: Tuple[HookConfig, ...] = items(HookConfig)

@@ -321,7 +321,8 @@ class Daemon:
         }
 
     def render_metrics(self) -> str:
-        return metrics.render(self.registry, self.stats, self.events, self.extra_stats)
+        return metrics.render(self.registry, self.stats, self.events, self.extra_stats,
+                              max_agent_series=self.cfg.metrics.max_agent_series)
 
     # -- run loop, signals ----------------------------------------------------------------
 

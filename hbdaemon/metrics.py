@@ -44,10 +44,12 @@ class MetricsWriter:
 
 
 def render(registry, stats, events, extra: Callable[[], dict],
-           wallclock: Callable[[], float] = time.time) -> str:
-    """The whole /metrics page."""
+           wallclock: Callable[[], float] = time.time, max_agent_series: int = 10_000) -> str:
+    """The whole /metrics page. Per-agent series for the first `max_agent_series` agents
+    (in agent_id order); the counts per state always cover every agent."""
     now = wallclock()
-    rows = registry.metric_rows()
+    every = registry.metric_rows()
+    rows = every[:max_agent_series]
     snap = stats.snapshot()
     more = extra()
     w = MetricsWriter()
@@ -74,8 +76,11 @@ def render(registry, stats, events, extra: Callable[[], dict],
              "1 if the agent changed state too often within the flap window.",
              [({"agent_id": a}, flap) for a, *_, flap in rows])
     counts = {s.value: 0 for s in State}
-    for _, state, *_ in rows:
+    for _, state, *_ in every:
         counts[state] += 1
+    w.family("hbdaemon_agent_series_dropped", "gauge",
+             "Agents without per-agent series (beyond metrics.max_agent_series); the counts "
+             "per state include them.", [({}, len(every) - len(rows))])
     w.family("hbdaemon_agents", "gauge", "Known agents per state.",
              [({"state": s}, n) for s, n in counts.items()])
     w.family("hbdaemon_heartbeats_received_total", "counter",

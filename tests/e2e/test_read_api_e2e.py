@@ -53,3 +53,20 @@ def test_summary_counts_by_state_and_transport_and_names_the_oldest_problem(daem
     assert doc["by_transport"] == {"http": 1, "unix": 2}
     assert doc["oldest_problem"]["agent_id"] == "gone-1"
     assert doc["oldest_problem"]["state"] == "dead"
+
+
+def test_metrics_keep_per_agent_series_up_to_the_limit_and_stay_promtool_clean(daemon_factory):
+    import subprocess
+    from support.tools import require_tool
+    promtool = require_tool("promtool", "prometheus")
+    d = daemon_factory(metrics={"max_agent_series": 2}).start()
+    for n in range(5):
+        assert d.post({"agent_id": f"m-{n}", "pid": os.getpid()})[0] == 200
+    text = d.get("/metrics")[2]
+    assert {line.split('agent_id="')[1].split('"')[0] for line in text.splitlines()
+            if line.startswith("hbdaemon_agent_memory_bytes{")} == {"m-0", "m-1"}
+    assert "hbdaemon_agent_series_dropped 3" in text
+    assert 'hbdaemon_agents{state="healthy"} 5' in text
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
