@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
 .PHONY: run test bench clean sync-copies deb rpm
-SHARED  = configkit.py convert.py logsetup.py wakeup.py
+SHARED  = configkit.py convert.py keyfile.py logsetup.py wakeup.py
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \

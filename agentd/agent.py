@@ -16,8 +16,8 @@ from agentd.protocol import encode_heartbeat
 from agentd.scheduler import Scheduler
 from agentd.stats import AgentStats, ProcessSampler
 from agentd.targets import ExitWatcher, Target, target_for
-from agentd.transport import (Backoff, HttpTransport, TransportError, UdpTransport,
-                              UnixTransport, read_key_file)
+from agentd.keyfile import read_one_key
+from agentd.transport import Backoff, HttpTransport, TransportError, UdpTransport, UnixTransport
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def make_transport(hb: HeartbeatConfig, on_closed: Optional[Callable[[], None]] 
     if hb.transport == "http":
         return HttpTransport(hb.url, hb.timeout, read_token(hb.auth_token_file))
     if hb.transport == "udp":
-        return UdpTransport(hb.udp_target, *read_key_file(hb.key_file))
+        return UdpTransport(hb.udp_target, read_one_key(hb.key_file))
     return UnixTransport(hb.socket_path, hb.timeout, on_closed)
 
 
@@ -272,7 +272,10 @@ class Agent:
         """Apply a new configuration: interval now, a changed transport reconnects."""
         old, new = self.cfg.heartbeat, cfg.heartbeat
         transport = None
-        if _connection_keys(old) != _connection_keys(new):
+        # a UDP key rotated in place (the same file) must take effect: compare the key
+        rotated = new.transport == "udp" and old.transport == "udp" and \
+            getattr(self.transport, "key", None) != read_one_key(new.key_file)
+        if _connection_keys(old) != _connection_keys(new) or rotated:
             # may raise OSError (token file): nothing changed yet
             transport = make_transport(new, self._connection_lost)
         with self._lock:

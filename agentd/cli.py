@@ -97,9 +97,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             from agentd.agent import read_token
             read_token(cfg.heartbeat.auth_token_file)
         if cfg.heartbeat.transport == "udp":
-            from agentd.transport import read_key_file
+            from agentd.keyfile import read_one_key
             secret = "heartbeat.key_file"
-            read_key_file(cfg.heartbeat.key_file)
+            read_one_key(cfg.heartbeat.key_file)
     except ConfigError as exc:
         print(f"agentd: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,7 +1,5 @@
 """Getting a heartbeat line to the daemon: a persistent Unix connection, or HTTP POST."""
 
-import hashlib
-import hmac
 import json
 import random
 import re
@@ -9,8 +7,10 @@ import select
 import socket
 import threading
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 from urllib.parse import urlsplit
+
+from agentd.keyfile import Key, sign
 
 
 MAX_LINE = 8192
@@ -152,18 +152,16 @@ class UdpTransport:
 
     name = "udp"
 
-    def __init__(self, target: str, key_id: str, secret: bytes):
+    def __init__(self, target: str, key: Key):
         parts = urlsplit("udp://" + target)
         self.target, self._host, self._port = target, parts.hostname, parts.port
-        self._key_id, self._secret = key_id.encode(), secret
+        self.key = key
         self._sock: Optional[socket.socket] = None
         self._address = None
         self.connected = False
 
     def send(self, line: bytes) -> None:
-        payload = line.rstrip(b"\n")
-        mac = hmac.new(self._secret, payload, hashlib.sha256).hexdigest().encode()
-        datagram = b"HB1 %s %s %s" % (self._key_id, mac, payload)
+        datagram = sign(self.key, line.rstrip(b"\n"))
         if len(datagram) > MAX_DATAGRAM:
             raise TransportError(f"heartbeat of {len(datagram)} bytes is larger than a "
                                  f"datagram ({MAX_DATAGRAM})", permanent=True)
@@ -185,19 +183,6 @@ class UdpTransport:
         self.connected = False
 
     forget = close  # after fork(): a datagram socket has nothing to shut down
-
-
-def read_key_file(path: str) -> Tuple[str, bytes]:
-    """(KEYID, SECRET) from the first line of `path` that is not a comment. Raises
-    OSError or ValueError."""
-    with open(path, encoding="utf-8") as f:
-        for raw in f:
-            words = raw.split("#", 1)[0].split()
-            if words:
-                if len(words) != 2:
-                    raise ValueError(f"{path}: expected one line KEYID SECRET")
-                return words[0], words[1].encode()
-    raise ValueError(f"{path}: no KEYID SECRET line")
 
 
 class HttpTransport:

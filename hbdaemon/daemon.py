@@ -29,8 +29,8 @@ from hbdaemon.stats import ReceiverStats
 from hbdaemon.store import Store
 from hbdaemon.threads import Component, guard, join, problems
 from hbdaemon.unix_server import UnixHeartbeatServer, group_id
-from hbdaemon.udp_server import (TRANSPORT as UDP, HeartbeatUDPServer, Key, KeysFileError,
-                                 read_keys)
+from hbdaemon.keyfile import Key, KeysFileError, read_keys, read_one_key
+from hbdaemon.udp_server import TRANSPORT as UDP, HeartbeatUDPServer
 from hbdaemon.upstream import UpstreamReporter, daemon_id
 from hbdaemon.wakeup import Wakeup
 from hbdaemon.workers import WorkerPool
@@ -66,7 +66,7 @@ def manager_key(cfg: Config) -> Optional[Key]:
     if not cfg.manager.url.startswith("udp://"):
         return None
     try:
-        return next(iter(read_keys(cfg.manager.key_file).values()))
+        return read_one_key(cfg.manager.key_file)
     except KeysFileError as exc:
         raise ConfigError(f"{cfg.source}: manager.key_file: {exc}") from None
 
@@ -76,9 +76,13 @@ def udp_keys(cfg: Config) -> Optional[Dict[bytes, Key]]:
     if not cfg.udp.port:
         return None
     try:
-        return read_keys(cfg.udp.keys_file)
+        keys = read_keys(cfg.udp.keys_file)
     except KeysFileError as exc:
         raise ConfigError(f"{cfg.source}: udp.keys_file: {exc}") from None
+    if os.stat(cfg.udp.keys_file).st_mode & 0o004:
+        log.warning("udp: %s is readable by every user: anyone on this host can sign "
+                    "heartbeats (chmod o-r)", cfg.udp.keys_file)
+    return {key.id.encode(): key for key in keys}
 
 
 def raise_open_file_limit(needed: int) -> None:
@@ -236,7 +240,7 @@ class Daemon:
             for agent_id, agent_time in self.registry.agent_times(UDP):
                 epoch = parse_rfc3339(agent_time)
                 if epoch is not None:
-                    self.udp.replays.seed(agent_id, epoch)
+                    self.udp.replays.taken(agent_id, epoch)
             self._serve(self.udp, "hb-udp")
         if self.cfg.manager.url:
             token = read_token(self.cfg.manager.auth_token_file, self.cfg.source,
@@ -401,7 +405,8 @@ class Daemon:
             self.http.credentials = credentials
         if self.udp and keys is not None:
             self.udp.keys, self.udp.max_skew = keys, new.udp.max_skew
-            self.udp.replays.window = new.udp.max_skew
+        if self.upstream is not None:
+            self.upstream.key = manager_key(new)  # a rotated key signs the next report
         self.cfg = new
         log.info("configuration reloaded from %s", new.source)
         self.notifier.notify("READY=1")

@@ -9,18 +9,16 @@ taken (the same agent_id and timestamp). Past those checks it is a heartbeat lik
 other, applied by the same parser and registry as the other transports.
 """
 
-import fnmatch
 import hashlib
 import hmac
 import logging
-import os
 import re
 import socket
 import socketserver
-import stat
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
+from hbdaemon.keyfile import MAGIC, Key
 from hbdaemon.protocol import (Heartbeat, ProtocolError, parse_heartbeat, parse_rfc3339,
                                warning_reason)
 from hbdaemon.threads import alive
@@ -29,94 +27,34 @@ log = logging.getLogger(__name__)
 
 TRANSPORT = "udp"
 MAX_DATAGRAM = 1400
-MAGIC = b"HB1"
-_KEY_ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 _MAC = re.compile(rb"[0-9a-f]{64}")
-MAX_SEEN = 1_000_000  # agents whose newest timestamp is kept (pruned past the skew window)
-
-
-class KeysFileError(ValueError):
-    """The keys file is unusable; the message names the file and line."""
-
-
-class Key:
-    __slots__ = ("id", "secret", "globs")
-
-    def __init__(self, key_id: str, secret: bytes, globs: Tuple[str, ...]):
-        self.id, self.secret, self.globs = key_id, secret, globs
-
-    def covers(self, agent_id: str) -> bool:
-        return not self.globs or any(fnmatch.fnmatchcase(agent_id, g) for g in self.globs)
-
-
-def read_keys(path: str) -> Dict[bytes, Key]:
-    """The keys file: lines `KEYID SECRET [GLOB ...]`; # starts a comment. Raises
-    KeysFileError naming the line."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise KeysFileError(f"{path}: not a regular file")
-            data = f.read(4 * 2**20 + 1)
-    except OSError as exc:
-        raise KeysFileError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > 4 * 2**20:
-        raise KeysFileError(f"{path}: larger than 4 MiB")
-    if info.st_mode & 0o007:
-        log.warning("udp: %s is readable by every user: anyone on this host can sign "
-                    "heartbeats (chmod o-rwx)", path)
-    keys: Dict[bytes, Key] = {}
-    for number, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-        words = raw.split("#", 1)[0].split()
-        if not words:
-            continue
-        if len(words) < 2 or not _KEY_ID.fullmatch(words[0]):
-            raise KeysFileError(f"{path}, line {number}: expected KEYID SECRET [GLOB ...], the "
-                            "id 1-64 characters of A-Z a-z 0-9 . _ : @ -")
-        if len(words[1]) < 16:
-            raise KeysFileError(f"{path}, line {number}: the secret of {words[0]} is shorter than "
-                            "16 characters")
-        if words[0].encode() in keys:
-            raise KeysFileError(f"{path}, line {number}: key {words[0]} is given twice")
-        keys[words[0].encode()] = Key(words[0], words[1].encode(), tuple(words[2:]))
-    if not keys:
-        raise KeysFileError(f"{path}: no keys")
-    return keys
-
-
-def sign(key_id: str, secret: bytes, payload: bytes) -> bytes:
-    """One datagram: what agentd and the upstream reporter send."""
-    mac = hmac.new(secret, payload, hashlib.sha256).hexdigest().encode()
-    return b"%s %s %s %s" % (MAGIC, key_id.encode(), mac, payload)
+MAX_SEEN = 1_000_000  # agents whose newest timestamp is kept
 
 
 class ReplayGuard:
-    """Each agent's newest timestamp taken: a datagram must be newer, so a replay (or one
-    overtaken by a later beat) is dropped. Seeded from the records' last agent times at
-    start, so a datagram captured before a restart cannot be replayed after it. An entry
-    older than the skew window is forgotten (anything not newer would be stale anyway).
-    Not thread-safe (one receiver thread uses it)."""
+    """Each agent's newest timestamp taken, as a time: a datagram must be newer, so a
+    replay, one overtaken by a later beat, or one held back by someone on the path is
+    dropped. Only heartbeats the registry took are remembered (so one per agent, bounded
+    by agent.max_agents), and it is seeded from the records at start, so a datagram
+    captured before a restart cannot be replayed after it. Not thread-safe (one receiver
+    thread uses it)."""
 
-    def __init__(self, window: float):
-        self.window = window
+    def __init__(self):
         self._newest: Dict[str, float] = {}
-        self._next_prune = 0.0
 
-    def seed(self, agent_id: str, epoch: float) -> None:
+    def newer(self, agent_id: str, epoch: float) -> bool:
+        return epoch > self._newest.get(agent_id, float("-inf"))
+
+    def taken(self, agent_id: str, epoch: float) -> None:
+        if len(self._newest) >= MAX_SEEN and agent_id not in self._newest:
+            self._forget_oldest()
         self._newest[agent_id] = max(epoch, self._newest.get(agent_id, epoch))
 
-    def first(self, agent_id: str, epoch: float, now: float) -> bool:
-        """True if `epoch` is newer than every timestamp taken from this agent (and
-        remembers it)."""
-        if now >= self._next_prune or len(self._newest) >= MAX_SEEN:
-            cutoff = now - self.window
-            self._newest = {a: t for a, t in self._newest.items() if t >= cutoff}
-            self._next_prune = now + self.window
-        if epoch <= self._newest.get(agent_id, float("-inf")):
-            return False
-        self._newest[agent_id] = epoch
-        return True
+    def _forget_oldest(self) -> None:
+        """More agents than MAX_SEEN (a table of millions): the tenth heard longest ago
+        goes; a datagram of theirs is older still, and the skew check drops it."""
+        keep = sorted(self._newest.items(), key=lambda item: item[1])[len(self._newest) // 10:]
+        self._newest = dict(keep)
 
 
 class HeartbeatUDPServer(socketserver.UDPServer):
@@ -134,7 +72,7 @@ class HeartbeatUDPServer(socketserver.UDPServer):
         super().__init__((host, port), None)
         self.keys, self._apply, self.stats, self.max_skew = keys, apply, stats, max_skew
         self._wall = wallclock
-        self.replays = ReplayGuard(max_skew)
+        self.replays = ReplayGuard()
         self.component = None
 
     # socketserver's hooks: one datagram at a time on this thread, no handler objects
@@ -168,6 +106,7 @@ class HeartbeatUDPServer(socketserver.UDPServer):
             stats.note_rejected(TRANSPORT, refusal,
                                 f"udp: refused {hb.agent_id} from {host}: {refusal}")
             return
+        self.replays.taken(hb.agent_id, parse_rfc3339(hb.timestamp))
         stats.note_processed(TRANSPORT, time.perf_counter() - started)
 
     def _check(self, data: bytes):
@@ -195,6 +134,6 @@ class HeartbeatUDPServer(socketserver.UDPServer):
         now = self._wall()
         if abs(now - epoch) > self.max_skew:
             return "stale", None
-        if not self.replays.first(hb.agent_id, epoch, now):
+        if not self.replays.newer(hb.agent_id, epoch):
             return "replay", None
         return None, hb

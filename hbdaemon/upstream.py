@@ -19,7 +19,8 @@ from hbdaemon import __version__
 from hbdaemon.config import ManagerConfig
 from hbdaemon.httpclient import SEND_ERRORS, request
 from hbdaemon.protocol import format_rfc3339
-from hbdaemon.udp_server import MAX_DATAGRAM, Key, sign
+from hbdaemon.keyfile import Key, sign
+from hbdaemon.udp_server import MAX_DATAGRAM
 from hbdaemon.threads import Component, alive, guard, halt
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class UpstreamReporter:
         self.agent_id = daemon_id(cfg)
         self._summary = summary
         self._token = token
-        self._key = key  # with udp://: signs the datagrams
+        self.key = key  # with udp://: signs the datagrams (replaced on reload)
         self._udp: Optional[socket.socket] = None
         self._stop = threading.Event()
         self.component: Optional[Component] = None
@@ -113,7 +114,7 @@ class UpstreamReporter:
 
     def _send_datagram(self, payload: bytes) -> None:
         """One signed datagram (no answer: a lost one is a missed report). OSError."""
-        datagram = sign(self._key.id, self._key.secret, payload)
+        datagram = sign(self.key, payload)
         if len(datagram) > MAX_DATAGRAM:
             raise OSError(f"the report is {len(datagram)} bytes, more than a datagram")
         if self._udp is None:

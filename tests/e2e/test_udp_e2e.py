@@ -13,11 +13,15 @@ import time
 import pytest
 
 from hbdaemon.protocol import format_rfc3339
-from hbdaemon.udp_server import sign
+from hbdaemon.keyfile import Key, sign as sign_with
 from support.daemon import free_port
 from support.wait import wait_for
 
 pytestmark = pytest.mark.timeout(90)
+
+
+def sign(key_id: str, secret: bytes, payload: bytes) -> bytes:
+    return sign_with(Key(key_id, secret), payload)
 SECRET = "0123456789abcdef0123"
 
 
@@ -206,3 +210,42 @@ def test_a_datagram_captured_before_a_restart_cannot_be_replayed_after_it(daemon
     assert d.state("r-2") == "unknown"
     sock.sendto(beat(now + 0.5), ("127.0.0.1", d.udp_port))
     d.wait_state("r-2", "healthy")
+
+
+def test_a_datagram_held_back_cannot_bring_a_dead_agent_back(daemon_factory, short_tmp):
+    d = udp_daemon(daemon_factory, short_tmp)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    now = time.time()
+
+    def beat(ts, status):
+        return sign("fleet", SECRET.encode(), json.dumps(
+            {"agent_id": "ord-1", "pid": os.getpid(), "timestamp": format_rfc3339(ts),
+             "status": status}).encode())
+
+    held = beat(now - 0.5, "running")
+    sock.sendto(beat(now - 1, "running"), ("127.0.0.1", d.udp_port))
+    d.wait_state("ord-1", "healthy")
+    sock.sendto(beat(now, "exited"), ("127.0.0.1", d.udp_port))
+    d.wait_state("ord-1", "dead")
+    sock.sendto(held, ("127.0.0.1", d.udp_port))
+    wait_for(lambda: rejected(d).get("replay") == 1, 5, what="the held-back one dropped")
+    assert d.state("ord-1") == "dead"
+
+
+def test_agentd_takes_a_key_rotated_in_place_on_sighup(daemon_factory, agentd_factory,
+                                                       short_tmp):
+    d = udp_daemon(daemon_factory, short_tmp)
+    key = agent_key(short_tmp, f"fleet {SECRET}", "rotating.key")
+    a = agentd_factory("rot-1", heartbeat={"transport": "udp", "key_file": key,
+                                           "udp_target": f"127.0.0.1:{d.udp_port}"}).start()
+    d.wait_state("rot-1", "healthy")
+    new_secret = "a-rotated-secret-000000"
+    keys_file(short_tmp, f"fleet {new_secret}\n")
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in d.log(), 5, what="the daemon's reload")
+    agent_key(short_tmp, f"fleet {new_secret}", "rotating.key")
+    a.signal(signal.SIGHUP)
+    wait_for(lambda: "reload" in a.log(), 5, what="agentd's reload")
+    before = d.agent("rot-1")["heartbeats"]
+    wait_for(lambda: d.agent("rot-1")["heartbeats"] >= before + 3, 5,
+             what="heartbeats signed with the new key")

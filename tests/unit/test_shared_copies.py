@@ -6,7 +6,7 @@ import os
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARED = ("configkit.py", "convert.py", "logsetup.py", "wakeup.py")
+SHARED = ("configkit.py", "convert.py", "keyfile.py", "logsetup.py", "wakeup.py")
 
 
 @pytest.mark.parametrize("name", SHARED)
