@@ -38,7 +38,7 @@ def read_token(path: str) -> Optional[str]:
 def make_transport(hb: HeartbeatConfig, on_closed: Optional[Callable[[], None]] = None):
     """The configured transport; on_closed: the daemon hung up a Unix connection."""
     if hb.transport == "http":
-        return HttpTransport(hb.url, hb.timeout, read_token(hb.auth_token_file))
+        return HttpTransport(hb.url, hb.timeout, read_token(hb.auth_token_file), hb.ca_file)
     if hb.transport == "udp":
         return UdpTransport(hb.udp_target, read_one_key(hb.key_file))
     return UnixTransport(hb.socket_path, hb.timeout, on_closed)
@@ -50,7 +50,7 @@ def _destination(hb: HeartbeatConfig) -> str:
 
 def _connection_keys(hb: HeartbeatConfig) -> tuple:
     return (hb.transport, hb.socket_path, hb.url, hb.auth_token_file, hb.timeout,
-            hb.udp_target, hb.key_file)
+            hb.udp_target, hb.key_file, hb.ca_file)
 
 
 class Agent:

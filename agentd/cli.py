@@ -100,6 +100,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             from agentd.keyfile import read_one_key
             secret = "heartbeat.key_file"
             read_one_key(cfg.heartbeat.key_file)
+        if cfg.heartbeat.transport == "http" and cfg.heartbeat.url.startswith("https://"):
+            from agentd.agent import make_transport
+            secret = "heartbeat.ca_file"
+            make_transport(cfg.heartbeat)  # loads the CAs: a bad file is said here
     except ConfigError as exc:
         print(f"agentd: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

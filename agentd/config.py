@@ -39,7 +39,7 @@ def agent_id(value) -> str:
 class HeartbeatConfig:
     transport: str = key("unix", cv.choice("unix", "http", "udp"))
     socket_path: str = key("/run/hbdaemon/hbdaemon.sock", cv.socket_path)
-    url: str = key("http://127.0.0.1:8690/heartbeat", cv.http_url)
+    url: str = key("http://127.0.0.1:8690/heartbeat", cv.web_url)  # http:// or https://
     auth_token_file: str = key("", cv.optional_path)
     interval: float = key(30.0, cv.positive_duration)
     timeout: float = key(5.0, cv.positive_duration)
@@ -47,6 +47,7 @@ class HeartbeatConfig:
     reconnect_max: float = key(30.0, cv.positive_duration)
     udp_target: str = key("", cv.host_port)  # transport udp: the daemon's HOST:PORT
     key_file: str = key("", cv.optional_path)  # transport udp: one line KEYID SECRET
+    ca_file: str = key("", cv.optional_path)  # an https:// url: CAs to trust (PEM); "": system's
 
 
 def target_id(value) -> str:

@@ -61,6 +61,8 @@ class HttpConfig:
     tokens: Tuple[TokenConfig, ...] = items(TokenConfig)
     idle_timeout: float = key(30.0, cv.positive_duration)
     max_connections: int = key(256, cv.integer(1, 100_000))
+    tls_cert_file: str = key("", cv.optional_path)  # with tls_key_file: HTTPS only (PEM)
+    tls_key_file: str = key("", cv.optional_path)
 
 
 def _agent_id(value) -> str:
@@ -103,6 +105,7 @@ class ManagerConfig:
     agent_id: str = key("", _agent_id)
     auth_token_file: str = key("", cv.optional_path)
     key_file: str = key("", cv.optional_path)  # with a udp:// url: one line KEYID SECRET
+    ca_file: str = key("", cv.optional_path)  # with an https:// url: CAs to trust (PEM)
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,9 @@ def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = 
     cfg, reader = load(Config, path or DEFAULT_PATH, env_prefix=ENV_PREFIX,
                        environ=os.environ if environ is None else environ,
                        overrides=overrides, required=required)
+    if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
+        raise reader.fail("http.tls_key_file" if cfg.http.tls_cert_file else "http.tls_cert_file",
+                          "set both http.tls_cert_file and http.tls_key_file, or neither")
     if cfg.manager.url.startswith("udp://") and not cfg.manager.key_file:
         raise reader.fail("manager.key_file", "required with a udp:// manager.url: one line "
                                               "KEYID SECRET")

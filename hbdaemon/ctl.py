@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="the daemon's HTTP API, e.g. http://127.0.0.1:8690")
     p.add_argument("--token-file", metavar="FILE", help="bearer token for forget and send")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
+    p.add_argument("--ca-file", metavar="FILE", default="",
+                   help="CAs (PEM) to verify an https:// daemon with (default: the system's)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     s = sub.add_parser("status", help="table of agents (exit 3 if the daemon is not running)")
@@ -339,7 +341,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         except OSError as exc:
             print(f"hbctl: cannot read {args.token_file}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
-    client = Client(args.url or url, token, args.timeout)
+    try:
+        client = Client(args.url or url, token, args.timeout, args.ca_file)
+    except OSError as exc:  # ssl.SSLError among them: a CA file it cannot load
+        print(f"hbctl: cannot load --ca-file {args.ca_file}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         return COMMANDS[args.command](client, args)
     except BrokenPipeError:  # `hbctl status | head`: the reader left, that is fine

@@ -28,7 +28,9 @@ def default_url(config_path: Optional[str]) -> tuple:
     except ConfigError as exc:
         return "http://127.0.0.1:8690", None, f"using the default URL: {exc}"
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.http.host, cfg.http.host)
-    url = f"http://[{host}]:{cfg.http.port}" if ":" in host else f"http://{host}:{cfg.http.port}"
+    scheme = "https" if cfg.http.tls_cert_file else "http"
+    url = f"{scheme}://[{host}]:{cfg.http.port}" if ":" in host else \
+        f"{scheme}://{host}:{cfg.http.port}"
     try:
         token = read_token(cfg.http.auth_token_file, cfg.source)
     except ConfigError as exc:  # e.g. a token file only the daemon's user may read
@@ -39,8 +41,13 @@ def default_url(config_path: Optional[str]) -> tuple:
 class Client:
     """A few JSON calls with a timeout; raises DaemonDown or ApiError."""
 
-    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 5.0):
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 5.0,
+                 ca_file: str = ""):
         self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
+        self._tls = None
+        if self.url.startswith("https://"):  # the daemon verified: --ca-file, or the system's
+            import ssl
+            self._tls = ssl.create_default_context(cafile=ca_file or None)
 
     def get(self, path: str):
         return self._call("GET", path)
@@ -61,12 +68,15 @@ class Client:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls) as resp:
                 data = resp.read()
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, _message(exc.read(), exc.code)) from None
         except (urllib.error.URLError, socket.timeout, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
+            if self._tls is not None and type(reason).__module__ == "ssl":
+                raise ApiError(0, f"TLS with {self.url} failed: {reason} (--ca-file gives "
+                                  "the CA that signed the daemon's certificate)") from None
             raise DaemonDown(f"cannot reach hbdaemon at {self.url}: {reason}") from None
         return data.decode() if raw else json.loads(data)
 

@@ -6,6 +6,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -20,6 +21,7 @@ from hbdaemon.events import EventLog, EventPump
 from hbdaemon.health import PolicySet
 from hbdaemon.hooks import HookRunner
 from hbdaemon.http_request import is_loopback_address
+from hbdaemon.httpclient import tls_context
 from hbdaemon.http_server import TRANSPORT as HTTP, HeartbeatHTTPServer
 from hbdaemon.protocol import parse_rfc3339
 from hbdaemon.registry import Registry
@@ -57,7 +59,24 @@ def preflight(cfg: Config) -> Credentials:
     manager_key(cfg)
     udp_keys(cfg)
     read_secrets(cfg)
+    server_tls(cfg)
+    manager_tls(cfg)
     return Credentials.from_config(cfg)
+
+
+def server_tls(cfg: Config) -> Optional[ssl.SSLContext]:
+    """The HTTP listener's TLS context (None: plain HTTP). Raises ConfigError."""
+    if not cfg.http.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cfg.http.tls_cert_file, cfg.http.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{cfg.source}: http.tls_cert_file/tls_key_file: cannot load "
+                          f"{cfg.http.tls_cert_file} with {cfg.http.tls_key_file}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    return context
 
 
 def manager_key(cfg: Config) -> Optional[Key]:
@@ -69,6 +88,18 @@ def manager_key(cfg: Config) -> Optional[Key]:
         return read_one_key(cfg.manager.key_file)
     except KeysFileError as exc:
         raise ConfigError(f"{cfg.source}: manager.key_file: {exc}") from None
+
+
+def manager_tls(cfg: Config) -> Optional[ssl.SSLContext]:
+    """How an https:// manager.url is verified: manager.ca_file, or the system's CAs.
+    Raises ConfigError."""
+    if not cfg.manager.url.startswith("https://"):
+        return None
+    try:
+        return tls_context(cfg.manager.ca_file)
+    except OSError as exc:
+        raise ConfigError(f"{cfg.source}: manager.ca_file: cannot load {cfg.manager.ca_file}: "
+                          f"{exc.strerror or exc}") from None
 
 
 def udp_keys(cfg: Config) -> Optional[Dict[bytes, Key]]:
@@ -115,7 +146,9 @@ def page_url(cfg: Config) -> str:
     host = cfg.http.host
     if host in ("", "0.0.0.0", "::"):
         host = socket.getfqdn()
-    return f"http://[{host}]:{cfg.http.port}/" if ":" in host else f"http://{host}:{cfg.http.port}/"
+    scheme = "https" if cfg.http.tls_cert_file else "http"
+    return f"{scheme}://[{host}]:{cfg.http.port}/" if ":" in host else \
+        f"{scheme}://{host}:{cfg.http.port}/"
 
 
 class Daemon:
@@ -208,7 +241,7 @@ class Daemon:
                                                 idle_timeout=h.idle_timeout,
                                                 max_connections=h.max_connections,
                                                 wait_room=self.pool.wait_room,
-                                                gate=self.gate)
+                                                gate=self.gate, tls=server_tls(self.cfg))
             except OSError as exc:
                 self.unix.close()
                 self.unix.remove_socket()
@@ -247,7 +280,7 @@ class Daemon:
                                "manager.auth_token_file")
             self.upstream = UpstreamReporter(self.cfg.manager, self.registry.counts,
                                              token.decode() if token else None,
-                                             manager_key(self.cfg))
+                                             manager_key(self.cfg), manager_tls(self.cfg))
             self.upstream.start()
         log.info("hbdaemon %s ready: unix socket %s, http %s", __version__, u.socket_path,
                  self.http_url or "off")
@@ -258,7 +291,8 @@ class Daemon:
         if not self.http:
             return ""
         host, port = self.http.server_address[:2]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.http.tls is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     def _serve(self, server, name: str) -> None:
         # serve_forever calls service_actions() at least every 0.5 s: the listener's pulse
@@ -372,6 +406,7 @@ class Daemon:
             credentials = preflight(new)
             secrets = read_secrets(new)
             keys = udp_keys(new)
+            tls = server_tls(new)
             logsetup.configure(new.log.level, new.log.file, new.log.format)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
@@ -384,8 +419,12 @@ class Daemon:
         fixed = {"unix": new.unix, "manager": new.manager,
                  "udp": dataclasses.replace(new.udp, keys_file=self.cfg.udp.keys_file,
                                             max_skew=self.cfg.udp.max_skew),
-                 "http": dataclasses.replace(new.http, auth_token_file=self.cfg.http.auth_token_file,
-                                             tokens=self.cfg.http.tokens)}
+                 "http": dataclasses.replace(
+                     new.http, auth_token_file=self.cfg.http.auth_token_file,
+                     tokens=self.cfg.http.tokens,
+                     **({"tls_cert_file": self.cfg.http.tls_cert_file,
+                         "tls_key_file": self.cfg.http.tls_key_file}
+                        if self.http and self.http.tls and new.http.tls_cert_file else {}))}
         for section, settings in fixed.items():
             if settings != getattr(self.cfg, section):
                 log.warning("%s settings changed: they take effect after a restart "
@@ -403,6 +442,8 @@ class Daemon:
         self.silences.configure(new.alertmanager)
         if self.http:
             self.http.credentials = credentials
+            if self.http.tls is not None and tls is not None:
+                self.http.tls = tls  # a renewed certificate, for the new connections
         if self.udp and keys is not None:
             self.udp.keys, self.udp.max_skew = keys, new.udp.max_skew
         if self.upstream is not None:

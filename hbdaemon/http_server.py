@@ -13,6 +13,7 @@ import json
 import logging
 import queue
 import socket
+import ssl
 import struct
 import time
 from typing import Callable, Optional, Tuple
@@ -34,6 +35,7 @@ TRANSPORT = "http"
 MAX_REQUEST_LINE = 8192   # longer: 414
 MAX_HEAD_BYTES = 16384    # all header lines together; more: 431 (memory per connection)
 SUBMIT_WAIT = 2.0         # seconds a known agent's heartbeat waits for room in the queue
+HANDSHAKE_TIMEOUT = 10.0  # seconds a TLS client has to finish its handshake
 # the status page loads nothing from elsewhere and only talks to this daemon
 _PAGE_HEADERS = (("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
                   "style-src 'unsafe-inline'; connect-src 'self'; img-src data:"),
@@ -52,7 +54,7 @@ class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer)
                  credentials: Optional[Credentials] = None, idle_timeout: float = 30.0,
                  max_connections: int = 256,
                  wait_room: Callable[[bool, float], bool] = lambda new, timeout: True,
-                 gate: Optional[FairGate] = None):
+                 gate: Optional[FairGate] = None, tls: Optional[ssl.SSLContext] = None):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.api = api
         self.submit = submit
@@ -61,6 +63,7 @@ class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer)
         self.idle_timeout = idle_timeout
         self.init_connection_limit(max_connections)
         self.gate = gate or FairGate(NEW_ID_SLOTS)
+        self.tls = tls  # set: HTTPS only (replaced on SIGHUP: a renewed certificate)
         super().__init__((host, port), HeartbeatHTTPHandler)
         # DNS rebinding: a page whose name resolves to 127.0.0.1 must not reach the API
         self.loopback_only = ipaddress.ip_address(self.server_address[0]).is_loopback
@@ -90,6 +93,10 @@ _accepted_cache = [0, b""]
 _date_cache = [0, ""]
 
 
+class TlsRefused(ConnectionError):
+    """A connection that did not complete a TLS handshake: closed without an answer."""
+
+
 class Refusal(Exception):
     """A request answered with an error: status, counted reason, message, extra headers."""
 
@@ -111,9 +118,23 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         # Kernel-side timeouts (SO_RCVTIMEO/SO_SNDTIMEO) instead of settimeout(): the socket
         # stays blocking, so each read is one syscall, not three; a timed-out read then
         # looks like EOF and the connection is closed.
-        timeout = _timeval(self.server.idle_timeout)
-        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
-        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
+        self._tracked = self.request  # the connection as the server counts it
+        tls = self.server.tls
+        if tls is not None:
+            # Python's TLS on a blocking socket waits for ever when a kernel timeout fires,
+            # so a TLS connection takes Python's own timeouts: the handshake's first, here
+            # on this connection's thread, then the idle one
+            self.request.settimeout(min(HANDSHAKE_TIMEOUT, self.server.idle_timeout))
+            try:
+                self.request = tls.wrap_socket(self.request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:  # plain HTTP, a scanner, a slow client
+                self.server.api.stats.note_refused("tls_handshake")
+                raise TlsRefused(str(exc)) from None
+            self.request.settimeout(self.server.idle_timeout)
+        else:
+            timeout = _timeval(self.server.idle_timeout)
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
         super().setup()
         self._known = False  # the last request was a heartbeat of a known agent, accepted
 
@@ -124,7 +145,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         self.command, self.request_version, self._continue = "", "HTTP/1.1", False
         self._length: Optional[int] = 0
         self._heartbeat = False  # the request is for POST /heartbeat: count it as intake
-        self.server.note_waiting(self.connection)
+        self.server.note_waiting(self._tracked)
         line = self.rfile.readline(MAX_REQUEST_LINE + 1)
         if not line:
             self.close_connection = True
@@ -214,7 +235,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         if heartbeat and self._length is None:
             raise Refusal(411, "no_length", "Content-Length required")
         body = self._read_body()
-        server.note_busy(self.connection)  # the request is in: not one to evict
+        server.note_busy(self._tracked)  # the request is in: not one to evict
         # the gate (see Daemon.gate) is held for work only, never while the client is waited
         # for: the request is read before it, and every answer is written after it
         # a heartbeat on a connection whose last one was a known agent's skips it

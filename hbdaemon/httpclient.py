@@ -18,7 +18,8 @@ _TLS: Optional[ssl.SSLContext] = None
 
 
 def request(method: str, url: str, body: Optional[bytes], headers: Dict[str, str],
-            timeout: float, max_answer: int = MAX_ANSWER) -> Tuple[int, bytes]:
+            timeout: float, max_answer: int = MAX_ANSWER,
+            tls: Optional[ssl.SSLContext] = None) -> Tuple[int, bytes]:
     """(status, the answer's first `max_answer` bytes). The whole exchange ends within
     `timeout`: a server that trickles a byte a second, or answers `100 Continue` for
     ever, has its connection shut, so a hostile peer cannot hang the caller's thread (and
@@ -26,7 +27,7 @@ def request(method: str, url: str, body: Optional[bytes], headers: Dict[str, str
     parts = urlsplit(url)
     if parts.scheme == "https":
         conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
-                                           context=_tls())
+                                           context=tls or _tls())
     elif parts.scheme == "http":
         conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
     else:
@@ -45,6 +46,12 @@ def request(method: str, url: str, body: Optional[bytes], headers: Dict[str, str
             deadline.cancel()
     finally:
         conn.close()
+
+
+def tls_context(ca_file: str = "") -> ssl.SSLContext:
+    """Server verification against `ca_file` (PEM), or the system's CAs. Raises OSError
+    (ssl.SSLError among them) for a file it cannot load."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else _tls()
 
 
 def _tls() -> ssl.SSLContext:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from typing import Callable, Dict, Optional
@@ -45,13 +46,15 @@ class UpstreamReporter:
     """The hb-upstream thread. start()/stop(timeout) from the main thread."""
 
     def __init__(self, cfg: ManagerConfig, summary: Callable[[], Dict[str, int]],
-                 token: Optional[str] = None, key: Optional[Key] = None):
+                 token: Optional[str] = None, key: Optional[Key] = None,
+                 tls: Optional[ssl.SSLContext] = None):
         self.cfg = cfg
         self.url = heartbeat_url(cfg.url)
         self.agent_id = daemon_id(cfg)
         self._summary = summary
         self._token = token
         self.key = key  # with udp://: signs the datagrams (replaced on reload)
+        self.tls = tls  # with https://: how the upstream is verified (manager.ca_file)
         self._udp: Optional[socket.socket] = None
         self._stop = threading.Event()
         self.component: Optional[Component] = None
@@ -108,7 +111,7 @@ class UpstreamReporter:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         status, body = request("POST", self.url, json.dumps(doc).encode(), headers,
-                               timeout or self.cfg.timeout)
+                               timeout or self.cfg.timeout, tls=self.tls)
         if not 200 <= status < 300:
             raise OSError(f"upstream answered {status}: {body[:200]!r}")
 

@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,6 +51,7 @@ class DaemonProcess(ManagedProcess):
         self.config_path = os.path.join(self.dir, "hbdaemon.yaml")
         self.log_path = os.path.join(self.dir, "daemon.log")
         self.proc = None
+        self.ca_file = None  # with http.tls_cert_file: the CA the test's requests trust
         self.write_config()
 
     def write_config(self, config: dict = None) -> None:
@@ -82,7 +84,12 @@ class DaemonProcess(ManagedProcess):
 
     def request(self, method: str, path: str, body=None, headers=None):
         """(status, headers dict, parsed JSON or text) over a fresh connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        if self.config["http"].get("tls_cert_file"):  # the test's CA (self.ca_file) vouches
+            context = ssl.create_default_context(cafile=self.ca_file)
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10,
+                                               context=context)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             if isinstance(body, (dict, list)):
                 body = json.dumps(body)
