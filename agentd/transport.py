@@ -1,10 +1,12 @@
 """Getting a heartbeat line to the daemon: a persistent Unix connection, or HTTP POST."""
 
 import json
+import os
 import random
 import re
 import select
 import socket
+import stat
 import threading
 import time
 from typing import Callable, Optional
@@ -200,6 +202,8 @@ class HttpTransport:
         self._tls = None
         if parts.scheme == "https":  # the server verified: the system's CAs, or ca_file's
             import ssl  # here: ~2 MB an agent over plain HTTP or Unix does not need
+            if ca_file and not stat.S_ISREG(os.stat(ca_file).st_mode):  # OpenSSL would
+                raise OSError(f"{ca_file} is not a regular file")  # wait on a FIFO for ever
             self._tls = ssl.create_default_context(cafile=ca_file or None)
         self._host = parts.hostname
         self._port = parts.port or (443 if self._tls else 80)

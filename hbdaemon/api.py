@@ -17,7 +17,8 @@ from hbdaemon.stats import ReceiverStats
 JSON = "application/json"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_EVENTS_PER_QUERY = 10000
-DEFAULT_PAGE, MAX_PAGE = 1000, 10000  # /agents?limit=
+# /agents?limit=: a page of 10,000 at 50,000 agents held intake's p99 at 200 ms
+DEFAULT_PAGE = MAX_PAGE = 1000
 
 HTML = "text/html; charset=utf-8"
 AGENT_PATH = "/agents/<id>"  # one path segment: the agent id
@@ -186,11 +187,10 @@ class Api:
         match = query.get("match", [None])[-1] or None
         if match is not None and len(match) > 256:
             raise ApiError(400, "match: a glob of at most 256 characters")
-        try:
-            limit = int(query.get("limit", [str(DEFAULT_PAGE)])[-1])
-        except ValueError:
-            raise ApiError(400, "limit: a whole number") from None
-        limit = max(1, min(limit, MAX_PAGE))
+        text = query.get("limit", [str(DEFAULT_PAGE)])[-1]
+        if not (text.isascii() and text.isdigit() and len(text) <= 9) or int(text) < 1:
+            raise ApiError(400, f"limit: a whole number from 1 (at most {MAX_PAGE} are given)")
+        limit = min(int(text), MAX_PAGE)
         after = query.get("after", [""])[-1]
         records, following = self.registry.page(state, match, limit, after)
         doc = {"agents": self._annotate(records)}

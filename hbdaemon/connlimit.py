@@ -5,6 +5,7 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -44,6 +45,9 @@ class ConnectionLimitMixIn:
         self.evicted_total = 0
         self.accept_failures = 0  # accept() failed for want of a file descriptor
         self._files_logged = float("-inf")
+        # a connection wrapped since its accept (TLS): the socket that now holds its
+        # descriptor, which eviction and stop must shut down (the accepted one is detached)
+        self._wrapped: dict = {}
 
     @property
     def active_connections(self) -> int:
@@ -62,7 +66,7 @@ class ConnectionLimitMixIn:
                 self._conns[request] = time.monotonic()
         if victim is not None:
             self.evicted_total += 1
-            _hang_up(victim)
+            _hang_up(self._wrapped.get(victim, victim))
         if full:
             self._refuse(request)
             return
@@ -72,6 +76,12 @@ class ConnectionLimitMixIn:
         waiting = [(since, id(conn), conn) for conn, since in self._conns.items()
                    if type(since) is float]
         return min(waiting)[2] if waiting else None
+
+    def use_socket(self, request, wrapped: socket.socket) -> None:
+        """`request`'s descriptor now belongs to `wrapped` (a TLS socket made from it)."""
+        with self._conns_lock:
+            if request in self._conns:
+                self._wrapped[request] = wrapped
 
     def note_waiting(self, request) -> None:
         """The connection now waits for its next request (a candidate for eviction)."""
@@ -89,11 +99,15 @@ class ConnectionLimitMixIn:
     def shutdown_request(self, request):
         with self._conns_lock:
             self._conns.pop(request, None)
+            wrapped = self._wrapped.pop(request, None)
+        if wrapped is not None:
+            _hang_up(wrapped)
+            wrapped.close()
         super().shutdown_request(request)
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout)):
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, ssl.SSLError)):
             log.debug("%s: %s: %s", type(self).__name__, client_address or "a peer", exc)
             return  # the peer went away: routine, not a bug
         log.exception("%s: error while serving %s", type(self).__name__, client_address or "a peer")
@@ -138,15 +152,16 @@ class ConnectionLimitMixIn:
     def close_connections(self) -> None:
         """Shut down every live connection so its handler thread sees EOF and ends."""
         with self._conns_lock:
-            conns = list(self._conns)
+            conns = [self._wrapped.get(request, request) for request in self._conns]
         for request in conns:
             _hang_up(request)
 
 
 def _hang_up(request: socket.socket) -> None:
-    """Shut a connection down so its handler thread sees EOF and ends."""
+    """Shut a connection down so its handler thread sees EOF and ends. The plain socket's
+    shutdown, also for a TLS one: its own would undo the TLS state under the reader."""
     try:
-        request.shutdown(socket.SHUT_RDWR)
+        socket.socket.shutdown(request, socket.SHUT_RDWR)
     except OSError:
         pass
 

@@ -46,8 +46,8 @@ class Client:
         self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
         self._tls = None
         if self.url.startswith("https://"):  # the daemon verified: --ca-file, or the system's
-            import ssl
-            self._tls = ssl.create_default_context(cafile=ca_file or None)
+            from hbdaemon.httpclient import tls_context
+            self._tls = tls_context(ca_file)
 
     def get(self, path: str):
         return self._call("GET", path)

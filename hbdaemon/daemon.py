@@ -21,7 +21,7 @@ from hbdaemon.events import EventLog, EventPump
 from hbdaemon.health import PolicySet
 from hbdaemon.hooks import HookRunner
 from hbdaemon.http_request import is_loopback_address
-from hbdaemon.httpclient import tls_context
+from hbdaemon.httpclient import regular_file, tls_context
 from hbdaemon.http_server import TRANSPORT as HTTP, HeartbeatHTTPServer
 from hbdaemon.protocol import parse_rfc3339
 from hbdaemon.registry import Registry
@@ -71,6 +71,8 @@ def server_tls(cfg: Config) -> Optional[ssl.SSLContext]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
+        regular_file(cfg.http.tls_cert_file)
+        regular_file(cfg.http.tls_key_file)
         context.load_cert_chain(cfg.http.tls_cert_file, cfg.http.tls_key_file)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{cfg.source}: http.tls_cert_file/tls_key_file: cannot load "

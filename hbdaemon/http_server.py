@@ -126,7 +126,10 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             # on this connection's thread, then the idle one
             self.request.settimeout(min(HANDSHAKE_TIMEOUT, self.server.idle_timeout))
             try:
-                self.request = tls.wrap_socket(self.request, server_side=True)
+                self.request = tls.wrap_socket(self.request, server_side=True,
+                                               do_handshake_on_connect=False)
+                self.server.use_socket(self._tracked, self.request)  # evictable meanwhile
+                self.request.do_handshake()
             except (ssl.SSLError, OSError) as exc:  # plain HTTP, a scanner, a slow client
                 self.server.api.stats.note_refused("tls_handshake")
                 raise TlsRefused(str(exc)) from None

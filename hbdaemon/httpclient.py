@@ -2,8 +2,10 @@
 Alertmanager, webhooks): http:// or https:// (the system's CAs, hostname checked)."""
 
 import http.client
+import os
 import socket
 import ssl
+import stat
 import threading
 from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
@@ -51,7 +53,17 @@ def request(method: str, url: str, body: Optional[bytes], headers: Dict[str, str
 def tls_context(ca_file: str = "") -> ssl.SSLContext:
     """Server verification against `ca_file` (PEM), or the system's CAs. Raises OSError
     (ssl.SSLError among them) for a file it cannot load."""
-    return ssl.create_default_context(cafile=ca_file) if ca_file else _tls()
+    if not ca_file:
+        return _tls()
+    regular_file(ca_file)
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def regular_file(path: str) -> None:
+    """Raises OSError unless `path` is a regular file: OpenSSL would wait for ever on a
+    FIFO (at a reload, that is the main thread and the watchdog)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(f"{path} is not a regular file")
 
 
 def _tls() -> ssl.SSLContext:

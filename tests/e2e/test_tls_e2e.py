@@ -19,8 +19,9 @@ def ca(tmp_path_factory):
     return ThrowawayCA(str(tmp_path_factory.mktemp("ca")))
 
 
-def tls_daemon(daemon_factory, ca, name="d", **more):
-    d = daemon_factory(name, http={"tls_cert_file": ca.cert, "tls_key_file": ca.key}, **more)
+def tls_daemon(daemon_factory, ca, name="d", http=None, **more):
+    d = daemon_factory(name, http=dict({"tls_cert_file": ca.cert, "tls_key_file": ca.key},
+                                       **(http or {})), **more)
     d.ca_file = ca.ca
     return d.start()
 
@@ -93,3 +94,53 @@ def test_tls_settings_are_checked(daemon_factory, ca, short_tmp):
         out = subprocess.run([sys.executable, "-m", "hbdaemon", "-c", d.config_path,
                               "--check-config"], capture_output=True, text=True, timeout=30)
         assert out.returncode == 2 and needle in out.stderr, (http, out.stderr)
+
+
+def test_idle_tls_connections_at_the_cap_make_room_and_bad_records_log_no_traceback(
+        daemon_factory, ca):
+    import ssl
+    import time
+    d = tls_daemon(daemon_factory, ca, http={"max_connections": 5, "idle_timeout": "30s"})
+    context = ssl.create_default_context(cafile=ca.ca)
+    idle = []
+    for _ in range(12):  # verified, then silent: the longest waiting makes room each time
+        raw = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        idle.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        time.sleep(0.05)
+    closed = 0
+    for conn in idle:
+        conn.settimeout(2)
+        try:
+            closed += conn.recv(1) == b""
+        except (ssl.SSLError, OSError):
+            closed += 1
+    assert closed >= 6, closed  # at most 5 (and the newest) stay open
+    assert d.get("/healthz")[0] == 200
+    for conn in idle:
+        conn.close()
+    raw = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    socket.socket.send(conn, b"\x17\x03\x03\x00\x20" + b"x" * 32)  # not a record of ours
+    time.sleep(0.5)
+    conn.close()
+    assert d.get("/healthz")[0] == 200 and "Traceback" not in d.log()
+
+
+def test_a_fifo_for_a_certificate_or_ca_file_is_an_error_not_a_hang(daemon_factory,
+                                                                   agentd_factory, ca,
+                                                                   short_tmp):
+    fifo = os.path.join(short_tmp, "fifo.pem")
+    os.mkfifo(fifo)
+    d = daemon_factory("fifo", http={"tls_cert_file": fifo, "tls_key_file": ca.key})
+    out = subprocess.run([sys.executable, "-m", "hbdaemon", "-c", d.config_path,
+                          "--check-config"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "regular file" in out.stderr
+    a = agentd_factory("fifo-agent", heartbeat={"transport": "http", "ca_file": fifo,
+                                                "url": "https://127.0.0.1:1/heartbeat"})
+    out = subprocess.run([sys.executable, "-m", "agentd", "-c", a.config_path,
+                          "--check-config"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "regular file" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "hbdaemon.ctl", "--url", "https://127.0.0.1:1",
+                          "--ca-file", fifo, "status"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2 and "regular file" in out.stderr
