@@ -5,6 +5,8 @@ from urllib.parse import quote
 
 import pytest
 
+from support.wait import wait_for
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -14,6 +16,8 @@ def test_agents_in_pages_filtered_by_state_and_glob(daemon_factory):
         assert d.post({"agent_id": f"web-{n:02d}", "pid": os.getpid()})[0] == 200
     for n in range(5):
         assert d.post({"agent_id": f"db-{n}", "pid": os.getpid(), "status": "stopping"})[0] == 200
+    # a 200 is a heartbeat taken; a worker applies it a moment later
+    wait_for(lambda: len(d.get("/agents?limit=1000")[2]["agents"]) == 30, what="30 agents")
     everything = d.get("/agents")[2]
     assert len(everything["agents"]) == 30 and "next" not in everything  # as before
     seen, after, pages = [], "", 0
@@ -41,6 +45,7 @@ def test_agents_in_pages_filtered_by_state_and_glob(daemon_factory):
 def test_summary_counts_by_state_and_transport_and_names_the_oldest_problem(daemon_factory):
     d = daemon_factory().start()
     assert d.post({"agent_id": "ok-1", "pid": os.getpid()})[0] == 200
+    d.wait_state("ok-1", "healthy")
     first = d.unix_agent("gone-1")
     first.kill()
     first.wait()
@@ -63,6 +68,7 @@ def test_metrics_keep_per_agent_series_up_to_the_limit_and_stay_promtool_clean(d
     d = daemon_factory(metrics={"max_agent_series": 2}).start()
     for n in range(5):
         assert d.post({"agent_id": f"m-{n}", "pid": os.getpid()})[0] == 200
+    wait_for(lambda: len(d.get("/agents?limit=1000")[2]["agents"]) == 5, what="5 agents")
     text = d.get("/metrics")[2]
     assert {line.split('agent_id="')[1].split('"')[0] for line in text.splitlines()
             if line.startswith("hbdaemon_agent_memory_bytes{")} == {"m-0", "m-1"}
