@@ -94,7 +94,7 @@ class HeartbeatUDPServer(socketserver.UDPServer):
         started = time.perf_counter()
         stats = self.stats
         stats.note_received(TRANSPORT)
-        reason, hb = self._check(data)
+        reason, hb, epoch = self._check(data)
         if reason is not None:
             stats.note_rejected(TRANSPORT, reason,
                                 f"udp: dropped a datagram from {host}: {reason}")
@@ -106,34 +106,35 @@ class HeartbeatUDPServer(socketserver.UDPServer):
             stats.note_rejected(TRANSPORT, refusal,
                                 f"udp: refused {hb.agent_id} from {host}: {refusal}")
             return
-        self.replays.taken(hb.agent_id, parse_rfc3339(hb.timestamp))
+        self.replays.taken(hb.agent_id, epoch)
         stats.note_processed(TRANSPORT, time.perf_counter() - started)
 
     def _check(self, data: bytes):
-        """(None, heartbeat) or (the reason to drop it, None)."""
+        """(None, heartbeat, its timestamp as epoch seconds), or (the reason to drop it,
+        None, None)."""
         if len(data) > MAX_DATAGRAM:
-            return "too_large", None
+            return "too_large", None, None
         parts = data.split(b" ", 3)
         if len(parts) != 4 or parts[0] != MAGIC:
-            return "bad_format", None
+            return "bad_format", None, None
         key = self.keys.get(parts[1])
         if key is None:
-            return "unknown_key", None
+            return "unknown_key", None, None
         expected = hmac.new(key.secret, parts[3], hashlib.sha256).hexdigest().encode()
         if not _MAC.fullmatch(parts[2]) or not hmac.compare_digest(expected, parts[2]):
-            return "bad_mac", None
+            return "bad_mac", None, None
         try:
             hb = parse_heartbeat(parts[3], require_agent_id=True)
         except ProtocolError as exc:
-            return exc.reason, None
+            return exc.reason, None, None
         if not key.covers(hb.agent_id):
-            return "not_permitted", None
+            return "not_permitted", None, None
         epoch = parse_rfc3339(hb.timestamp) if hb.timestamp else None
         if epoch is None:
-            return "no_timestamp", None
+            return "no_timestamp", None, None
         now = self._wall()
         if abs(now - epoch) > self.max_skew:
-            return "stale", None
+            return "stale", None, None
         if not self.replays.newer(hb.agent_id, epoch):
-            return "replay", None
-        return None, hb
+            return "replay", None, None
+        return None, hb, epoch
