@@ -1,5 +1,7 @@
 """Unix heartbeats/s over 1 and 8 connections: hbdaemon (validated and registered) beside
-the floor (a ThreadingUnixStreamServer that only parses JSON lines).
+the floor (a ThreadingUnixStreamServer that only parses JSON lines); then hbdaemon with
+many ids per connection (one agentd watching many targets): 8 connections of 1,000 ids
+each against one connection of 8,000, the ids created by a first round not measured.
 
 python bench/bench_unix.py [--count 200000]
 """
@@ -17,11 +19,13 @@ from common import cpu_seconds, get_json, hbdaemon, report, wait_until
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def blast(sock_path: str, connections: int, total: int, done) -> tuple:
-    """Start `connections` senders, release them together; returns (seconds, lines)."""
+def blast(sock_path: str, connections: int, total: int, done, ids: int = 0) -> tuple:
+    """Start `connections` senders (each cycling over `ids` ids, or one), release them
+    together; returns (seconds, lines)."""
     per = total // connections
+    many = ["--ids", str(ids)] if ids else []
     clients = [subprocess.Popen([sys.executable, os.path.join(HERE, "unix_client.py"), sock_path,
-                                 str(per), f"bench-{i}"], stdin=subprocess.PIPE,
+                                 str(per), f"bench-{i}", *many], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for i in range(connections)]
     for c in clients:
         c.stdout.readline()
@@ -37,12 +41,15 @@ def blast(sock_path: str, connections: int, total: int, done) -> tuple:
     return elapsed, per * connections
 
 
-def hbdaemon_run(connections: int, total: int) -> dict:
-    with hbdaemon() as (proc, url, sock):
+def hbdaemon_run(connections: int, total: int, ids: int = 0) -> dict:
+    with hbdaemon(agent={"new_agents_per_minute": 0}) as (proc, url, sock):
+        if ids:  # the ids' first heartbeats create them: not measured
+            blast(sock, connections, connections * ids,
+                  lambda: get_json(url + "/stats")["total_processed"], ids)
         base = get_json(url + "/stats")["total_processed"]
         cpu = cpu_seconds(proc.pid)
         elapsed, lines = blast(sock, connections, total,
-                               lambda: get_json(url + "/stats")["total_processed"] - base)
+                               lambda: get_json(url + "/stats")["total_processed"] - base, ids)
         cpu = cpu_seconds(proc.pid) - cpu
         errors = get_json(url + "/stats")["total_errors"]
     return {"rate": lines / elapsed, "cpu_us": cpu / lines * 1e6, "errors": errors}
@@ -83,6 +90,10 @@ def main(argv=None) -> list:
         for name, fn in (("floor", floor_run), ("hbdaemon", hbdaemon_run)):
             r = fn(connections, opts.count)
             rows.append((name, connections, f"{r['rate']:.0f}", f"{r['cpu_us']:.1f}", r["errors"]))
+    for connections, ids in ((8, 1000), (1, 8000)):
+        r = hbdaemon_run(connections, opts.count, ids)
+        rows.append((f"hbdaemon, {ids:,} ids per connection", connections, f"{r['rate']:.0f}",
+                     f"{r['cpu_us']:.1f}", r["errors"]))
     report(f"Unix socket: {opts.count} heartbeats per run, one JSON line each", rows)
     return rows
 

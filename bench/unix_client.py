@@ -1,6 +1,9 @@
 """Send N heartbeat lines on one Unix connection as fast as possible.
 
 python unix_client.py SOCKET N AGENT_ID  (waits for a line on stdin before sending)
+python unix_client.py SOCKET N PREFIX --ids K
+    N lines cycling over the ids PREFIX-0 .. PREFIX-<K-1> (one agentd speaking for K
+    targets), then as with one id.
 python unix_client.py SOCKET N PREFIX --new-ids
     N new agent ids PREFIX-0 .. PREFIX-<N-1>, one line each; prints "sent" once the kernel
     took them all, then holds the connection until stdin closes (at EOF the daemon would
@@ -24,8 +27,9 @@ def main() -> None:
     new_ids = "--new-ids" in sys.argv[4:]
     if new_ids:
         data = b"".join(heartbeat(f"{agent_id}-{i}") for i in range(count))
-    line = heartbeat(agent_id)
-    chunk = line * 1000
+    ids = int(sys.argv[sys.argv.index("--ids") + 1]) if "--ids" in sys.argv else 0
+    lines = [heartbeat(f"{agent_id}-{i}") for i in range(ids)] if ids else [heartbeat(agent_id)]
+    stream = b"".join(lines[i % len(lines)] for i in range(count))  # built before the clock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     print("connected", flush=True)
@@ -36,9 +40,7 @@ def main() -> None:
         sys.stdin.read()
         sock.close()
         return
-    for _ in range(count // 1000):
-        sock.sendall(chunk)
-    sock.sendall(line * (count % 1000))
+    sock.sendall(stream)
     sock.shutdown(socket.SHUT_WR)
     sock.recv(1)  # wait for the server to close
     sock.close()

@@ -3,7 +3,7 @@
 import json
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 from hbdaemon import convert
 from hbdaemon.config import STATES
@@ -19,6 +19,7 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_EVENTS_PER_QUERY = 10000
 # /agents?limit=: a page of 10,000 at 50,000 agents held intake's p99 at 200 ms
 DEFAULT_PAGE = MAX_PAGE = 1000
+PAGE_PARAMETERS = ("state", "match", "limit", "after", "changed_since")
 
 HTML = "text/html; charset=utf-8"
 AGENT_PATH = "/agents/<id>"  # one path segment: the agent id
@@ -84,8 +85,17 @@ def resolve(method: str, path: str) -> Tuple[Route, Optional[str]]:
     return route, agent_id
 
 
-# An answer's body: bytes, or parts (bytes) sent one after the other
-Body = Union[bytes, Tuple[bytes, ...]]
+class Stream:
+    """An answer made while it is sent: `parts` yields its bytes a slice of records at a
+    time, so a document of every agent (tens of MB at 100,000) is never whole in memory.
+    Its length is not known ahead: it goes out chunked (HTTP/1.1)."""
+
+    def __init__(self, parts: Iterator[bytes]):
+        self.parts = parts
+
+
+# An answer's body: bytes, parts (bytes) sent one after the other, or a Stream
+Body = Union[bytes, Tuple[bytes, ...], Stream]
 
 
 class SharedRender:
@@ -138,10 +148,6 @@ class Api:
         self.registry, self.events, self.stats = registry, events, stats
         self._extra_stats, self._wall, self._problems = extra_stats, wallclock, problems
         self.silences = silences
-        self._agents = SharedRender(lambda: _json_list("agents", map(
-            self._annotate, registry.snapshot_chunks())))
-        self._history = SharedRender(lambda: _json(
-            {"step": registry.history_step, "agents": registry.history()}))
         self._metrics = SharedRender(lambda: metrics().encode())
 
     def handle(self, route: Route, agent_id: Optional[str], query: Dict[str, List[str]],
@@ -156,8 +162,7 @@ class Api:
 
     def drop_stale(self) -> None:
         """Free rendered documents no longer fresh (the daemon's main loop calls it)."""
-        for shared in (self._agents, self._history, self._metrics):
-            shared.drop_stale()
+        self._metrics.drop_stale()
 
     def serve_page(self, query, agent_id, by) -> Tuple[int, object, str]:
         return 200, STATUS_PAGE, HTML
@@ -179,24 +184,42 @@ class Api:
     def serve_agents(self, query, agent_id, by) -> Tuple[int, object, str]:
         """Every agent (as ever), or with state, match, limit or after a page of them in
         agent_id order, with `next` (the `after` of the next page) while more remain."""
-        if not any(name in query for name in ("state", "match", "limit", "after")):
-            return 200, self._agents.get(), JSON
-        state = query.get("state", [None])[-1] or None
-        if state is not None and state not in STATES:
-            raise ApiError(400, f"state: one of {', '.join(STATES)}")
-        match = query.get("match", [None])[-1] or None
-        if match is not None and len(match) > 256:
-            raise ApiError(400, "match: a glob of at most 256 characters")
+        if not any(name in query for name in PAGE_PARAMETERS):
+            return 200, Stream(_json_stream("agents", map(
+                self._annotate, self.registry.snapshot_chunks()))), JSON
         text = query.get("limit", [str(DEFAULT_PAGE)])[-1]
         if not (text.isascii() and text.isdigit() and len(text) <= 9) or int(text) < 1:
             raise ApiError(400, f"limit: a whole number from 1 (at most {MAX_PAGE} are given)")
         limit = min(int(text), MAX_PAGE)
+        if "changed_since" in query:
+            return 200, self._changes(query["changed_since"][-1], limit), JSON
+        state = query.get("state", [None])[-1] or None
+        if state is not None and not set(state.split(",")) <= set(STATES):
+            raise ApiError(400, f"state: one or more of {', '.join(STATES)}, separated by commas")
+        match = query.get("match", [None])[-1] or None
+        if match is not None and len(match) > 256:
+            raise ApiError(400, "match: a glob of at most 256 characters")
         after = query.get("after", [""])[-1]
         records, following = self.registry.page(state, match, limit, after)
         doc = {"agents": self._annotate(records)}
         if following is not None:
             doc["next"] = following
         return 200, doc, JSON
+
+    def _changes(self, cursor: str, limit: int) -> dict:
+        """The records changed since `cursor` (from /summary or the last answer), the ids
+        forgotten, and the cursor to ask with next; `reset` when the cursor is too old or
+        from before a restart (read the list again, then poll from the cursor given)."""
+        try:
+            found = self.registry.changes(cursor, limit)
+        except ValueError:
+            raise ApiError(400, "changed_since: a cursor from /summary or a previous "
+                                "answer") from None
+        if found is None:
+            return {"reset": True, "cursor": self.registry.cursor()}
+        records, forgotten, following, more = found
+        return {"agents": self._annotate(records), "forgotten": forgotten,
+                "cursor": following, "more": more}
 
     def serve_summary(self, query, agent_id, by) -> Tuple[int, object, str]:
         """How many agents, by state and transport; the oldest problem."""
@@ -257,7 +280,16 @@ class Api:
         return 200, {"events": self._events(query)}, JSON
 
     def serve_history(self, query, agent_id, by) -> Tuple[int, object, str]:
-        return 200, self._history.get(), JSON
+        """Recent cpu/memory samples: of the agents named by `agent` (repeated, at most
+        MAX_PAGE), or of every agent, streamed."""
+        names = query.get("agent")
+        if names is None:
+            return 200, Stream(_json_map("agents", self.registry.history_chunks(),
+                                         {"step": self.registry.history_step})), JSON
+        if len(names) > MAX_PAGE:
+            raise ApiError(400, f"agent: at most {MAX_PAGE} at a time")
+        return 200, {"step": self.registry.history_step,
+                     "agents": self.registry.history(names)}, JSON
 
     def serve_metrics(self, query, agent_id, by) -> Tuple[int, object, str]:
         return 200, self._metrics.get(), METRICS_TYPE
@@ -295,18 +327,23 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _json(doc) -> bytes:
-    return json.dumps(doc).encode()
-
-
-def _json_list(name: str, chunks: Iterable[list]) -> Tuple[bytes, ...]:
-    """_json({name: [every item of every chunk]}) in parts, to be sent one after another:
-    a chunk at a time is a dict, and the document is never copied whole into one string."""
-    parts = [b'{"%s": [' % name.encode()]
+def _json_stream(name: str, chunks: Iterable[list]) -> Iterator[bytes]:
+    """json.dumps({name: [every item of every chunk]}) a chunk at a time."""
+    yield b'{"%s": [' % name.encode()
+    first = True
     for chunk in chunks:
         if chunk:
-            if len(parts) > 1:
-                parts.append(b", ")
-            parts.append(json.dumps(chunk)[1:-1].encode())
-    parts.append(b"]}")
-    return tuple(parts)
+            yield (b"" if first else b", ") + json.dumps(chunk)[1:-1].encode()
+            first = False
+    yield b"]}"
+
+
+def _json_map(name: str, chunks: Iterable[dict], head: dict) -> Iterator[bytes]:
+    """json.dumps({**head, name: {every key: value of every chunk}}) a chunk at a time."""
+    yield json.dumps(head)[:-1].encode() + b', "%s": {' % name.encode()
+    first = True
+    for chunk in chunks:
+        if chunk:
+            yield (b"" if first else b", ") + json.dumps(chunk)[1:-1].encode()
+            first = False
+    yield b"}}"

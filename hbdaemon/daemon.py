@@ -210,7 +210,9 @@ class Daemon:
 
     def start(self) -> None:
         """Store, then the Unix socket, then HTTP, then the threads. Raises StartupError."""
-        agents, events = self.store.open()
+        # the stored agents go into the registry a batch at a time as they are read; the
+        # events of their restart wait in the pump (not started) until the log is restored
+        _, events = self.store.open(self.registry.load)
         self.events.restore(events, self.store.reserved_id)
         self.store.on_written = self.events.mark_written
         self.store.on_reserved = self.events.reserved
@@ -219,13 +221,12 @@ class Daemon:
         self.events.subscribe(self.hooks.on_event)
         self.events.subscribe(self.alerting.on_event)  # webhooks' queues: the same rule
         self.events.subscribe(self.store.add_event)
-        self.registry.load(agents)
         self.alerting.rebuild(self.registry.alerting(FAILING_STATES))
         self.alerting.restore(self.store.webhook_queue)
         self.hooks.restore(self.store.hook_runs)
-        if agents:
-            log.info("remembered %d agents and %d events from %s", len(agents), len(events),
-                     self.store.path)
+        if len(self.registry):
+            log.info("remembered %d agents and %d events from %s", len(self.registry),
+                     len(events), self.store.path)
         u, h = self.cfg.unix, self.cfg.http
         # each Unix connection holds its socket and its peer's pidfd; each HTTP one a socket
         raise_open_file_limit(2 * u.max_connections + h.max_connections + 64)

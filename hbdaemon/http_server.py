@@ -19,9 +19,10 @@ import time
 from typing import Callable, Optional, Tuple
 
 from hbdaemon import __version__
-from hbdaemon.api import JSON, NETWORK_BOUND, Api, ApiError, Body, resolve
+from hbdaemon.api import JSON, NETWORK_BOUND, Api, ApiError, Body, Stream, resolve
 from hbdaemon.auth import OPEN, Credentials, Grant
-from hbdaemon.connlimit import NEW_ID_SLOTS, NO_GATE, ConnectionLimitMixIn, FairGate
+from hbdaemon.connlimit import (NEW_ID_SLOTS, NO_GATE, ConnectionLimitMixIn, FairGate,
+                                ReusedThreadsMixIn)
 from hbdaemon.http_request import (BadRequest, is_loopback_address, is_loopback_host,
                                    parse_target, same_origin)
 from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339,
@@ -42,8 +43,10 @@ _PAGE_HEADERS = (("Content-Security-Policy", "default-src 'none'; script-src 'un
                  ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store"))
 
 
-class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer):
-    """ThreadingHTTPServer with keep-alive, a connection cap and the daemon's API."""
+class HeartbeatHTTPServer(ConnectionLimitMixIn, ReusedThreadsMixIn,
+                          http.server.ThreadingHTTPServer):
+    """ThreadingHTTPServer with keep-alive, a connection cap, threads reused from one
+    connection to the next, and the daemon's API."""
 
     daemon_threads = True     # idle keep-alive connections must not delay exit
     block_on_close = False    # stop() closes connections itself, with a bound
@@ -62,6 +65,7 @@ class HeartbeatHTTPServer(ConnectionLimitMixIn, http.server.ThreadingHTTPServer)
         self.credentials = credentials or Credentials()
         self.idle_timeout = idle_timeout
         self.init_connection_limit(max_connections)
+        self.init_reused_threads()
         self.gate = gate or FairGate(NEW_ID_SLOTS)
         self.tls = tls  # set: HTTPS only (replaced on SIGHUP: a renewed certificate)
         super().__init__((host, port), HeartbeatHTTPHandler)
@@ -260,7 +264,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
                     code, doc, content_type = exc.code, _json_body(False, exc.message), JSON
                 if isinstance(doc, str):
                     doc = doc.encode()
-                body = doc if isinstance(doc, (bytes, tuple)) else json.dumps(doc).encode()
+                body = doc if isinstance(doc, (bytes, tuple, Stream)) else json.dumps(doc).encode()
         if heartbeat:
             return self._accepted(warnings)
         headers = _PAGE_HEADERS if content_type.startswith("text/html") else ()
@@ -408,7 +412,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, code: int, body: Body, content_type: str = "application/json",
                headers=()) -> None:
-        """Answer with `body`: bytes, or parts sent one after the other (api.Body)."""
+        """Answer with `body`: bytes, parts sent one after the other, or a Stream (api.Body)."""
+        if isinstance(body, Stream):
+            return self._stream(code, body, content_type, headers)
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length",
@@ -424,6 +430,35 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
         else:
             self.wfile.writelines(body)
+
+    def _stream(self, code: int, body: Stream, content_type: str, headers) -> None:
+        """Send a Stream chunked, making each part in the gate and writing it outside: a
+        slow reader holds no place in the gate, and a reader holds one part at a time. An
+        HTTP/1.0 client gets the parts as they are, the end marked by closing."""
+        chunked = self.request_version != "HTTP/1.0"
+        if not chunked:
+            self.close_connection = True
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        for name, value in headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        parts, gate = iter(body.parts), self.server.gate
+        while True:
+            with gate:
+                part = next(parts, None)
+            if part is None:
+                break
+            if part:
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(part), part) if chunked else part)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def date_time_string(self, timestamp=None):
         # The Date header, formatted once a second rather than once a request.

@@ -5,6 +5,7 @@ import contextlib
 import fnmatch
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -38,6 +39,7 @@ SUPERSEDED = "superseded"      # an HTTP heartbeat received before one already a
 _NOTICE = object()  # an outbox entry that is a log line, not an event
 PROBLEMS = frozenset((State.NO_HEARTBEAT, State.DEAD))
 MAX_INSTANCES = 64  # live instances of one program named <program>@uid<uid>.N
+MAX_TOMBSTONES = 10_000  # forgotten ids kept for changes(); older ones make a reader reset
 
 # on_event(agent_id, from_state, to_state, reason, kind="state"): called after the registry
 # lock is released, in the order the changes happened (one emitter at a time).
@@ -225,6 +227,12 @@ class Registry:
         self._records: Dict[str, AgentRecord] = {}
         self._counts = collections.Counter()  # agents per state, kept as they change
         self._dirty: set = set()
+        # what changed (a state, flapping, forgotten), newest last: id -> its change's number;
+        # readers poll changes() with a cursor instead of reading every record
+        self._changed: "collections.OrderedDict[str, int]" = collections.OrderedDict()
+        self._seq = 0      # the number of the last change
+        self._horizon = 0  # changes up to this one are no longer all listed
+        self._run = os.urandom(4).hex()  # cursors of another run of the daemon are stale
         self._outbox: collections.deque = collections.deque()  # events waiting for _emit
         self._emit_lock = threading.Lock()
         # ids no agent may take: this daemon's own (a record under it would speak for the
@@ -335,6 +343,21 @@ class Registry:
                     self._records[hb.agent_id].received = received
         self._emit()
         return refusal
+
+    def apply_many(self, beats: List[Heartbeat], transport: str, peer: Peer) -> List[Optional[str]]:
+        """apply() for the heartbeats of one read on a Unix connection, holding the lock
+        once for up to SLICE of them; each one's refusal or None, in order."""
+        refusals: List[Optional[str]] = []
+        now, wall = self._clock(), self._wall()
+        for start in range(0, len(beats), SLICE):
+            with self._intake_lock():
+                for hb in beats[start:start + SLICE]:
+                    refusal = self._refusal(hb.agent_id, peer, "", False)
+                    if refusal is None:
+                        self._apply(hb, transport, peer, "", False, None, now, wall)
+                    refusals.append(refusal)
+            self._emit()
+        return refusals
 
     def _apply(self, hb: Heartbeat, transport: str, peer: Optional[Peer], remote: str,
                local: bool, started: Optional[float], now: float, wall: float) -> None:
@@ -569,7 +592,16 @@ class Registry:
         rec.changes = (rec.changes or []) + [now]
         self._recount_changes(rec, now)
         self._dirty.add(rec.agent_id)
+        self._mark_changed(rec.agent_id)
         self._outbox.append((rec.agent_id, old, state, reason, "state"))
+
+    def _mark_changed(self, agent_id: str) -> None:
+        self._seq += 1
+        changed = self._changed
+        changed[agent_id] = self._seq
+        changed.move_to_end(agent_id)
+        while len(changed) > len(self._records) + MAX_TOMBSTONES:
+            self._horizon = changed.popitem(last=False)[1]
 
     def _recount_changes(self, rec: AgentRecord, now: float) -> None:
         """Keep the state changes within flap_window; flapping while they reach flap_threshold
@@ -589,6 +621,7 @@ class Registry:
                                      "in %.0fs)", (rec.agent_id, health.flap_threshold,
                                                    health.flap_window)))
             self._dirty.add(rec.agent_id)
+            self._mark_changed(rec.agent_id)
         rec.flapping = flapping
 
     def _drop(self, rec: AgentRecord, reason: str) -> None:
@@ -597,6 +630,7 @@ class Registry:
         self._counts[rec.state] -= 1
         self._dirty.add(rec.agent_id)
         self._policies.forget(rec.agent_id)
+        self._mark_changed(rec.agent_id)
         self._outbox.append((rec.agent_id, rec.state, rec.state, reason, "forgotten"))
 
     # -- reads and administration -------------------------------------------------------
@@ -645,21 +679,62 @@ class Registry:
             return None
         return [row for row in self._copy(take) if row is not None]
 
+    def cursor(self) -> str:
+        """Where changes() starts from now: this run of the daemon and its last change."""
+        with self._lock:
+            return f"{self._run}.{self._seq}"
+
+    def changes(self, cursor: str, limit: int
+                ) -> Optional[Tuple[List[dict], List[str], str, bool]]:
+        """What changed after `cursor` (a state, flapping, forgotten), oldest first: (the
+        records, the ids forgotten, the cursor to ask with next, whether more remain past
+        `limit`); or None when the cursor is another run's or older than what is kept (the
+        reader starts again from a fresh cursor). Raises ValueError for a malformed one."""
+        run, _, text = cursor.partition(".")
+        if len(run) != len(self._run) or not (text.isascii() and text.isdigit()) \
+                or len(text) > 18:
+            raise ValueError("not a cursor")
+        since = int(text)
+        with self._lock:
+            if run != self._run or since < self._horizon or since > self._seq:
+                return None
+            newer = []
+            for agent_id in reversed(self._changed):
+                seq = self._changed[agent_id]
+                if seq <= since:
+                    break
+                newer.append((seq, agent_id))
+            newer.reverse()
+            more = len(newer) > limit
+            taken = newer[:limit]
+            upto = taken[-1][0] if more else self._seq
+            views, forgotten = [], []
+            for _, agent_id in taken:
+                rec = self._records.get(agent_id)
+                if rec is None:
+                    forgotten.append(agent_id)
+                else:
+                    views.append(rec.view())
+        now = self._clock()
+        return [present(view, now) for view in views], forgotten, f"{self._run}.{upto}", more
+
     def page(self, state: Optional[str] = None, match: Optional[str] = None,
              limit: int = 1000, after: str = "") -> Tuple[List[dict], Optional[str]]:
-        """Records in agent_id order after `after`, in `state` and matching the glob
-        `match` (None: any), at most `limit`; and the id to continue after, or None at the
-        end. The lock is held a slice at a time, as for every whole-table pass."""
+        """Records in agent_id order after `after`, in `state` (a state, or several
+        separated by commas) and matching the glob `match` (None: any), at most `limit`;
+        and the id to continue after, or None at the end. The lock is held a slice at a
+        time, as for every whole-table pass."""
         with self._lock:
             ids = [a for a in self._records if a > after] if after else list(self._records)
         ids.sort()  # outside the lock
         if match is not None:  # compiled here: fnmatch's own cache keeps 32,768 patterns
             ids = list(filter(re.compile(fnmatch.translate(match)).match, ids))
+        states = None if state is None else frozenset(state.split(","))
         found: List[dict] = []
         for chunk in _slices(ids):
             with self._lock:
                 views = [rec.view() for rec in map(self._records.get, chunk) if rec is not None
-                         and (state is None or rec.state.value == state)]
+                         and (states is None or rec.state.value in states)]
             now = self._clock()
             found.extend(present(view, now) for view in views[:limit + 1 - len(found)])
             if len(found) > limit:
@@ -689,21 +764,33 @@ class Registry:
         rows.sort()
         return rows
 
-    def history(self) -> Dict[str, dict]:
-        """Recent cpu/memory samples per agent, oldest first, history_step apart."""
-        samples = self._copy(lambda r: (r.agent_id, r.hist[:] if r.hist else None))
-        return {agent_id: {"cpu": [round(v, 2) for v in hist[0::2]],
-                           "memory": [int(v) for v in hist[1::2]]}
-                for agent_id, hist in samples if hist}
+    def history(self, agent_ids: Iterable[str]) -> Dict[str, dict]:
+        """Recent cpu/memory samples of these agents (those with any), oldest first,
+        history_step apart."""
+        with self._lock:
+            samples = [(rec.agent_id, rec.hist[:]) for rec in map(self._records.get, agent_ids)
+                       if rec is not None and rec.hist]
+        return _samples(samples)
+
+    def history_chunks(self) -> Iterable[Dict[str, dict]]:
+        """history() of every agent, a slice of them at a time."""
+        with self._lock:
+            recs = list(self._records.values())
+        for chunk in _slices(recs):
+            with self._lock:
+                samples = [(rec.agent_id, rec.hist[:]) for rec in chunk if rec.hist]
+            yield _samples(samples)
 
     def summary(self) -> dict:
-        """`total`, `by_state`, `by_transport`, and the oldest problem (the agent longest in
-        no_heartbeat or dead, or null): a few fields whatever the size of the table."""
+        """`total`, `by_state`, `by_transport`, the oldest problem (the agent longest in
+        no_heartbeat or dead, or null), and the `cursor` to poll changes() from: a few
+        fields whatever the size of the table."""
         by_transport: Dict[str, int] = collections.Counter()
         oldest: Optional[Tuple[float, str, str]] = None
         with self._lock:
             recs = list(self._records.values())
             by_state = {s.value: self._counts[s] for s in State}
+            cursor = f"{self._run}.{self._seq}"
         for chunk in _slices(recs):
             with self._lock:
                 for rec in chunk:
@@ -711,6 +798,7 @@ class Registry:
                     if rec.state in PROBLEMS and (oldest is None or rec.state_since < oldest[0]):
                         oldest = (rec.state_since, rec.agent_id, rec.state.value)
         return {"total": len(recs), "by_state": by_state, "by_transport": dict(by_transport),
+                "cursor": cursor,
                 "oldest_problem": None if oldest is None else {
                     "agent_id": oldest[1], "state": oldest[2],
                     "since": format_rfc3339(oldest[0])}}
@@ -800,6 +888,11 @@ class Registry:
         if skipped:
             log.warning("state store: %d stored fields of the wrong kind were left out", skipped)
         self._emit()
+
+
+def _samples(samples: List[Tuple[str, array]]) -> Dict[str, dict]:
+    return {agent_id: {"cpu": [round(v, 2) for v in hist[0::2]],
+                       "memory": [int(v) for v in hist[1::2]]} for agent_id, hist in samples}
 
 
 def _slices(items: list) -> Iterable[list]:

@@ -3,6 +3,11 @@
 No external assets, no framework. Everything the daemon reports is put in the page with
 textContent or numeric SVG attributes, never as HTML: versions, statuses and reasons come
 from agents and may hold markup.
+
+Built for 100,000 agents: the problems (dead, no_heartbeat, over_threshold) first, then
+the counts per state and one page of agents at a time (filtered by state and glob). A
+poll reads /summary, what changed since the last poll (/agents?changed_since=), the page
+shown, the latest events and the samples of the rows shown, never the whole table.
 """
 
 STATUS_PAGE = """<!DOCTYPE html>
@@ -36,6 +41,8 @@ STATUS_PAGE = """<!DOCTYPE html>
   .muted { color: #7b8394; font-size: 12px; }
   tr.focus td { background: #fff7d6; }
   #error { color: #9b1c1c; font-weight: 600; }
+  .bar { display: flex; gap: 8px; align-items: center; flex-wrap: wrap; margin: 8px 0; }
+  .bar input, .bar select, .bar button { font: inherit; padding: 3px 6px; }
   @media (max-width: 700px) { .wide { display: none; } td, th { padding: 6px; } }
 </style>
 </head>
@@ -43,14 +50,21 @@ STATUS_PAGE = """<!DOCTYPE html>
 <header><h1>hbdaemon</h1><div id="summary"></div></header>
 <main>
   <p id="error" hidden></p>
-  <div class="scroll">
-  <table>
-    <thead><tr><th>Agent</th><th>State</th><th>Since</th><th>Last heartbeat</th>
-      <th>CPU</th><th>Memory</th><th class="wide">PID</th><th class="wide">Version</th>
-      <th class="wide">Transport</th></tr></thead>
-    <tbody id="agents"></tbody>
-  </table>
+  <section id="focus-section" hidden>
+  <h2>Linked agent</h2>
+  <div class="scroll"><table><thead></thead><tbody id="focus"></tbody></table></div>
+  </section>
+  <h2>Problems <span id="problem-note" class="muted"></span></h2>
+  <div class="scroll"><table><thead></thead><tbody id="problems"></tbody></table></div>
+  <h2>Agents</h2>
+  <div class="bar">
+    <select id="filter-state" aria-label="state"><option value="">every state</option></select>
+    <input id="filter-match" placeholder="id glob, e.g. web-*" aria-label="agent id glob">
+    <button id="prev" type="button">&larr; previous</button>
+    <button id="next" type="button">next &rarr;</button>
+    <span id="page-note" class="muted"></span>
   </div>
+  <div class="scroll"><table><thead></thead><tbody id="agents"></tbody></table></div>
   <h2>Latest events</h2>
   <ul id="events"></ul>
   <p class="muted">Updated <span id="updated">never</span>; refreshes every 5 s.</p>
@@ -58,12 +72,23 @@ STATUS_PAGE = """<!DOCTYPE html>
 <script>
 "use strict";
 const STATES = ["healthy", "over_threshold", "unknown", "no_heartbeat", "dead", "stopped"];
+const PROBLEMS = ["dead", "no_heartbeat", "over_threshold"];  // shown first, in this order
+const SHOWN_PROBLEMS = 500;  // rows of problems drawn (and the most asked for at a time)
+const PAGE = 50;             // rows of the paged list
+const COLUMNS = ["Agent", "State", "Since", "Last heartbeat", "CPU", "Memory", "PID",
+                 "Version", "Transport"];
+const WIDE = 6;              // columns from here on hide on a phone
 // an alert's link (generatorURL) names its agent: /#agent=ID
 const focus = (() => {
   try { return decodeURIComponent((location.hash.match(/^#agent=(.*)$/) || ["", ""])[1]); }
   catch (err) { return ""; }  // a malformed link must not stop the page
 })();
 let scrolled = false;
+let cursor = null;          // where the next poll's changes start (null: read it all again)
+const problems = new Map(); // agent_id -> record, for the agents in a problem state
+let pages = [""];           // the `after` of each page seen, for "previous"
+let nextAfter = null;
+let pollBytes = 0;
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -111,49 +136,117 @@ function stateBadge(state) {
 async function getJSON(path) {
   const resp = await fetch(path, {cache: "no-store"});
   if (!resp.ok) throw new Error(path + ": HTTP " + resp.status);
-  return resp.json();
+  const text = await resp.text();
+  pollBytes += text.length;
+  return JSON.parse(text);
 }
 
-function renderAgents(agents, history) {
-  const body = document.getElementById("agents");
-  const rows = agents.map(a => {
-    const tr = el("tr");
-    tr.dataset.agent = a.agent_id;
-    tr.dataset.state = a.state;
-    tr.appendChild(el("td", a.agent_id));
-    const st = el("td");
-    st.appendChild(stateBadge(a.state));
-    if (a.flapping) st.appendChild(el("span", " flapping", "muted"));
-    if (a.silenced) {
-      tr.dataset.silenced = a.silenced;
-      const mark = el("span", " silenced", "muted");
-      mark.title = "silence " + a.silenced;
-      st.appendChild(mark);
-    }
-    if (a.agent_id === focus) tr.className = "focus";
-    tr.appendChild(st);
-    tr.appendChild(el("td", ago(a.state_since)));
-    tr.appendChild(el("td", ago(a.last_seen)));
-    const h = history[a.agent_id] || {};
-    const cpu = el("td", Number(a.cpu).toFixed(1) + "% ");
-    cpu.appendChild(spark(h.cpu, "cpu"));
-    tr.appendChild(cpu);
-    const mem = el("td", bytes(Number(a.memory)) + " ");
-    mem.appendChild(spark(h.memory, "mem"));
-    tr.appendChild(mem);
-    tr.appendChild(el("td", a.pid, "wide"));
-    tr.appendChild(el("td", a.version || "-", "wide"));
-    tr.appendChild(el("td", (a.transport || "-") + (a.watcher ? " via " + a.watcher : ""),
-                      "wide"));
-    return tr;
-  });
-  body.replaceChildren(...rows);
-  const focused = body.querySelector("tr.focus");
-  if (focused && !scrolled) { focused.scrollIntoView({block: "center"}); scrolled = true; }
-  const counts = {};
-  agents.forEach(a => { counts[a.state] = (counts[a.state] || 0) + 1; });
-  const summary = document.getElementById("summary");
-  summary.replaceChildren(...Object.keys(counts).sort().map(s => el("span", counts[s] + " " + s)));
+function q(value) { return encodeURIComponent(value); }
+
+function row(a, history) {
+  const tr = el("tr");
+  tr.dataset.agent = a.agent_id;
+  tr.dataset.state = a.state;
+  tr.appendChild(el("td", a.agent_id));
+  const st = el("td");
+  st.appendChild(stateBadge(a.state));
+  if (a.flapping) st.appendChild(el("span", " flapping", "muted"));
+  if (a.silenced) {
+    tr.dataset.silenced = a.silenced;
+    const mark = el("span", " silenced", "muted");
+    mark.title = "silence " + a.silenced;
+    st.appendChild(mark);
+  }
+  if (a.agent_id === focus) tr.className = "focus";
+  tr.appendChild(st);
+  const since = el("td", ago(a.state_since));
+  if (a.reason) since.title = a.reason;
+  tr.appendChild(since);
+  tr.appendChild(el("td", ago(a.last_seen)));
+  const h = history[a.agent_id] || {};
+  const cpu = el("td", Number(a.cpu).toFixed(1) + "% ");
+  cpu.appendChild(spark(h.cpu, "cpu"));
+  tr.appendChild(cpu);
+  const mem = el("td", bytes(Number(a.memory)) + " ");
+  mem.appendChild(spark(h.memory, "mem"));
+  tr.appendChild(mem);
+  tr.appendChild(el("td", a.pid, "wide"));
+  tr.appendChild(el("td", a.version || "-", "wide"));
+  tr.appendChild(el("td", (a.transport || "-") + (a.watcher ? " via " + a.watcher : ""), "wide"));
+  return tr;
+}
+
+function fill(id, agents, history) {
+  document.getElementById(id).replaceChildren(...agents.map(a => row(a, history)));
+}
+
+function rank(a) { return PROBLEMS.indexOf(a.state); }
+
+function shownProblems() {
+  return [...problems.values()].filter(a => a.agent_id !== focus)
+    .sort((a, b) => rank(a) - rank(b) || Date.parse(a.state_since) - Date.parse(b.state_since)
+                    || (a.agent_id < b.agent_id ? -1 : 1))
+    .slice(0, SHOWN_PROBLEMS);
+}
+
+function take(a) {
+  if (PROBLEMS.includes(a.state)) problems.set(a.agent_id, a);
+  else problems.delete(a.agent_id);
+}
+
+async function reloadProblems() {
+  // the cursor first: a change after it is polled again, none before the list is missed
+  const summary = await getJSON("/summary");
+  problems.clear();
+  const found = await getJSON("/agents?state=" + PROBLEMS.join(",") + "&limit=" + SHOWN_PROBLEMS);
+  found.agents.forEach(take);
+  cursor = summary.cursor;
+  return summary;
+}
+
+async function pollChanges() {
+  for (let round = 0; round < 4; round++) {  // a burst of changes: a few pages per poll
+    const found = await getJSON("/agents?changed_since=" + q(cursor) + "&limit=" + SHOWN_PROBLEMS);
+    if (found.reset) { cursor = null; return; }
+    found.agents.forEach(take);
+    found.forgotten.forEach(id => problems.delete(id));
+    cursor = found.cursor;
+    if (!found.more) return;
+  }
+}
+
+function renderSummary(summary) {
+  const parts = [el("span", summary.total + " agents")];
+  STATES.forEach(s => { if (summary.by_state[s]) parts.push(el("span", summary.by_state[s] + " " + s)); });
+  document.getElementById("summary").replaceChildren(...parts);
+  const bad = PROBLEMS.reduce((n, s) => n + (summary.by_state[s] || 0), 0);
+  document.getElementById("problem-note").textContent =
+    bad > SHOWN_PROBLEMS ? "(" + SHOWN_PROBLEMS + " of " + bad + " shown; filter below for the rest)"
+                         : bad ? "(" + bad + ")" : "(none)";
+}
+
+function listQuery() {
+  const state = document.getElementById("filter-state").value;
+  const match = document.getElementById("filter-match").value.trim();
+  return "/agents?limit=" + PAGE + (state ? "&state=" + q(state) : "") +
+         (match ? "&match=" + q(match) : "") + "&after=" + q(pages[pages.length - 1]);
+}
+
+async function historyOf(ids) {
+  const out = {};
+  let batch = [];
+  const flush = async () => {
+    if (!batch.length) return;
+    const found = await getJSON("/history?" + batch.map(id => "agent=" + q(id)).join("&"));
+    Object.assign(out, found.agents);
+    batch = [];
+  };
+  for (const id of ids) {  // the request line stays well under the daemon's 8 KiB
+    if (batch.join("").length > 5000) await flush();
+    batch.push(id);
+  }
+  await flush();
+  return out;
 }
 
 function renderEvents(events) {
@@ -173,22 +266,79 @@ function renderEvents(events) {
   }));
 }
 
+let busy = false;
 async function refresh() {
+  if (busy) return;  // a slow answer: the next tick waits for this one
+  busy = true;
   const error = document.getElementById("error");
+  pollBytes = 0;
   try {
-    const [agents, events, history] = await Promise.all(
-      [getJSON("/agents"), getJSON("/events?limit=15"), getJSON("/history")]);
-    renderAgents(agents.agents, history.agents);
+    let summary;
+    if (cursor === null) {
+      summary = await reloadProblems();
+    } else {
+      summary = await getJSON("/summary");
+      await pollChanges();
+      if (cursor === null) summary = await reloadProblems();
+    }
+    renderSummary(summary);
+    const shown = shownProblems();
+    fill("problems", shown, {});  // drawn at once: the first thing anyone needs
+    if (!document.body.dataset.firstPaint) {
+      requestAnimationFrame(() => { document.body.dataset.firstPaint = performance.now().toFixed(0); });
+    }
+    const [page, events, linked] = await Promise.all([
+      getJSON(listQuery()), getJSON("/events?limit=15"),
+      focus ? getJSON("/agents/" + q(focus)).catch(() => null) : Promise.resolve(null)]);
+    const listed = page.agents.filter(a => a.agent_id !== focus);
+    nextAfter = page.next || null;
+    const history = await historyOf([...shown, ...listed, ...(linked ? [linked] : [])]
+                                    .map(a => a.agent_id));
+    fill("problems", shown, history);
+    fill("agents", listed, history);
+    fill("focus", linked ? [linked] : [], history);
+    document.getElementById("focus-section").hidden = !linked;
+    document.getElementById("page-note").textContent =
+      "page " + pages.length + (listed.length ? ", " + listed[0].agent_id + " \\u2026" : ", empty");
+    document.getElementById("prev").disabled = pages.length < 2;
+    document.getElementById("next").disabled = !nextAfter;
+    const focused = document.querySelector("tr.focus");
+    if (focused && !scrolled) { focused.scrollIntoView({block: "center"}); scrolled = true; }
     renderEvents(events.events);
     error.hidden = true;
     document.getElementById("updated").textContent = new Date().toLocaleTimeString();
+    document.body.dataset.pollBytes = pollBytes;
+    document.body.dataset.maxPollBytes = Math.max(pollBytes, Number(document.body.dataset.maxPollBytes || 0));
+    document.body.dataset.polls = Number(document.body.dataset.polls || 0) + 1;
     document.body.dataset.loaded = "yes";
   } catch (err) {
     error.textContent = "Cannot reach the daemon: " + err.message;
     error.hidden = false;
+  } finally {
+    busy = false;
   }
 }
 
+function again() { refresh(); }
+function setup() {
+  document.querySelectorAll("thead").forEach(head => {
+    const tr = el("tr");
+    COLUMNS.forEach((name, i) => tr.appendChild(el("th", name, i >= WIDE ? "wide" : undefined)));
+    head.appendChild(tr);
+  });
+  const select = document.getElementById("filter-state");
+  STATES.forEach(s => { const o = el("option", s); o.value = s; select.appendChild(o); });
+  select.addEventListener("change", () => { pages = [""]; again(); });
+  document.getElementById("filter-match").addEventListener("change", () => { pages = [""]; again(); });
+  document.getElementById("next").addEventListener("click", () => {
+    if (nextAfter) { pages.push(nextAfter); again(); }
+  });
+  document.getElementById("prev").addEventListener("click", () => {
+    if (pages.length > 1) { pages.pop(); again(); }
+  });
+}
+
+setup();
 refresh();
 setInterval(refresh, 5000);
 </script>

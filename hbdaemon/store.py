@@ -18,6 +18,7 @@ DB_NAME = "hbdaemon.db"
 SCHEMA_VERSION = 1
 STUCK_AFTER = 60.0  # seconds past store_interval without a pass: the writer is stuck
 FAILING_AFTER = 10.0  # seconds of failed writes before /healthz names the store
+LOAD_BATCH = 1000  # stored records read and handed over at a time at start
 DIRTY_BATCH = 1000  # Registry.take_dirty's default limit: a full batch means more may wait
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,8 +78,11 @@ class Store:
         self._reserve_db: Optional[sqlite3.Connection] = None
         self._reserve_lock = threading.Lock()
 
-    def open(self) -> Tuple[List[dict], List[Event]]:
+    def open(self, load_agents: Optional[Callable[[List[dict]], None]] = None
+             ) -> Tuple[List[dict], List[Event]]:
         """Prepare the database and return what it holds (agents, events oldest first).
+        With `load_agents`, the agents are handed to it LOAD_BATCH at a time instead (and
+        the list returned is empty): 100,000 stored records never exist as dicts at once.
 
         A corrupt or unreadable file is moved aside and a fresh one started.
         Raises StoreError if the state directory itself is unusable.
@@ -91,7 +95,7 @@ class Store:
             raise StoreError(f"state_dir {self._state_dir} is not writable by this user")
         self._check_access()
         try:
-            return self._read()
+            return self._read(load_agents)
         except sqlite3.OperationalError as exc:  # cannot open or lock it: not a bad file
             raise StoreError(f"cannot use the state store {self.path}: {exc}") from None
         except sqlite3.Error as exc:
@@ -103,7 +107,7 @@ class Store:
             log.error("state store %s is unreadable (%s): moved it to %s and starting with no "
                       "remembered agents", self.path, exc, aside)
         try:
-            return self._read()
+            return self._read(load_agents)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create a state store at {self.path}: {exc}") from None
 
@@ -124,7 +128,7 @@ class Store:
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         return db
 
-    def _read(self) -> Tuple[List[dict], List[Event]]:
+    def _read(self, load_agents) -> Tuple[List[dict], List[Event]]:
         db = self._connect()
         try:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
@@ -135,12 +139,22 @@ class Store:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif row[0] != str(SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
-            agents = []
-            for agent_id, data in db.execute("SELECT agent_id, data FROM agents"):
-                try:
-                    agents.append(json.loads(data))
-                except (ValueError, RecursionError):  # a hostile row: skipped, not a crash
-                    log.warning("state store: skipping unreadable record of agent %s", agent_id)
+            agents: List[dict] = []
+            rows = db.execute("SELECT agent_id, data FROM agents")
+            while True:
+                fetched, batch = rows.fetchmany(LOAD_BATCH), []
+                for agent_id, data in fetched:
+                    try:
+                        batch.append(json.loads(data))
+                    except (ValueError, RecursionError, TypeError):  # a hostile row: skipped
+                        log.warning("state store: skipping unreadable record of agent %s",
+                                    agent_id)
+                if not fetched:
+                    break
+                if load_agents is None:
+                    agents.extend(batch)
+                else:
+                    load_agents(batch)
             row = db.execute("SELECT value FROM meta WHERE key='event_id_reserved'").fetchone()
             self.reserved_id = _reserved_mark(row[0] if row else None)
             rows = db.execute("SELECT id, time, agent_id, from_state, to_state, reason, kind "

@@ -29,6 +29,8 @@ TRANSPORT = "udp"
 MAX_DATAGRAM = 1400
 _MAC = re.compile(rb"[0-9a-f]{64}")
 MAX_SEEN = 1_000_000  # agents whose newest timestamp is kept
+RECEIVE_BUFFER = 4 * 2**20  # a burst of ~10,000 datagrams waits here, not lost (capped by
+                            # net.core.rmem_max)
 
 
 class ReplayGuard:
@@ -76,6 +78,13 @@ class HeartbeatUDPServer(socketserver.UDPServer):
         self.component = None
 
     # socketserver's hooks: one datagram at a time on this thread, no handler objects
+    def server_bind(self) -> None:
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        except OSError as exc:
+            log.warning("udp: cannot enlarge the receive buffer: %s", exc)
+        super().server_bind()
+
     def process_request(self, request, client_address) -> None:
         data = request[0]
         try:

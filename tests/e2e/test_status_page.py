@@ -6,6 +6,8 @@ import subprocess
 import tempfile
 import time
 
+from support.browser import Browser
+from support.fleet import write_fleet
 from support.tools import require_tool
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -69,3 +71,39 @@ def test_page_marks_silenced_agents_and_highlights_the_one_an_alert_links_to(dae
     assert dom.count(">silenced<") + dom.count("> silenced<") == 1
     broken = chromium(f"http://127.0.0.1:{d.port}/#agent=%E0%A4%A", "--dump-dom")
     assert 'data-loaded="yes"' in broken  # a malformed link does not stop the page
+
+
+def test_page_at_100000_agents_shows_problems_first_and_polls_only_what_changed(daemon_factory):
+    driver = require_tool("chromedriver", "chromium-driver")
+    binary = require_tool("chromium")
+    d = daemon_factory(agent={"max_agents": 200000})
+    dead = write_fleet(d.config["daemon"]["state_dir"], 100_000, 300)
+    d.start(wait=False)
+    d.wait_ready(timeout=90)
+    assert d.post({"agent_id": "web-1", "pid": os.getpid()})[0] == 200
+    browser = Browser(driver, binary)
+    try:
+        browser.open(f"http://127.0.0.1:{d.port}/")
+        browser.wait("return document.body.dataset.loaded", timeout=60)
+        rows = browser.run("return [...document.querySelectorAll('#problems tr')]"
+                           ".map(r => [r.dataset.agent, r.dataset.state])")
+        assert sorted(rows) == [[agent, "dead"] for agent in dead]
+        assert "100001 agents" in browser.run("return document.getElementById('summary').textContent")
+        listed = browser.run("return document.querySelectorAll('#agents tr').length")
+        assert listed == 50  # one page of the whole table, not all of it
+        assert browser.run("return document.body.dataset.firstPaint")  # the problems were drawn
+
+        crashy = d.unix_agent("db-1", interval=0.1)  # a change, picked up by a poll
+        crashy.kill()
+        crashy.wait(5)
+        d.wait_state("db-1", "dead")
+        browser.wait("return [...document.querySelectorAll('#problems tr')]"
+                     ".some(r => r.dataset.agent === 'db-1' && r.dataset.state === 'dead')",
+                     timeout=30)
+        browser.run("document.getElementById('next').click()")
+        browser.wait("return document.getElementById('page-note').textContent.startsWith('page 2')")
+        polls = int(browser.run("return document.body.dataset.polls"))
+        biggest = int(browser.run("return document.body.dataset.maxPollBytes"))
+        assert polls >= 2 and biggest < 1_000_000, (polls, biggest)
+    finally:
+        browser.close()

@@ -36,7 +36,7 @@ def exchange(port: int, data: bytes, quiet: float = 0.5, timeout: float = 5.0,
 
 
 def parse_responses(raw: bytes) -> List[Response]:
-    """Split a byte stream into responses (Content-Length framing, as the daemon sends)."""
+    """Split a byte stream into responses (Content-Length or chunked framing)."""
     out = []
     while raw:
         head, sep, rest = raw.partition(b"\r\n\r\n")
@@ -49,10 +49,27 @@ def parse_responses(raw: bytes) -> List[Response]:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding") == "chunked":
+            body, raw = _dechunk(rest)
+            out.append(Response(int(status), headers, body))
+            continue
         length = int(headers.get("content-length", "0"))
         out.append(Response(int(status), headers, rest[:length]))
         raw = rest[length:]
     return out
+
+
+def _dechunk(raw: bytes):
+    """(the body of a chunked answer, the bytes after it); strict: hex sizes, CRLFs."""
+    body = b""
+    while True:
+        size, sep, raw = raw.partition(b"\r\n")
+        assert sep and size and all(c in b"0123456789abcdef" for c in size), size[:50]
+        n = int(size, 16)
+        assert raw[n:n + 2] == b"\r\n", raw[n:n + 10]
+        body, raw = body + raw[:n], raw[n + 2:]
+        if n == 0:
+            return body, raw
 
 
 def request(method: str, target: str, body: bytes = b"", headers=(), host: str = "127.0.0.1",

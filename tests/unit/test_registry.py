@@ -256,12 +256,12 @@ def test_history_keeps_one_sample_per_step_and_the_last_sixty():
     for i in range(70):
         w.beat(cpu=float(i), memory=i * 1000)
         w.advance(5.0)  # two heartbeats per step: one sample
-    hist = w.registry.history()["a"]
+    hist = w.registry.history(["a"])["a"]
     assert len(hist["cpu"]) == 35 and hist["cpu"][-1] == 68.0 and hist["memory"][-1] == 68000
     for i in range(200):
         w.beat(cpu=1.0)
         w.advance(10.0)
-    assert len(w.registry.history()["a"]["cpu"]) == 60
+    assert len(w.registry.history(["a"])["a"]["cpu"]) == 60
 
 
 # -- who may speak for an agent, and how many there may be ---------------------------------
@@ -664,3 +664,47 @@ def test_an_anonymous_program_never_takes_an_http_agents_record():
     w.beat("agent.py@uid0", pid=3999999, transport="http")  # someone posted this id
     peer = Peer(5, 200, 0, 0, None)
     assert w.registry.name_anonymous("agent.py@uid0", peer) == "agent.py@uid0.2"
+
+
+def test_changes_since_a_cursor_list_state_changes_and_forgotten_ids_not_every_heartbeat():
+    w = World()
+    w.beat("a", transport="http")
+    w.beat("b", transport="http")
+    cursor = w.registry.summary()["cursor"]
+    assert w.registry.changes(cursor, 10) == ([], [], cursor, False)
+    for _ in range(3):
+        w.beat("a", transport="http")  # heartbeats that change no state: nothing to poll
+    assert w.registry.changes(cursor, 10)[0] == []
+    w.beat("c", transport="http")
+    w.advance(10.5)
+    w.beat("c", transport="http")
+    w.registry.check()  # a and b: no_heartbeat
+    w.registry.forget("b")
+    records, forgotten, following, more = w.registry.changes(cursor, 10)
+    assert [r["agent_id"] for r in records] == ["c", "a"] and forgotten == ["b"]
+    assert records[1]["state"] == "no_heartbeat" and not more
+    assert w.registry.changes(following, 10)[:2] == ([], [])
+    first = w.registry.changes(cursor, 1)  # a page at a time, oldest first
+    assert [r["agent_id"] for r in first[0]] == ["c"] and first[3] is True
+    rest = w.registry.changes(first[2], 1)
+    assert [r["agent_id"] for r in rest[0]] == ["a"] and rest[3] is True
+    assert w.registry.changes(rest[2], 1)[1:] == (["b"], following, False)
+
+
+def test_changes_refuse_a_malformed_cursor_and_reset_a_stale_one(monkeypatch):
+    w = World()
+    w.beat("a", transport="http")
+    cursor = w.registry.cursor()
+    run, seq = cursor.split(".")
+    for bad in ("", "x", f"{run}.", f"{run}.-1", f"{run}.1e3", f"{run}.{'9' * 19}", f"{run}.٣",
+                "..", f"{run}x.1"):
+        with pytest.raises(ValueError):
+            w.registry.changes(bad, 10)
+    assert w.registry.changes("00000000.0", 10) is None  # another run of the daemon
+    assert w.registry.changes(f"{run}.{int(seq) + 5}", 10) is None  # from the future
+    monkeypatch.setattr("hbdaemon.registry.MAX_TOMBSTONES", 3)
+    for n in range(6):  # forgotten ids beyond what is kept: an old cursor must start again
+        w.beat(f"gone-{n}", transport="http")
+        w.registry.forget(f"gone-{n}")
+    assert w.registry.changes(cursor, 10) is None
+    assert w.registry.changes(w.registry.cursor(), 10) == ([], [], w.registry.cursor(), False)
