@@ -1,6 +1,7 @@
 """The floor of this design: stdlib servers that only parse JSON and answer.
 
 python bench/floor_servers.py http PORT   |   python bench/floor_servers.py unix PATH
+FLOOR_FIXED=1: the HTTP floor answers one fixed body (no time formatted per answer).
 """
 
 import http.server
@@ -12,6 +13,9 @@ import socketserver
 import sys
 
 
+FIXED = b'{"success": true, "message": "heartbeat accepted"}'
+
+
 class FloorHTTPHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     wbufsize = -1  # one send per response, as in hbdaemon (no Nagle stall)
@@ -19,9 +23,11 @@ class FloorHTTPHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         json.loads(body)
-        # the least a protocol answer can be: the three fields, the time formatted by the stdlib
-        reply = json.dumps({"success": True, "message": "heartbeat accepted",
-                            "timestamp": datetime.now(timezone.utc).isoformat()}).encode()
+        if os.environ.get("FLOOR_FIXED"):
+            reply = FIXED
+        else:  # the least a protocol answer can be: the three fields, the time formatted
+            reply = json.dumps({"success": True, "message": "heartbeat accepted",
+                                "timestamp": datetime.now(timezone.utc).isoformat()}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))

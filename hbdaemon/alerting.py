@@ -61,10 +61,10 @@ class Alerting:
     def __init__(self, cfg: Config, secrets: List[Optional[bytes]], instance: str,
                  page_url: str, lookup: Callable[[str], Optional[dict]],
                  silenced: Silenced = lambda agent_id, state: None,
-                 is_daemon: Callable[[str], bool] = lambda agent_id: False):
+                 daemon_role: Callable[[str], object] = lambda agent_id: False):
         self.book = AlertBook()
         self.instance, self.page_url = instance, page_url
-        self._lookup, self._silenced, self._is_daemon = lookup, silenced, is_daemon
+        self._lookup, self._silenced, self._daemon_role = lookup, silenced, daemon_role
         self.senders: List[AlertmanagerSender] = []
         self.webhooks: List[WebhookSender] = []
         self._retired: List[Tuple[str, Dict[int, Optional[bytes]]]] = []  # queues to delete
@@ -163,7 +163,7 @@ class Alerting:
         return [part.delivery for part in self.senders + self.webhooks]
 
     def on_event(self, ev: Event) -> None:
-        change = self.book.apply(ev, self._is_daemon)
+        change = self.book.apply(ev, self._daemon_role)
         if change:
             for sender in self.senders:
                 sender.offer(change.alerts)

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 from hbdaemon.config import FAILING_STATES, AlertmanagerConfig, redacted_url
@@ -45,9 +45,11 @@ class Alert:
     __slots__ = ("agent_id", "state", "since", "reason", "daemon", "ended")
 
     def __init__(self, agent_id: str, state: str, since: float, reason: str,
-                 daemon: bool = False, ended: Optional[float] = None):
+                 daemon: Union[bool, str] = False, ended: Optional[float] = None):
         self.agent_id, self.state, self.since, self.reason = agent_id, state, since, reason
-        self.daemon = daemon  # the agent is a host's hbdaemon reporting to this one
+        # True: the agent is a host's hbdaemon reporting to this one; a str: the host's
+        # hbdaemon that relays this agent's state (see Registry.daemon_role)
+        self.daemon = daemon
         self.ended = ended
 
     @property
@@ -81,16 +83,16 @@ class AlertBook:
         self._lock = threading.Lock()
         self._firing: Dict[str, Alert] = {}
 
-    def rebuild(self, rows: Iterable[Tuple[str, str, float, str, bool]]) -> int:
-        """(agent_id, state, since, reason, is a daemon) of the failing agents
+    def rebuild(self, rows: Iterable[Tuple[str, str, float, str, object]]) -> int:
+        """(agent_id, state, since, reason, its daemon role) of the failing agents
         (Registry.alerting)."""
         with self._lock:
             self._firing = {row[0]: Alert(*row) for row in rows if row[1] in FAILING_STATES}
             return len(self._firing)
 
-    def apply(self, ev: Event, is_daemon: Callable[[str], bool] = lambda agent_id: False
+    def apply(self, ev: Event, daemon_role: Callable[[str], object] = lambda agent_id: False
               ) -> AlertChange:
-        """What `ev` does to the alerts; is_daemon(agent_id) is asked when one fires."""
+        """What `ev` does to the alerts; daemon_role(agent_id) is asked when one fires."""
         with self._lock:
             current = self._firing.get(ev.agent_id)
             if ev.kind == "forgotten" or (ev.kind == "state"
@@ -103,7 +105,7 @@ class AlertBook:
                 return AlertChange()  # `unknown` (a restart) changes no alert
             if current is not None and current.state == ev.to_state:
                 return AlertChange()  # the same alert goes on (e.g. after a restart)
-            fired = Alert(ev.agent_id, ev.to_state, ev.time, ev.reason, is_daemon(ev.agent_id))
+            fired = Alert(ev.agent_id, ev.to_state, ev.time, ev.reason, daemon_role(ev.agent_id))
             self._firing[ev.agent_id] = fired
             return AlertChange(current.resolved(ev.time) if current else None, fired)
 
@@ -149,14 +151,15 @@ def alert_labels(alert: Alert, instance: str, extra: Tuple[Tuple[str, str], ...]
     """The alert's identity in Alertmanager: two daemons watching the same agents (an HA
     pair) must give identical labels, so instance is manager.agent_id, not a hostname
     guessed per daemon, when the pair sets it alike. `hbdaemon` names the host's daemon
-    the agent belongs to (the agent itself when it is a host's daemon, `role` hbdaemon),
-    so that one host's daemon down can inhibit its agents' alerts."""
+    the agent belongs to (the agent itself when it is a host's daemon, `role` hbdaemon;
+    the host's daemon that relays it), so that one host's daemon down can inhibit its
+    agents' alerts, here and where they are relayed."""
     labels = {"severity": SEVERITY[alert.state]}
     labels.update(extra)
     labels.update(alertname=ALERTNAME[alert.state], agent_id=alert.agent_id,
                   state=alert.state, instance=instance,
-                  role="hbdaemon" if alert.daemon else "agent",
-                  hbdaemon=alert.agent_id if alert.daemon else instance)
+                  role="hbdaemon" if alert.daemon is True else "agent",
+                  hbdaemon=alert.agent_id if alert.daemon is True else alert.daemon or instance)
     return labels
 
 

@@ -9,7 +9,7 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from hbdaemon import convert as cv
@@ -82,13 +82,26 @@ class UdpConfig:
 
 
 def _manager_url(value) -> str:
-    """Empty, an http(s):// URL, or udp://HOST:PORT (signed datagrams, manager.key_file)."""
-    url = cv.text(value).strip()
-    if url.startswith("udp://"):
-        if not cv.host_port(url[len("udp://"):]):
-            raise ValueError("udp://HOST:PORT")
-        return url
-    return cv.web_url(url) if url else ""
+    """Empty, or one or more upstreams (a list, or separated by blanks or commas; an HA
+    pair of central daemons each gets every report): http(s):// URLs, or udp://HOST:PORT
+    (signed datagrams, manager.key_file). Kept as one string, separated by blanks."""
+    if isinstance(value, list):
+        urls = [cv.text(v).strip() for v in value]
+    else:
+        urls = cv.text(value).replace(",", " ").split()
+    if len(urls) > 8:
+        raise ValueError("at most 8 upstreams")
+    out = []
+    for url in urls:
+        if url.startswith("udp://"):
+            if not cv.host_port(url[len("udp://"):]):
+                raise ValueError("udp://HOST:PORT")
+            out.append(url)
+        else:
+            out.append(cv.web_url(url))
+    if len(set(out)) != len(out):
+        raise ValueError("an upstream is listed twice")
+    return " ".join(out)
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,10 @@ class ManagerConfig:
     auth_token_file: str = key("", cv.optional_path)
     key_file: str = key("", cv.optional_path)  # with a udp:// url: one line KEYID SECRET
     ca_file: str = key("", cv.optional_path)  # with an https:// url: CAs to trust (PEM)
+
+    @property
+    def urls(self) -> List[str]:
+        return self.url.split()
 
 
 @dataclass(frozen=True)
@@ -247,7 +264,7 @@ def load_config(path: Optional[str] = None, environ: Optional[Dict[str, str]] = 
     if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
         raise reader.fail("http.tls_key_file" if cfg.http.tls_cert_file else "http.tls_cert_file",
                           "set both http.tls_cert_file and http.tls_key_file, or neither")
-    if cfg.manager.url.startswith("udp://") and not cfg.manager.key_file:
+    if any(u.startswith("udp://") for u in cfg.manager.urls) and not cfg.manager.key_file:
         raise reader.fail("manager.key_file", "required with a udp:// manager.url: one line "
                                               "KEYID SECRET")
     if cfg.udp.port and not cfg.udp.keys_file:

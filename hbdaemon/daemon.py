@@ -84,7 +84,7 @@ def server_tls(cfg: Config) -> Optional[ssl.SSLContext]:
 def manager_key(cfg: Config) -> Optional[Key]:
     """The key that signs the upstream reports sent to a udp:// manager.url (None: not UDP).
     Raises ConfigError."""
-    if not cfg.manager.url.startswith("udp://"):
+    if not any(url.startswith("udp://") for url in cfg.manager.urls):
         return None
     try:
         return read_one_key(cfg.manager.key_file)
@@ -95,7 +95,7 @@ def manager_key(cfg: Config) -> Optional[Key]:
 def manager_tls(cfg: Config) -> Optional[ssl.SSLContext]:
     """How an https:// manager.url is verified: manager.ca_file, or the system's CAs.
     Raises ConfigError."""
-    if not cfg.manager.url.startswith("https://"):
+    if not any(url.startswith("https://") for url in cfg.manager.urls):
         return None
     try:
         return tls_context(cfg.manager.ca_file)
@@ -184,7 +184,7 @@ class Daemon:
                                 silenced=self.silences.silenced)
         self.alerting = Alerting(cfg, read_secrets(cfg), daemon_id(cfg.manager), page_url(cfg),
                                  self.registry.get, silenced=self.silences.silenced,
-                                 is_daemon=self.registry.is_daemon)
+                                 daemon_role=self.registry.daemon_role)
         self.store = Store(cfg.daemon.state_dir, cfg.daemon.max_events, cfg.daemon.store_interval,
                            self.registry.take_dirty, self.hooks.take_dirty,
                            self.alerting.take_dirty)
@@ -194,10 +194,11 @@ class Daemon:
         # a flood of new ids then cannot keep a crash verdict or a known agent from the GIL.
         self.gate = FairGate(NEW_ID_SLOTS)
         self._start_times = process.StartTimes()  # of local HTTP agents' processes
-        self.pool = WorkerPool(self._process_http, cfg.http.workers, cfg.http.queue_size)
+        self.pool = WorkerPool(self._process_http, cfg.http.workers, cfg.http.queue_size,
+                               inline=True)
         self.api = Api(self.registry, self.events, self.stats, self.extra_stats,
                        self.render_metrics, problems=self.problems, silences=self.silences)
-        self.upstream: Optional[UpstreamReporter] = None
+        self.upstreams: List[UpstreamReporter] = []  # one per manager.url
         self.unix: Optional[UnixHeartbeatServer] = None
         self.http: Optional[HeartbeatHTTPServer] = None
         self.udp: Optional[HeartbeatUDPServer] = None
@@ -281,10 +282,15 @@ class Daemon:
         if self.cfg.manager.url:
             token = read_token(self.cfg.manager.auth_token_file, self.cfg.source,
                                "manager.auth_token_file")
-            self.upstream = UpstreamReporter(self.cfg.manager, self.registry.counts,
-                                             token.decode() if token else None,
-                                             manager_key(self.cfg), manager_tls(self.cfg))
-            self.upstream.start()
+            key, tls = manager_key(self.cfg), manager_tls(self.cfg)
+            for n, url in enumerate(self.cfg.manager.urls):
+                upstream = UpstreamReporter(self.cfg.manager, self.registry.counts,
+                                            token.decode() if token else None, key, tls,
+                                            problems=self.registry.problems, url=url,
+                                            name="hb-upstream" + (f"-{n + 1}" if n else ""))
+                self.events.subscribe(upstream.on_event)
+                upstream.start()
+                self.upstreams.append(upstream)
         log.info("hbdaemon %s ready: unix socket %s, http %s", __version__, u.socket_path,
                  self.http_url or "off")
         self.notifier.notify(f"READY=1\nSTATUS=receiving heartbeats\nMAINPID={os.getpid()}")
@@ -307,7 +313,7 @@ class Daemon:
         """Every guarded long-lived thread (None: a part not running)."""
         return ([self.checker.component, self.store.component, self.hooks.component,
                  self.event_pump.component,
-                 self.upstream.component if self.upstream else None]
+                 *(upstream.component for upstream in self.upstreams)]
                 + [self.silences.component] + self.alerting.components
                 + [component for _, component in self._threads] + self.pool.components)
 
@@ -344,6 +350,7 @@ class Daemon:
         return {
             "version": __version__,
             "queue_depth": self.pool.depth, "queue_capacity": self.pool.capacity,
+            "http_apply_failures": self.pool.inline_failures,
             "unix_connections": self.unix.active_connections if self.unix else 0,
             "http_connections": self.http.active_connections if self.http else 0,
             "connections_refused": sum(s.refused_total for s in (self.unix, self.http) if s),
@@ -357,6 +364,8 @@ class Daemon:
             "store_writes": self.store.writes, "store_errors": self.store.errors,
             "store_dropped_events": self.store.dropped_events,
             "alerting": dict(self.alerting.report(), silences=self.silences.report()),
+            "upstream_changes_waiting": sum(u.changes_waiting for u in self.upstreams),
+            "upstream_changes_dropped": sum(u.changes_dropped for u in self.upstreams),
             "components": {c.name: {"restarts": c.restarts, "up": c.problem() is None}
                            for c in self.components if c is not None},
         }
@@ -449,8 +458,8 @@ class Daemon:
                 self.http.tls = tls  # a renewed certificate, for the new connections
         if self.udp and keys is not None:
             self.udp.keys, self.udp.max_skew = keys, new.udp.max_skew
-        if self.upstream is not None:
-            self.upstream.key = manager_key(new)  # a rotated key signs the next report
+        for upstream in self.upstreams:
+            upstream.key = manager_key(new)  # a rotated key signs the next report
         self.cfg = new
         log.info("configuration reloaded from %s", new.source)
         self.notifier.notify("READY=1")
@@ -476,8 +485,8 @@ class Daemon:
         self.pool.stop(max(0.1, deadline - time.monotonic()))
         self.checker.stop(1.0)
         self.registry.check()
-        if self.upstream:
-            self.upstream.stop(2.0)
+        for upstream in self.upstreams:
+            upstream.stop(2.0)
         self.event_pump.stop(1.0)  # every event recorded before hooks and store stop
         self.hooks.stop(1.0)
         self.alerting.stop(2.0)

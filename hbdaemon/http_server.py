@@ -27,7 +27,7 @@ from hbdaemon.http_request import (BadRequest, is_loopback_address, is_loopback_
                                    parse_target, same_origin)
 from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339,
                                parse_heartbeat, warning_reason)
-from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS, RESERVED_ID
+from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS, RELAYED, RESERVED_ID
 from hbdaemon.workers import PoolClosed
 
 log = logging.getLogger(__name__)
@@ -345,6 +345,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         if refusal == ID_CONFLICT:
             raise Refusal(409, refusal, f"agent {hb.agent_id} is held by a live Unix connection; "
                           "its heartbeats come from there", log_it=True)
+        if refusal == RELAYED:
+            raise Refusal(409, refusal, f"agent {hb.agent_id} is relayed by a downstream "
+                          "daemon; its heartbeats go there", log_it=True)
         if refusal == RESERVED_ID:
             raise Refusal(403, refusal, f"{hb.agent_id} is this daemon's own id "
                           "(manager.agent_id): no agent may take it", log_it=True)

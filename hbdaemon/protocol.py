@@ -15,6 +15,13 @@ DEFAULT_STATUS = "running"
 EXITED = "exited"  # status of a watched target that ended (see exit_reason)
 UNRESPONSIVE = "unresponsive"  # status of a watched target alive but failing its probe
 METRIC_FIELDS = ("cpu", "memory")
+# A downstream hbdaemon's report may carry its agents' state changes (`events`) and its
+# failing agents (`problems`); the central daemon keeps them as relayed records
+MAX_RELAYED = 100  # entries of each list in one report
+RELAY_STATES = frozenset(("unknown", "healthy", "over_threshold", "no_heartbeat", "dead",
+                          "stopped", "forgotten"))
+FAILING = frozenset(("no_heartbeat", "dead", "over_threshold"))
+MAX_REASON = 256
 
 _YEAR_1, _YEAR_9999_END = -62135596800, 253402300799  # 0001-01-01, 9999-12-31T23:59:59Z
 _AGENT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}\Z")
@@ -45,11 +52,13 @@ class Heartbeat:
     """
 
     __slots__ = ("agent_id", "pid", "timestamp", "version", "status", "cpu", "memory", "summary",
-                 "warnings", "agent_pid", "exit_code", "signal", "detail", "watcher")
+                 "warnings", "agent_pid", "exit_code", "signal", "detail", "watcher", "events",
+                 "problems", "problems_total")
 
     def __init__(self, agent_id, pid, timestamp=None, version="", status=DEFAULT_STATUS,
                  cpu=0.0, memory=0, summary=None, warnings=(), agent_pid=None, exit_code=None,
-                 signal=None, detail="", watcher=None):
+                 signal=None, detail="", watcher=None, events=None, problems=None,
+                 problems_total=None):
         self.agent_id = agent_id
         self.pid = pid
         self.timestamp = timestamp
@@ -64,6 +73,9 @@ class Heartbeat:
         self.agent_pid, self.exit_code, self.signal, self.detail = \
             agent_pid, exit_code, signal, detail
         self.watcher = watcher  # who speaks for the target: the agentd's agent_id
+        # from a downstream daemon: [(agent_id, to_state, reason, epoch)] changes, oldest
+        # first; [(agent_id, state, reason, since)] its failing agents, of problems_total
+        self.events, self.problems, self.problems_total = events, problems, problems_total
 
     def __repr__(self) -> str:
         return (f"Heartbeat(agent_id={self.agent_id!r}, pid={self.pid}, status={self.status!r}, "
@@ -119,10 +131,16 @@ def parse_heartbeat(data, require_agent_id: bool = True) -> Heartbeat:
     signal = _optional(obj, "signal", _signal, None, warnings)
     detail = _optional(obj, "detail", _detail, "", warnings)
     watcher = _optional(obj, "watcher", _watcher, None, warnings)
+    events = _optional(obj, "events", _relayed_events, None, warnings)
+    problems = _optional(obj, "problems", _relayed_problems, None, warnings)
+    total = _optional(obj, "problems_total", _count, None, warnings)
+    if problems is not None and (total is None or total < len(problems)):
+        total = len(problems)
     return Heartbeat(agent_id, pid, timestamp=_optional_time(obj.get("timestamp")),
                      version=version, status=status, cpu=cpu, memory=memory, summary=summary,
                      warnings=tuple(warnings), agent_pid=agent_pid, exit_code=exit_code,
-                     signal=signal, detail=detail, watcher=watcher)
+                     signal=signal, detail=detail, watcher=watcher, events=events,
+                     problems=problems, problems_total=total)
 
 
 def exit_reason(hb: Heartbeat) -> str:
@@ -205,6 +223,41 @@ _version, _status, _detail = _text(64), _text(32), _text(200)
 def _watcher(value, warnings) -> str:
     if not valid_agent_id(value):
         raise ValueError("must be an agent id (1-128 characters of A-Z a-z 0-9 . _ : @ -)")
+    return value
+
+
+def _relayed(value, states, time_field: str) -> list:
+    """[(agent_id, state, reason, epoch)] from a list of objects {agent_id, STATE FIELD,
+    reason, TIME FIELD}; the whole list is refused if one entry is malformed."""
+    state_field = "to" if time_field == "time" else "state"
+    if not isinstance(value, list) or len(value) > MAX_RELAYED:
+        raise ValueError(f"must be a list of at most {MAX_RELAYED} objects")
+    out = []
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise ValueError("each entry must be an object")
+        agent_id, state = entry.get("agent_id"), entry.get(state_field)
+        reason, when = entry.get("reason", ""), entry.get(time_field)
+        epoch = parse_rfc3339(when) if isinstance(when, str) and len(when) <= 64 else None
+        if not valid_agent_id(agent_id) or state not in states or epoch is None \
+                or not isinstance(reason, str) or len(reason) > MAX_REASON:
+            raise ValueError(f"each entry: agent_id, {state_field} (a state), reason (text "
+                             f"of at most {MAX_REASON} characters), {time_field} (RFC 3339)")
+        out.append((agent_id, state, reason, epoch))
+    return out
+
+
+def _relayed_events(value, warnings) -> list:
+    return _relayed(value, RELAY_STATES, "time")
+
+
+def _relayed_problems(value, warnings) -> list:
+    return _relayed(value, FAILING, "since")
+
+
+def _count(value, warnings) -> int:
+    if type(value) is not int or not 0 <= value < 2**31:
+        raise ValueError("must be an integer >= 0")
     return value
 
 

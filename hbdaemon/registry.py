@@ -10,13 +10,13 @@ import re
 import threading
 import time
 from array import array
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from hbdaemon import process
 from hbdaemon.health import ENDED, WATCHED, PolicySet, State, judge_heartbeat
 from hbdaemon.http_request import address_block
-from hbdaemon.protocol import (EXITED, UNRESPONSIVE, Heartbeat, exit_reason, format_rfc3339,
-                               parse_rfc3339, valid_agent_id)
+from hbdaemon.protocol import (EXITED, FAILING, MAX_REASON, UNRESPONSIVE, Heartbeat,
+                               exit_reason, format_rfc3339, parse_rfc3339, valid_agent_id)
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,15 @@ MAX_AGENTS = "max_agents"      # the table is full and the id is new
 RATE_LIMITED = "rate_limited"  # this source created too many new ids this minute
 UNKNOWN = "unknown_agent"      # forget: no such agent
 RESERVED_ID = "reserved_id"    # the daemon's own id (its alerts' instance): never an agent's
+RELAYED = "relayed_id"         # a downstream daemon's agent, kept from its reports
+RELAY_SEPARATOR = ":"          # a relayed agent is <downstream daemon id>:<its agent id>
 SUPERSEDED = "superseded"      # an HTTP heartbeat received before one already applied
 
 _NOTICE = object()  # an outbox entry that is a log line, not an event
+RELAY = "relay"  # the transport of an agent relayed by a downstream daemon
 PROBLEMS = frozenset((State.NO_HEARTBEAT, State.DEAD))
 MAX_INSTANCES = 64  # live instances of one program named <program>@uid<uid>.N
+TOUCH_INTERVAL = 60.0  # seconds between writes of records only heartbeats changed
 MAX_TOMBSTONES = 10_000  # forgotten ids kept for changes(); older ones make a reader reset
 
 # on_event(agent_id, from_state, to_state, reason, kind="state"): called after the registry
@@ -63,7 +67,7 @@ class AgentRecord:
                  "due_from", "policy", "over_since", "below_count", "changes", "flapping",
                  "conn_id", "connected", "local", "check_pid", "check_started", "remote",
                  "peer_uid", "owner_uid", "summary", "hist_at", "hist", "conflict_noted",
-                 "interval", "received", "watcher", "prior")
+                 "interval", "received", "watcher", "prior", "relay")
 
     def __init__(self, agent_id: str, wall: float, now: float, policy):
         self.agent_id = agent_id
@@ -102,6 +106,7 @@ class AgentRecord:
         self.received = None         # perf_counter() at receipt of the last HTTP heartbeat applied
         self.conflict_noted = False  # an id_conflict event was recorded for the current holder
         self.prior = None            # while `unknown` after a restart: [state, since] before it
+        self.relay = None            # a downstream daemon's agent: that daemon's id (see _relay)
 
     def deadline(self) -> float:
         return self.due_from + self.policy.heartbeat_timeout
@@ -117,7 +122,7 @@ class AgentRecord:
             "first_seen": self.first_seen, "heartbeats": self.heartbeats,
             "connected": self.connected, "remote": self.remote, "peer_uid": self.peer_uid,
             "owner_uid": self.owner_uid, "flapping": self.flapping, "summary": self.summary,
-            "watcher": self.watcher,
+            "watcher": self.watcher, "relayed_by": self.relay,
             "recent_changes": len(self.changes) if self.changes else 0,
             "interval": None if self.interval is None else round(self.interval, 3),
             "heartbeat_timeout": self.policy.heartbeat_timeout,
@@ -138,7 +143,7 @@ class AgentRecord:
                 "check_started": self.check_started, "remote": self.remote,
                 "peer_uid": self.peer_uid, "owner_uid": self.owner_uid, "summary": self.summary,
                 "watcher": self.watcher, "prior": self.prior,
-                "interval": self.interval}
+                "interval": self.interval, "relay": self.relay}
 
 
 def present(view: dict, now: float) -> dict:
@@ -226,13 +231,19 @@ class Registry:
         self._urgent = 0
         self._records: Dict[str, AgentRecord] = {}
         self._counts = collections.Counter()  # agents per state, kept as they change
-        self._dirty: set = set()
+        self._dirty: set = set()    # records to write at the store's next pass
+        # records only a routine heartbeat changed (last_seen, cpu, counts): written every
+        # TOUCH_INTERVAL, not every pass (at 100,000 agents that was a JSON dump and a
+        # row written per heartbeat)
+        self._touched: set = set()
+        self._touched_at = clock()
         # what changed (a state, flapping, forgotten), newest last: id -> its change's number;
         # readers poll changes() with a cursor instead of reading every record
         self._changed: "collections.OrderedDict[str, int]" = collections.OrderedDict()
         self._seq = 0      # the number of the last change
         self._horizon = 0  # changes up to this one are no longer all listed
         self._run = os.urandom(4).hex()  # cursors of another run of the daemon are stale
+        self._relays: Dict[str, Set[str]] = {}  # downstream daemon id -> its relayed records
         self._outbox: collections.deque = collections.deque()  # events waiting for _emit
         self._emit_lock = threading.Lock()
         # ids no agent may take: this daemon's own (a record under it would speak for the
@@ -246,7 +257,7 @@ class Registry:
         why not (ID_CONFLICT, MAX_AGENTS, RATE_LIMITED). Takes a new-id token from the
         address's bucket when the id is new: pass admitted=True to apply() afterwards."""
         rec = self._records.get(agent_id)
-        if rec is not None and not rec.connected:
+        if rec is not None and not rec.connected and rec.relay is None:
             return None  # known and not held (apply() checks again, under the lock)
         with self._intake_lock():
             refusal = self._refusal(agent_id, None, remote, admitted=False)
@@ -301,6 +312,8 @@ class Registry:
             return RESERVED_ID
         rec = self._records.get(agent_id)
         if rec is not None:
+            if rec.relay is not None:
+                return RELAYED
             holder = _holder(rec, peer)
             if holder:
                 self._note_conflict(rec, _who(peer, remote), holder)
@@ -366,6 +379,8 @@ class Registry:
             rec = AgentRecord(hb.agent_id, wall, now, self._policies.for_agent(hb.agent_id))
             self._records[hb.agent_id] = rec
             self._counts[rec.state] += 1
+        before = (rec.pid, rec.status, rec.version, rec.summary, rec.watcher, rec.transport,
+                  rec.remote, rec.owner_uid, rec.local, rec.check_started)
         rec.pid, rec.status, rec.version = hb.pid, hb.status, hb.version
         if hb.cpu is not None:
             rec.cpu = hb.cpu
@@ -401,7 +416,72 @@ class Registry:
             state, reason = judge_heartbeat(rec, rec.policy, now)
         if state is not rec.state:
             self._change(rec, state, reason, now, wall)
-        self._dirty.add(hb.agent_id)
+        if before == (rec.pid, rec.status, rec.version, rec.summary, rec.watcher, rec.transport,
+                      rec.remote, rec.owner_uid, rec.local, rec.check_started):
+            self._touched.add(hb.agent_id)  # a routine heartbeat: written within a minute
+        else:
+            self._dirty.add(hb.agent_id)
+        if hb.summary is not None and (hb.events or hb.problems is not None):
+            self._relay(rec, hb, now, wall)
+
+    def _relay(self, daemon: AgentRecord, hb: Heartbeat, now: float, wall: float) -> None:
+        """What a downstream daemon says of its agents: each one failing there is a record
+        here, <daemon id>:<agent id> (transport "relay"), in the state and with the reason
+        it has there, so this daemon shows it, records its events and alerts on it; it is
+        dropped once it fails there no more. `events` are its changes in order; `problems`
+        its failing agents now, and when the list is whole (problems_total), a relayed
+        record it leaves out is no longer failing (a lost datagram heals at the next)."""
+        for agent_id, state, reason, _ in hb.events or ():
+            self._relayed_state(daemon.agent_id, agent_id, state, reason, now, wall)
+        if hb.problems is None:
+            return
+        listed = {self._relayed_state(daemon.agent_id, agent_id, state, reason, now, wall)
+                  for agent_id, state, reason, _ in hb.problems}
+        if hb.problems_total == len(hb.problems):
+            for relayed_id in list(self._relays.get(daemon.agent_id, ())):
+                if relayed_id not in listed:
+                    self._relayed_state(daemon.agent_id,
+                                        relayed_id[len(daemon.agent_id) + 1:], "unknown",
+                                        "no longer among its failing agents", now, wall)
+
+    def _relayed_state(self, daemon_id: str, agent_id: str, state: str, reason: str,
+                       now: float, wall: float) -> Optional[str]:
+        """Set one relayed agent's state (see _relay); its id here, or None if it is not
+        (or no longer) kept."""
+        relayed_id = f"{daemon_id}{RELAY_SEPARATOR}{agent_id}"
+        rec = self._records.get(relayed_id)
+        failing = state in FAILING
+        if rec is None:
+            if not failing:
+                return None
+            if not valid_agent_id(relayed_id) or relayed_id in self.reserved_ids \
+                    or len(self._records) >= self.max_agents:
+                self._outbox.append((_NOTICE, "relay refused", logging.WARNING,
+                                     "not keeping %s %s as reported by %s: %s",
+                                     (agent_id, state, daemon_id, "the agent table is full"
+                                      if len(self._records) >= self.max_agents
+                                      else "its relayed id is not a valid agent id")))
+                return None
+            rec = AgentRecord(relayed_id, wall, now, self._policies.for_agent(relayed_id))
+            rec.relay, rec.transport = daemon_id, RELAY
+            self._records[relayed_id] = rec
+            self._counts[rec.state] += 1
+            self._relays.setdefault(daemon_id, set()).add(relayed_id)
+        elif rec.relay != daemon_id:
+            return None  # an agent of this daemon's own: not the report's to set
+        rec.last_seen = wall
+        text = f"{reason or state} (reported by {daemon_id})"
+        target = State(state) if state in _STATE_NAMES else State.UNKNOWN  # "forgotten"
+        if target is not rec.state:
+            self._change(rec, target, text, now, wall)
+        elif rec.reason != text:
+            rec.reason = text
+            self._mark_changed(relayed_id)
+        if not failing:
+            self._drop(rec, "", quiet=True)
+            return None
+        self._dirty.add(relayed_id)
+        return relayed_id
 
     def needs_start_time(self, agent_id: str, pid: int) -> bool:
         """Whether apply() of a local HTTP heartbeat wants its process's start time: the
@@ -495,6 +575,8 @@ class Registry:
         calmed: List[AgentRecord] = []  # state changes gone out of the flap window
         next_due = None
         for rec in recs:  # unlocked reads: every candidate is checked again under the lock
+            if rec.relay is not None:
+                continue  # judged where it runs; kept until its daemon says otherwise
             state = rec.state
             if rec.changes and rec.changes[0] < now - health.flap_window:
                 calmed.append(rec)
@@ -624,14 +706,25 @@ class Registry:
             self._mark_changed(rec.agent_id)
         rec.flapping = flapping
 
-    def _drop(self, rec: AgentRecord, reason: str) -> None:
-        """Forget an agent and everything kept for it; a `forgotten` event tells the rest."""
+    def _drop(self, rec: AgentRecord, reason: str, quiet: bool = False) -> None:
+        """Forget an agent and everything kept for it; a `forgotten` event tells the rest
+        (`quiet`: a relayed agent whose last state change said it all). A downstream
+        daemon's relayed agents go with it."""
         del self._records[rec.agent_id]
         self._counts[rec.state] -= 1
         self._dirty.add(rec.agent_id)
         self._policies.forget(rec.agent_id)
         self._mark_changed(rec.agent_id)
-        self._outbox.append((rec.agent_id, rec.state, rec.state, reason, "forgotten"))
+        if rec.relay is not None:
+            self._relays.get(rec.relay, set()).discard(rec.agent_id)
+            if not self._relays.get(rec.relay, True):
+                del self._relays[rec.relay]
+        if not quiet:
+            self._outbox.append((rec.agent_id, rec.state, rec.state, reason, "forgotten"))
+        for relayed_id in sorted(self._relays.pop(rec.agent_id, ())):
+            relayed = self._records.get(relayed_id)
+            if relayed is not None:
+                self._drop(relayed, f"forgotten with {rec.agent_id}, which reported it")
 
     # -- reads and administration -------------------------------------------------------
 
@@ -642,11 +735,13 @@ class Registry:
             lambda rec: (rec.agent_id, rec.agent_time) if rec.transport == transport
             and rec.agent_time else None) if row is not None]
 
-    def is_daemon(self, agent_id: str) -> bool:
-        """The agent is a host's hbdaemon reporting to this one (it sends a summary)."""
+    def daemon_role(self, agent_id: str) -> Union[bool, str]:
+        """True if the agent is a host's hbdaemon reporting to this one (it sends a
+        summary); the id of that host's daemon if the agent is one of its, relayed; else
+        False."""
         with self._lock:
             rec = self._records.get(agent_id)
-            return rec is not None and rec.summary is not None
+            return False if rec is None else _role(rec)
 
     def get(self, agent_id: str) -> Optional[dict]:
         with self._lock:
@@ -664,14 +759,14 @@ class Registry:
                 out.extend(take(rec) for rec in chunk if self._records.get(rec.agent_id) is rec)
         return out
 
-    def alerting(self, failing: Iterable[str]) -> List[Tuple[str, str, float, str, bool]]:
-        """(agent_id, state, since, reason, is a daemon) of every agent in one of the
+    def alerting(self, failing: Iterable[str]) -> List[Tuple[str, str, float, str, object]]:
+        """(agent_id, state, since, reason, daemon_role) of every agent in one of the
         `failing` states; one `unknown` since a restart counts in the state it was in
         before (its alert goes on until its state is known again)."""
         failing = frozenset(failing)
 
         def take(rec: AgentRecord):
-            daemon = rec.summary is not None
+            daemon = _role(rec)
             if rec.state.value in failing:
                 return rec.agent_id, rec.state.value, rec.state_since, rec.reason, daemon
             if rec.state is State.UNKNOWN and rec.prior and rec.prior[0] in failing:
@@ -803,6 +898,21 @@ class Registry:
                     "agent_id": oldest[1], "state": oldest[2],
                     "since": format_rfc3339(oldest[0])}}
 
+    def problems(self, limit: int) -> Tuple[List[dict], int]:
+        """Up to `limit` failing agents (dead, no_heartbeat, over_threshold) as a
+        downstream daemon reports them upward (oldest problem first), and how many fail."""
+        with self._lock:
+            total = sum(self._counts[State(s)] for s in FAILING)
+        if not total:
+            return [], 0
+        rows = [row for row in self._copy(
+            lambda rec: (rec.state_since, rec.agent_id, rec.state.value, rec.reason)
+            if rec.state.value in FAILING else None) if row is not None]
+        rows.sort()
+        return [{"agent_id": agent_id, "state": state, "since": format_rfc3339(since),
+                 "reason": reason[:MAX_REASON]}
+                for since, agent_id, state, reason in rows[:limit]], len(rows)
+
     def counts(self) -> Dict[str, int]:
         """How many agents are in each state."""
         with self._lock:
@@ -839,11 +949,19 @@ class Registry:
                 for rec in chunk:
                     rec.policy = policies.for_agent(rec.agent_id)
 
-    def take_dirty(self, limit: int = 1000) -> List[Tuple[str, Optional[dict]]]:
+    def take_dirty(self, limit: int = 1000, everything: bool = False
+                   ) -> List[Tuple[str, Optional[dict]]]:
         """Up to `limit` records changed since they were last taken: (agent_id, stored form
-        or None if forgotten). Call again until it returns nothing. Holds the lock for at
-        most SLICE records at a time."""
+        or None if forgotten); those a routine heartbeat changed once every TOUCH_INTERVAL,
+        or with `everything` (the last pass at stop). Call again until it returns nothing.
+        Holds the lock for at most SLICE records at a time."""
         out: List[Tuple[str, Optional[dict]]] = []
+        if self._touched and (everything or self._clock() - self._touched_at >= TOUCH_INTERVAL):
+            with self._lock:
+                touched, self._touched, self._touched_at = self._touched, set(), self._clock()
+            for chunk in _slices(list(touched)):
+                with self._lock:
+                    self._dirty.update(chunk)
         while len(out) < limit:
             if out:
                 time.sleep(0)
@@ -857,34 +975,41 @@ class Registry:
         return out
 
     def load(self, stored: List[dict]) -> None:
-        """Bring back records from the store after a restart: watched ones become `unknown`."""
+        """Bring back records from the store after a restart: watched ones become `unknown`
+        (an event each; the record as stored is what they were, so it is not rewritten)."""
         now, wall = self._clock(), self._wall()
         skipped = 0
+        checks, unknown = _STORED, State.UNKNOWN
         with self._lock:
             for data in stored:
                 agent_id = data.get("agent_id") if isinstance(data, dict) else None
-                if not isinstance(agent_id, str) or agent_id in self._records:
+                if not valid_agent_id(agent_id) or agent_id in self._records:
                     continue
                 rec = AgentRecord(agent_id, wall, now, self._policies.for_agent(agent_id))
                 for name, value in data.items():
-                    if name == "state":
-                        try:
-                            rec.state = State(value)
-                        except (TypeError, ValueError):
-                            rec.state = State.UNKNOWN
-                    elif name in _STORED and _STORED[name](value):
+                    check = checks.get(name)
+                    if check is None:
+                        if name == "state":
+                            rec.state = _STATE_BY_NAME.get(value, unknown) \
+                                if isinstance(value, str) else unknown
+                    elif check(value):
                         setattr(rec, name, value)
-                    elif name in _STORED:
+                    else:
                         skipped += 1  # a value of the wrong kind: the field keeps its default
                 if rec.interval is not None and not 0 < rec.interval <= MAX_INTERVAL:
                     rec.interval = None
                 rec.due_from = now + _restart_grace(rec) - rec.policy.heartbeat_timeout
                 self._records[agent_id] = rec
+                if rec.relay is not None:  # as its daemon last said: not unknown
+                    self._relays.setdefault(rec.relay, set()).add(agent_id)
+                elif rec.state not in ENDED and rec.state is not unknown:
+                    # an alert it raised goes on until its state is known again
+                    old = rec.state
+                    rec.prior = [old.value, rec.state_since]
+                    rec.state, rec.state_since = unknown, wall
+                    rec.reason = f"daemon restarted; was {old}"
+                    self._outbox.append((agent_id, old, unknown, rec.reason, "state"))
                 self._counts[rec.state] += 1
-                if rec.state not in ENDED and rec.state is not State.UNKNOWN:
-                    prior = [rec.state.value, rec.state_since]
-                    self._change(rec, State.UNKNOWN, f"daemon restarted; was {rec.state}", now, wall)
-                    rec.prior = prior  # an alert it raised goes on until its state is known
         if skipped:
             log.warning("state store: %d stored fields of the wrong kind were left out", skipped)
         self._emit()
@@ -931,12 +1056,13 @@ _STORED = {
     "check_pid": _optional(_count), "check_started": _optional(_number), "remote": _text,
     "peer_uid": _optional(_count), "owner_uid": _optional(_count),
     "summary": _optional(lambda v: type(v) is dict), "interval": _optional(_number),
-    "watcher": _optional(valid_agent_id),
+    "watcher": _optional(valid_agent_id), "relay": _optional(valid_agent_id),
     "prior": _optional(lambda v: type(v) is list and len(v) == 2 and isinstance(v[0], str)
                        and v[0] in _STATE_NAMES
                        and _number(v[1])),
 }
 _STATE_NAMES = frozenset(s.value for s in State)
+_STATE_BY_NAME = {s.value: s for s in State}
 
 
 def _restart_grace(rec: AgentRecord) -> float:
@@ -952,6 +1078,10 @@ def _forget_after(state: State, health) -> float:
     if state is State.NO_HEARTBEAT:
         return health.forget_silent_after
     return float("inf")
+
+
+def _role(rec: AgentRecord) -> Union[bool, str]:
+    return rec.relay or rec.summary is not None
 
 
 def _holder(rec: AgentRecord, peer: Optional[Peer]) -> str:

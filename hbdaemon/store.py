@@ -46,7 +46,8 @@ class Store:
     """
 
     def __init__(self, state_dir: str, max_events: int, interval: float,
-                 take_dirty: Callable[[], List[Tuple[str, Optional[dict]]]] = lambda: [],
+                 take_dirty: Callable[..., List[Tuple[str, Optional[dict]]]] =
+                 lambda everything=False: [],
                  take_hook_runs: Callable[[], List[HookRun]] = lambda: [],
                  take_webhooks: Callable[[], List[Queued]] = lambda: []):
         self.path = os.path.join(state_dir, DB_NAME)
@@ -256,7 +257,7 @@ class Store:
             with self._lock:
                 events, self._pending = self._pending, []
                 mark, self._reserve_wanted = self._reserve_wanted, 0
-            batch = self._take_dirty()
+            batch = self._take_dirty(everything=self._stop.is_set())
             self._unsaved.update(batch)
             self._unsaved_runs.update(((a, h), d) for a, h, d in self._take_hook_runs())
             self._unsaved_queue.update(((h, n), b) for h, n, b in self._take_webhooks())

@@ -16,7 +16,8 @@ from hbdaemon import process
 from hbdaemon.connlimit import NEW_ID_SLOTS, NO_GATE, ConnectionLimitMixIn, FairGate
 from hbdaemon.protocol import (MAX_MESSAGE_BYTES, Heartbeat, ProtocolError, anonymous_id,
                                parse_heartbeat, warning_reason)
-from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS, RATE_LIMITED, RESERVED_ID, Peer, Registry
+from hbdaemon.registry import (ID_CONFLICT, MAX_AGENTS, RATE_LIMITED, RELAYED, RESERVED_ID, Peer,
+                               Registry)
 from hbdaemon.stats import ReceiverStats
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ _REFUSALS = {ID_CONFLICT: "another live connection holds this id",
              MAX_AGENTS: "the agent table is full (agent.max_agents)",
              RATE_LIMITED: "this uid created too many new ids this minute "
                            "(agent.new_agents_per_minute)",
-             RESERVED_ID: "this id is the daemon's own (manager.agent_id)"}
+             RESERVED_ID: "this id is the daemon's own (manager.agent_id)",
+             RELAYED: "this id is a downstream daemon's agent, relayed by it"}
 
 
 class SocketInUseError(Exception):

@@ -4,8 +4,16 @@ With manager.url set, the daemon POSTs to the upstream's /heartbeat every
 heartbeat_interval, and every reconnect_interval while that fails; the summary
 (agents per state) travels in the protocol's `summary` field, which the upstream keeps
 and shows. On a clean stop it says `stopping`, so the upstream shows it stopped.
+
+Each state change of this daemon's agents goes up too, within FORWARD_DELAY, in the
+report's `events` (at most MAX_QUEUED wait; the oldest beyond are dropped and counted;
+kept and sent again until an upstream over HTTP took them), with `problems`, the agents
+failing here now: the upstream keeps each as <this daemon's id>:<agent id>, shows it and
+alerts on it, and a lost datagram is made good by the next report's whole list.
 """
 
+import collections
+import itertools
 import json
 import logging
 import os
@@ -13,13 +21,14 @@ import socket
 import ssl
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from hbdaemon import __version__
 from hbdaemon.config import ManagerConfig
 from hbdaemon.httpclient import SEND_ERRORS, request
-from hbdaemon.protocol import format_rfc3339
+from hbdaemon.events import Event
+from hbdaemon.protocol import MAX_REASON, MAX_RELAYED, format_rfc3339
 from hbdaemon.keyfile import Key, sign
 from hbdaemon.udp_server import MAX_DATAGRAM
 from hbdaemon.threads import Component, alive, guard, halt
@@ -27,6 +36,8 @@ from hbdaemon.threads import Component, alive, guard, halt
 log = logging.getLogger(__name__)
 
 STUCK_MARGIN = 30.0
+FORWARD_DELAY = 0.05  # seconds: changes this close together go up in one report
+MAX_QUEUED = 1000     # changes waiting to go up; beyond, the oldest are dropped
 
 
 def daemon_id(cfg: ManagerConfig) -> str:
@@ -47,11 +58,20 @@ class UpstreamReporter:
 
     def __init__(self, cfg: ManagerConfig, summary: Callable[[], Dict[str, int]],
                  token: Optional[str] = None, key: Optional[Key] = None,
-                 tls: Optional[ssl.SSLContext] = None):
+                 tls: Optional[ssl.SSLContext] = None,
+                 problems: Callable[[int], Tuple[List[dict], int]] = lambda limit: ([], 0),
+                 url: Optional[str] = None, name: str = "hb-upstream"):
         self.cfg = cfg
-        self.url = heartbeat_url(cfg.url)
+        self.url = heartbeat_url(url or cfg.url)
+        self.name = name
         self.agent_id = daemon_id(cfg)
         self._summary = summary
+        self._problems = problems  # (up to `limit` failing agents here, how many in all)
+        self._changes: collections.deque = collections.deque()  # (number, event document)
+        self._changes_lock = threading.Lock()
+        self._numbers = 0
+        self.changes_dropped = 0
+        self._wake = threading.Event()
         self._token = token
         self.key = key  # with udp://: signs the datagrams (replaced on reload)
         self.tls = tls  # with https://: how the upstream is verified (manager.ca_file)
@@ -68,11 +88,32 @@ class UpstreamReporter:
         # stuck: no attempt for longer than a wait plus a timed-out attempt, and then some
         stuck = max(self.cfg.heartbeat_interval, self.cfg.reconnect_interval) \
             + 2 * self.cfg.timeout + STUCK_MARGIN
-        self.component = guard("hb-upstream", self._loop, stuck_after=stuck)
+        self.component = guard(self.name, self._loop, stuck_after=stuck)
+
+    def on_event(self, ev: Event) -> None:
+        """An event listener (hb-events): a state change goes up with the next report,
+        which is made at once."""
+        if ev.kind not in ("state", "forgotten"):
+            return
+        doc = {"agent_id": ev.agent_id, "from": ev.from_state,
+               "to": "forgotten" if ev.kind == "forgotten" else ev.to_state,
+               "reason": ev.reason[:MAX_REASON], "time": format_rfc3339(ev.time)}
+        with self._changes_lock:
+            if len(self._changes) >= MAX_QUEUED:
+                self._changes.popleft()
+                self.changes_dropped += 1
+            self._numbers += 1
+            self._changes.append((self._numbers, doc))
+        self._wake.set()
+
+    @property
+    def changes_waiting(self) -> int:
+        return len(self._changes)
 
     def stop(self, timeout: float) -> None:
         """Stop the loop, then say `stopping` upstream (bounded by manager.timeout)."""
         self._stop.set()
+        self._wake.set()
         halt(self.component, timeout)
         try:
             self.send("stopping", timeout=min(timeout, self.cfg.timeout))
@@ -80,9 +121,17 @@ class UpstreamReporter:
             log.debug("upstream: could not say stopping: %s", exc)
 
     def _loop(self) -> None:
-        delay = 0.0
-        while not self._stop.wait(delay):
+        due = time.monotonic()  # the next report; sooner when a change waits (not failing)
+        while True:
+            self._wake.wait(max(0.0, due - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             alive()
+            if self._changes and not self._failing:
+                self._stop.wait(FORWARD_DELAY)  # the changes that come with it
+            elif time.monotonic() < due:
+                continue
             try:
                 self.send("running")
             except SEND_ERRORS as exc:  # e.g. BadStatusLine from a server that is not HTTP
@@ -91,21 +140,29 @@ class UpstreamReporter:
                     log.warning("upstream %s: lost: %s (retrying every %.0fs)", self.url, exc,
                                 self.cfg.reconnect_interval)
                 self._failing = True
-                delay = self.cfg.reconnect_interval
+                due = time.monotonic() + self.cfg.reconnect_interval
                 continue
             if self._failing:
                 log.info("upstream %s: reconnected after %d failed attempts", self.url,
                          self._failures)
             self._failing, self._failures = False, 0
-            delay = self.cfg.heartbeat_interval
+            due = time.monotonic() + self.cfg.heartbeat_interval
 
     def send(self, status: str, timeout: Optional[float] = None) -> None:
-        """POST one heartbeat; raises one of SEND_ERRORS on failure."""
+        """POST one report; raises one of SEND_ERRORS on failure. The changes it carried
+        are done with once it was taken (or sent, over UDP)."""
+        with self._changes_lock:
+            changes = list(itertools.islice(self._changes, MAX_RELAYED))
+        problems, total = self._problems(MAX_RELAYED)
         doc = {"agent_id": self.agent_id, "pid": os.getpid(), "status": status,
                "timestamp": format_rfc3339(time.time()), "version": f"hbdaemon-{__version__}",
-               "summary": self._summary(), "memory": _rss(), "cpu": self._cpu()}
+               "summary": self._summary(), "memory": _rss(), "cpu": self._cpu(),
+               "events": [change for _, change in changes], "problems": problems,
+               "problems_total": total}
         if self.url.startswith("udp://"):
-            self._send_datagram(json.dumps(doc).encode())
+            payload, sent = self._fit(doc)
+            self._send_datagram(payload)
+            self._done(changes[:sent])
             return
         headers = {"Content-Type": "application/json"}
         if self._token:
@@ -114,6 +171,32 @@ class UpstreamReporter:
                                timeout or self.cfg.timeout, tls=self.tls)
         if not 200 <= status < 300:
             raise OSError(f"upstream answered {status}: {body[:200]!r}")
+        self._done(changes)
+
+    def _done(self, changes: list) -> None:
+        """Drop the changes that went up; say so at once if more wait."""
+        if not changes:
+            return
+        last = changes[-1][0]
+        with self._changes_lock:
+            while self._changes and self._changes[0][0] <= last:
+                self._changes.popleft()
+            more = bool(self._changes)
+        if more:
+            self._wake.set()
+
+    def _fit(self, doc: dict) -> Tuple[bytes, int]:
+        """The report as a payload that fits a datagram once signed: fewer changes first,
+        then fewer problems (the list then counts as partial); how many changes it has."""
+        room = MAX_DATAGRAM - len(sign(self.key, b""))
+        while True:
+            payload = json.dumps(doc).encode()
+            if len(payload) <= room or not (doc["events"] or doc["problems"]):
+                return payload, len(doc["events"])
+            if doc["events"]:
+                doc["events"] = doc["events"][:len(doc["events"]) // 2]
+            else:
+                doc["problems"] = doc["problems"][:len(doc["problems"]) // 2]
 
     def _send_datagram(self, payload: bytes) -> None:
         """One signed datagram (no answer: a lost one is a missed report). OSError."""

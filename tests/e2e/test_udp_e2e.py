@@ -102,6 +102,16 @@ def test_a_downstream_daemon_reports_over_udp(daemon_factory, short_tmp):
     rec = up.wait_state("host-c", "healthy")
     assert rec["transport"] == "udp"
     wait_for(lambda: (up.agent("host-c")["summary"] or {}).get("healthy") == 1, what="summary")
+    db = down.unix_agent("db-1", interval=0.1)  # its agents' changes go up in datagrams too
+    down.wait_state("db-1", "healthy")
+    db.kill()
+    db.wait(5)
+    assert up.wait_state("host-c:db-1", "dead", timeout=3)["relayed_by"] == "host-c"
+    db = down.unix_agent("db-1", interval=0.1)
+    down.wait_state("db-1", "healthy")
+    wait_for(lambda: up.get("/agents/host-c:db-1")[0] == 404, 3, what="the relayed agent dropped")
+    db.kill()
+    db.wait(5)
     assert down.stop() == 0
     up.wait_state("host-c", "stopped")
 

@@ -164,3 +164,93 @@ def test_a_hostile_upstream_can_neither_fill_the_memory_nor_hang_the_reporter(da
             assert "Traceback" not in down.log()
         finally:
             stop()
+
+
+def test_a_downstream_agent_s_crash_and_recovery_reach_the_upstream_at_once(daemon_factory):
+    up = daemon_factory("up").start()
+    down = daemon_factory("down", manager={  # a report a minute: the crash goes up by itself
+        "url": f"http://127.0.0.1:{up.port}", "agent_id": "host-b",
+        "heartbeat_interval": "60s", "reconnect_interval": "0.2s", "timeout": "2s"}).start()
+    up.wait_state("host-b", "healthy")
+    db = down.unix_agent("db-1", interval=0.1)
+    down.wait_state("db-1", "healthy")
+    db.kill()
+    db.wait(5)
+    down.wait_state("db-1", "dead")
+    relayed = up.wait_state("host-b:db-1", "dead", timeout=3)
+    assert relayed["transport"] == "relay" and relayed["relayed_by"] == "host-b"
+    assert "reported by host-b" in relayed["reason"]
+    assert [e["to"] for e in up.wait_events("host-b:db-1", lambda e: True)] == ["dead"]
+    # the relayed id is the downstream's to set: a heartbeat for it is refused
+    status, _, body = up.post({"agent_id": "host-b:db-1", "pid": os.getpid()})
+    assert status == 409 and "relayed" in body["message"]
+
+    db = down.unix_agent("db-1", interval=0.1)  # it comes back: the upstream lets it go
+    down.wait_state("db-1", "healthy")
+    wait_for(lambda: up.get("/agents/host-b:db-1")[0] == 404, 3, what="the relayed agent dropped")
+    up.wait_events("host-b:db-1", lambda e: e["to"] == "healthy")
+    assert [e["to"] for e in up.events("host-b:db-1")] == ["dead", "healthy"]
+    db.kill()
+    db.wait(5)
+
+
+def test_relayed_problems_survive_an_upstream_restart_and_go_with_their_daemon(daemon_factory):
+    up = daemon_factory("up").start()
+    down = daemon_factory("down", manager={
+        "url": f"http://127.0.0.1:{up.port}", "agent_id": "host-b",
+        "heartbeat_interval": "0.3s", "reconnect_interval": "0.2s", "timeout": "2s"}).start()
+    db = down.unix_agent("db-1", interval=0.1)
+    down.wait_state("db-1", "healthy")
+    db.kill()
+    db.wait(5)
+    up.wait_state("host-b:db-1", "dead", timeout=3)
+    assert up.stop() == 0
+    up.start()
+    assert up.state("host-b:db-1") == "dead"  # as its daemon last said, not unknown
+    assert up.request("DELETE", "/agents/host-b")[0] == 200
+    wait_for(lambda: up.get("/agents/host-b:db-1")[0] == 404 or up.state("host-b") == "healthy",
+             3, what="the relayed agent forgotten with its daemon")
+    # the daemon comes back at its next report, with its failing agent: kept again
+    up.wait_state("host-b:db-1", "dead", timeout=3)
+
+
+def test_a_report_with_hostile_relay_fields_still_counts_as_a_heartbeat(daemon_factory):
+    up = daemon_factory("up").start()
+    now = "2026-11-28T10:00:00Z"
+    for events, problems in (
+            ([{"agent_id": "db/1", "to": "dead", "time": now}], None),
+            ("x", [{"agent_id": "a", "state": "healthy", "since": now}]),
+            ([{"agent_id": "a", "to": "dead", "time": now, "reason": "r" * 300}] * 2, [1]),
+            ([{"agent_id": "a", "to": "dead", "time": now}] * 101, None)):
+        status, _, body = up.post({"agent_id": "host-x", "pid": os.getpid(), "summary": {},
+                                   "events": events, "problems": problems})
+        assert status == 200 and body["warnings"], body
+    assert [a["agent_id"] for a in up.get("/agents")[2]["agents"]] == ["host-x"]
+    long_id = "h" * 120  # its agents' relayed ids would pass 128 characters: not kept
+    status, _, _ = up.post({"agent_id": long_id, "pid": os.getpid(), "summary": {},
+                            "problems": [{"agent_id": "db-1234567", "state": "dead",
+                                          "since": now, "reason": ""}]})
+    assert status == 200
+    time.sleep(0.3)
+    assert sorted(a["agent_id"] for a in up.get("/agents")[2]["agents"]) == [long_id, "host-x"]
+    # a plain agent that is no daemon (no summary) relays nothing
+    assert up.post({"agent_id": "app", "pid": os.getpid(), "problems": [
+        {"agent_id": "db-1", "state": "dead", "since": now, "reason": ""}]})[0] == 200
+    time.sleep(0.3)
+    assert up.get("/agents/app:db-1")[0] == 404
+
+
+def test_an_ha_pair_of_upstreams_each_get_every_report(daemon_factory):
+    ups = [daemon_factory(f"up-{n}").start() for n in (1, 2)]
+    down = daemon_factory("down", manager={
+        "url": [f"http://127.0.0.1:{up.port}" for up in ups], "agent_id": "host-b",
+        "heartbeat_interval": "60s", "reconnect_interval": "0.2s", "timeout": "2s"}).start()
+    ups[1].stop()  # one of the pair is down: the other hears everything meanwhile
+    db = down.unix_agent("db-1", interval=0.1)
+    down.wait_state("db-1", "healthy")
+    db.kill()
+    db.wait(5)
+    ups[0].wait_state("host-b:db-1", "dead", timeout=3)
+    ups[1].start()  # back: the report retried every reconnect_interval brings it up to date
+    assert ups[1].wait_state("host-b:db-1", "dead", timeout=5)["relayed_by"] == "host-b"
+    assert down.get("/stats")[2]["upstream_changes_waiting"] == 0

@@ -330,3 +330,30 @@ def test_every_item_the_pool_took_is_handled_even_when_stop_races_submit():
         for t in threads:
             t.join(30)
         assert taken and taken <= handled  # a 200 means applied
+
+
+def test_an_inline_pool_handles_a_known_agent_s_item_at_once_while_nothing_waits():
+    handled = []
+    gate = threading.Event()
+    pool = WorkerPool(lambda item: handled.append((item, threading.current_thread().name))
+                      or (item == "slow" and gate.wait(5)), workers=1, queue_size=10, inline=True)
+    pool.start()
+    pool.submit("known")
+    assert handled == [("known", threading.current_thread().name)]  # no hand-off
+    pool.submit("new", new=True)  # a new agent's always goes through the queue
+    wait_for(lambda: len(handled) == 2, what="the worker took it")
+    assert handled[1][1].startswith("hb-worker")
+    pool.inline = False
+    pool.submit("slow")
+    wait_for(lambda: len(handled) == 3, what="the worker is busy")
+    pool.submit("queued")  # waits behind the slow one
+    pool.inline = True
+    pool.submit("behind")  # something is queued: the order of the queue is kept
+    assert [item for item, _ in handled] == ["known", "new", "slow"]
+    gate.set()
+    wait_for(lambda: len(handled) == 5, what="the queue drained")
+    pool.submit(None)  # a failing item on the caller's thread is logged and counted
+    pool._handle = lambda item: 1 / 0
+    pool.submit("boom")
+    assert pool.inline_failures == 1
+    pool.stop(timeout=5)

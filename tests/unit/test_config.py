@@ -212,3 +212,20 @@ def test_unwritable_names_a_read_only_file_system(tmp_path, monkeypatch):
 
     monkeypatch.setattr(logsetup.os, "statvfs", lambda path: ReadOnly())
     assert "read-only file system" in logsetup.unwritable(str(tmp_path / "hb.log"))
+
+
+@pytest.mark.parametrize("value", ["[http://a:8690, 'udp://b:8692']", "'http://a:8690, udp://b:8692'",
+                                   "'http://a:8690  udp://b:8692'"])
+def test_manager_url_lists_several_upstreams(tmp_path, value):
+    cfg = load_config(write(tmp_path, f"manager: {{url: {value}, key_file: /etc/k}}\n"), environ={})
+    assert cfg.manager.urls == ["http://a:8690", "udp://b:8692"]
+
+
+@pytest.mark.parametrize("value,needle", [("'http://a:1 http://a:1'", "listed twice"),
+                                          ("[http://a:1, 'central:1']", "is not allowed"),
+                                          ("[" + ", ".join(f"'http://h{n}:1'" for n in range(9)) + "]",
+                                           "at most 8")])
+def test_manager_url_lists_are_checked(tmp_path, value, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, f"manager: {{url: {value}}}\n"), environ={})
+    assert needle in str(err.value)

@@ -708,3 +708,51 @@ def test_changes_refuse_a_malformed_cursor_and_reset_a_stale_one(monkeypatch):
         w.registry.forget(f"gone-{n}")
     assert w.registry.changes(cursor, 10) is None
     assert w.registry.changes(w.registry.cursor(), 10) == ([], [], w.registry.cursor(), False)
+
+
+def test_a_downstream_daemon_s_problems_are_kept_while_they_fail_there():
+    w = World()
+
+    def report(problems, total=None, events=()):
+        w.registry.apply(Heartbeat("host-b", 100, summary={"dead": len(problems)},
+                                   events=[(a, s, "r", 0.0) for a, s in events],
+                                   problems=[(a, s, "r", 0.0) for a, s in problems],
+                                   problems_total=len(problems) if total is None else total),
+                         "http", None)
+
+    report([("db-1", "dead"), ("web-1", "over_threshold")])
+    assert w.state("host-b:db-1") == "dead" and w.state("host-b:web-1") == "over_threshold"
+    w.advance(1000)
+    w.registry.check()  # judged where they run: no deadline here
+    assert w.state("host-b:web-1") == "over_threshold"
+    report([("db-1", "dead")], total=2)  # a partial list says nothing of the rest
+    assert w.state("host-b:web-1") == "over_threshold"
+    report([("db-1", "dead")])  # the whole list: web-1 fails no more
+    assert w.registry.get("host-b:web-1") is None
+    assert ("host-b:web-1", "over_threshold", "unknown") in [e[:3] for e in w.events]
+    report([], events=[("db-1", "healthy")])
+    assert w.registry.get("host-b:db-1") is None
+    assert [e[2] for e in w.events if e[0] == "host-b:db-1"] == ["dead", "healthy"]
+    report([("db-1", "dead")])
+    assert w.registry.daemon_role("host-b:db-1") == "host-b"
+    assert w.registry.daemon_role("host-b") is True
+    w.registry.forget("host-b")  # its relayed agents go with it
+    assert w.registry.get("host-b:db-1") is None and len(w.registry) == 0
+
+
+def test_a_routine_heartbeat_is_written_within_a_minute_a_change_at_the_next_pass():
+    from hbdaemon.registry import TOUCH_INTERVAL
+    w = World()
+    w.beat("a", transport="http")
+    assert [a for a, _ in w.registry.take_dirty()] == ["a"]  # new: at once
+    w.advance(1)
+    w.beat("a", transport="http")
+    assert w.registry.take_dirty() == []  # only last_seen and the count moved
+    w.beat("a", transport="http", version="2.0")
+    assert [a for a, _ in w.registry.take_dirty()] == ["a"]  # a new version: at once
+    w.beat("a", transport="http", version="2.0")
+    assert [a for a, _ in w.registry.take_dirty(everything=True)] == ["a"]  # the last pass
+    w.beat("a", transport="http", version="2.0")
+    w.advance(TOUCH_INTERVAL)
+    stored = w.registry.take_dirty()
+    assert [a for a, _ in stored] == ["a"] and stored[0][1]["heartbeats"] == 5

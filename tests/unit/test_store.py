@@ -10,7 +10,7 @@ from hbdaemon.store import Store, StoreError
 
 def test_agents_and_events_survive_a_reopen(tmp_path):
     dirty = [("a", {"agent_id": "a", "state": "healthy"}), ("b", {"agent_id": "b", "state": "dead"})]
-    s = Store(str(tmp_path), max_events=3, interval=1.0, take_dirty=lambda: dirty)
+    s = Store(str(tmp_path), max_events=3, interval=1.0, take_dirty=lambda everything=False: dirty)
     assert s.open() == ([], [])
     db = s._connect()
     for i in range(1, 6):
