@@ -192,6 +192,9 @@ class Api:
             raise ApiError(400, f"limit: a whole number from 1 (at most {MAX_PAGE} are given)")
         limit = min(int(text), MAX_PAGE)
         if "changed_since" in query:
+            if any(name in query for name in ("state", "match", "after")):
+                raise ApiError(400, "changed_since takes limit only (the changes of every "
+                                    "agent, to keep a list of your own up to date)")
             return 200, self._changes(query["changed_since"][-1], limit), JSON
         state = query.get("state", [None])[-1] or None
         if state is not None and not set(state.split(",")) <= set(STATES):

@@ -14,9 +14,11 @@ MAX_SLEEP = 1.0
 MIN_SLEEP = 0.01
 # A pass reads every record: with thousands of agents whose deadlines fall a few ms apart it
 # would run back to back and take the GIL from intake. Between passes the checker sleeps at
-# least this many times as long as the last pass took (so it uses at most ~1/11 of the
-# time); a verdict may then come that much after its deadline.
-PASS_RATIO = 10.0
+# least this many times as long as the last pass took (so it uses at most ~1/31 of the
+# time); a verdict may then come that much after its deadline, never more than MAX_SLEEP
+# (at 100,000 agents a pass takes ~40 ms: a verdict up to ~1.2 s late, for timeouts of
+# a minute or more there, against ~9 % of a core at a ratio of 10).
+PASS_RATIO = 30.0
 STUCK_AFTER = 5.0  # plus stall_threshold: a pass is due at least every MAX_SLEEP
 
 

@@ -274,10 +274,14 @@ class Daemon:
         if self.http:
             self._serve(self.http, "hb-http")
         if self.udp:
+            # a datagram stamped before the last store pass of the run before is old: its
+            # agent's newest timestamp on disk may lag (routine heartbeats are written a
+            # minute apart), the time of the pass does not
+            alive_at = self.store.alive_at
             for agent_id, agent_time in self.registry.agent_times(UDP):
                 epoch = parse_rfc3339(agent_time)
                 if epoch is not None:
-                    self.udp.replays.taken(agent_id, epoch)
+                    self.udp.replays.taken(agent_id, max(epoch, alive_at))
             self._serve(self.udp, "hb-udp")
         if self.cfg.manager.url:
             token = read_token(self.cfg.manager.auth_token_file, self.cfg.source,

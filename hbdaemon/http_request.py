@@ -62,7 +62,7 @@ def _parse_target(raw: str) -> Target:
     path = _SLASHES.sub("/", path)
     if len(path) > 1:
         path = path.rstrip("/") or "/"
-    return Target(path, parse_qs(query, errors="replace"), authority)
+    return Target(path, parse_qs(query, keep_blank_values=True, errors="replace"), authority)
 
 
 def host_name(authority: str) -> str:

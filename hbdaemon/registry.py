@@ -36,6 +36,7 @@ UNKNOWN = "unknown_agent"      # forget: no such agent
 RESERVED_ID = "reserved_id"    # the daemon's own id (its alerts' instance): never an agent's
 RELAYED = "relayed_id"         # a downstream daemon's agent, kept from its reports
 RELAY_SEPARATOR = ":"          # a relayed agent is <downstream daemon id>:<its agent id>
+MAX_RELAYED_PER_DAEMON = 1000  # failing agents kept for one downstream daemon
 SUPERSEDED = "superseded"      # an HTTP heartbeat received before one already applied
 
 _NOTICE = object()  # an outbox entry that is a log line, not an event
@@ -422,30 +423,46 @@ class Registry:
         else:
             self._dirty.add(hb.agent_id)
         if hb.summary is not None and (hb.events or hb.problems is not None):
-            self._relay(rec, hb, now, wall)
+            self._relay(rec, hb, _source(peer, remote), now, wall)
 
-    def _relay(self, daemon: AgentRecord, hb: Heartbeat, now: float, wall: float) -> None:
+    def _relay(self, daemon: AgentRecord, hb: Heartbeat, source: str, now: float,
+               wall: float) -> None:
         """What a downstream daemon says of its agents: each one failing there is a record
         here, <daemon id>:<agent id> (transport "relay"), in the state and with the reason
         it has there, so this daemon shows it, records its events and alerts on it; it is
         dropped once it fails there no more. `events` are its changes in order; `problems`
         its failing agents now, and when the list is whole (problems_total), a relayed
-        record it leaves out is no longer failing (a lost datagram heals at the next)."""
+        record it leaves out is no longer failing (a lost datagram heals at the next).
+
+        One level only, so that no two daemons' relayed ids can meet: a daemon whose own
+        id holds RELAY_SEPARATOR relays nothing, nor is an agent whose id holds it
+        relayed. A new relayed record counts as a new id of the report's source
+        (agent.new_agents_per_minute), and a daemon has at most MAX_RELAYED_PER_DAEMON."""
+        if RELAY_SEPARATOR in daemon.agent_id:
+            self._outbox.append((_NOTICE, "relay refused", logging.WARNING,
+                                 "%s reports its agents' problems, but an id with %r "
+                                 "cannot relay them (its agents' ids would be ambiguous)",
+                                 (daemon.agent_id, RELAY_SEPARATOR)))
+            return
         for agent_id, state, reason, _ in hb.events or ():
-            self._relayed_state(daemon.agent_id, agent_id, state, reason, now, wall)
+            if state != "unknown":  # unknown there (it restarted): nothing learned
+                self._relayed_state(daemon.agent_id, agent_id, state, reason, source, now,
+                                    wall)
         if hb.problems is None:
             return
-        listed = {self._relayed_state(daemon.agent_id, agent_id, state, reason, now, wall)
+        listed = {self._relayed_state(daemon.agent_id, agent_id, state, reason, source, now,
+                                      wall)
                   for agent_id, state, reason, _ in hb.problems}
         if hb.problems_total == len(hb.problems):
             for relayed_id in list(self._relays.get(daemon.agent_id, ())):
                 if relayed_id not in listed:
                     self._relayed_state(daemon.agent_id,
                                         relayed_id[len(daemon.agent_id) + 1:], "unknown",
-                                        "no longer among its failing agents", now, wall)
+                                        "no longer among its failing agents", source, now,
+                                        wall)
 
     def _relayed_state(self, daemon_id: str, agent_id: str, state: str, reason: str,
-                       now: float, wall: float) -> Optional[str]:
+                       source: str, now: float, wall: float) -> Optional[str]:
         """Set one relayed agent's state (see _relay); its id here, or None if it is not
         (or no longer) kept."""
         relayed_id = f"{daemon_id}{RELAY_SEPARATOR}{agent_id}"
@@ -454,13 +471,19 @@ class Registry:
         if rec is None:
             if not failing:
                 return None
-            if not valid_agent_id(relayed_id) or relayed_id in self.reserved_ids \
-                    or len(self._records) >= self.max_agents:
+            why = ("its id holds " + repr(RELAY_SEPARATOR) if RELAY_SEPARATOR in agent_id
+                   else "its relayed id is longer than 128 characters"
+                   if not valid_agent_id(relayed_id)
+                   else "that is the daemon's own id" if relayed_id in self.reserved_ids
+                   else "the agent table is full" if len(self._records) >= self.max_agents
+                   else f"{daemon_id} relays {MAX_RELAYED_PER_DAEMON} already"
+                   if len(self._relays.get(daemon_id, ())) >= MAX_RELAYED_PER_DAEMON
+                   else "its source made too many new ids this minute"
+                   if not self.limiter.allow(source) else None)
+            if why is not None:
                 self._outbox.append((_NOTICE, "relay refused", logging.WARNING,
                                      "not keeping %s %s as reported by %s: %s",
-                                     (agent_id, state, daemon_id, "the agent table is full"
-                                      if len(self._records) >= self.max_agents
-                                      else "its relayed id is not a valid agent id")))
+                                     (agent_id, state, daemon_id, why)))
                 return None
             rec = AgentRecord(relayed_id, wall, now, self._policies.for_agent(relayed_id))
             rec.relay, rec.transport = daemon_id, RELAY
@@ -902,12 +925,18 @@ class Registry:
         """Up to `limit` failing agents (dead, no_heartbeat, over_threshold) as a
         downstream daemon reports them upward (oldest problem first), and how many fail."""
         with self._lock:
-            total = sum(self._counts[State(s)] for s in FAILING)
+            total = sum(self._counts[State(s)] for s in FAILING) + self._counts[State.UNKNOWN]
         if not total:
             return [], 0
-        rows = [row for row in self._copy(
-            lambda rec: (rec.state_since, rec.agent_id, rec.state.value, rec.reason)
-            if rec.state.value in FAILING else None) if row is not None]
+
+        def take(rec: AgentRecord):
+            if rec.state.value in FAILING:
+                return rec.state_since, rec.agent_id, rec.state.value, rec.reason
+            if rec.state is State.UNKNOWN and rec.prior and rec.prior[0] in FAILING:
+                # since a restart: failing as before it until known (as its alert goes on)
+                return rec.prior[1], rec.agent_id, rec.prior[0], rec.reason
+            return None
+        rows = [row for row in self._copy(take) if row is not None]
         rows.sort()
         return [{"agent_id": agent_id, "state": state, "since": format_rfc3339(since),
                  "reason": reason[:MAX_REASON]}

@@ -241,9 +241,12 @@ async function historyOf(ids) {
     Object.assign(out, found.agents);
     batch = [];
   };
+  let length = 0;
   for (const id of ids) {  // the request line stays well under the daemon's 8 KiB
-    if (batch.join("").length > 5000) await flush();
+    const part = "agent=" + q(id) + "&";
+    if (length + part.length > 6000) { await flush(); length = 0; }
     batch.push(id);
+    length += part.length;
   }
   await flush();
   return out;

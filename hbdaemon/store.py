@@ -3,6 +3,7 @@ SQLite (WAL), written by one thread."""
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -73,6 +74,7 @@ class Store:
         self.failing_since: Optional[float] = None  # monotonic time writes began to fail
         self.last_error = ""
         self.reserved_id = 0     # event ids given out may reach this (read by open())
+        self.alive_at = 0.0      # the wall time of the last pass before this start (open())
         self.on_written: Callable[[List[int]], None] = lambda ids: None
         self.on_reserved: Callable[[int], None] = lambda upto: None
         self._reserve_wanted = 0  # an id mark to write with the next batch (reserve_ahead)
@@ -158,6 +160,8 @@ class Store:
                     load_agents(batch)
             row = db.execute("SELECT value FROM meta WHERE key='event_id_reserved'").fetchone()
             self.reserved_id = _reserved_mark(row[0] if row else None)
+            row = db.execute("SELECT value FROM meta WHERE key='alive_at'").fetchone()
+            self.alive_at = _alive_mark(row[0] if row else None)
             rows = db.execute("SELECT id, time, agent_id, from_state, to_state, reason, kind "
                               "FROM events ORDER BY id DESC LIMIT ?", (self._max_events,))
             events = [Event.from_row(r) for r in rows][::-1]
@@ -246,10 +250,20 @@ class Store:
                     time.sleep(0.02)
                 self._wake.clear()
                 self.flush(db)
+                self._mark_alive(db)
                 if stopping:
                     break
         finally:
             db.close()
+
+    def _mark_alive(self, db: sqlite3.Connection) -> None:
+        """Note the time of this pass: after a crash the UDP replay guard refuses anything
+        stamped before it (what only routine heartbeats changed is written a minute apart,
+        so an agent's last timestamp on disk may be older than the last one taken)."""
+        try:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('alive_at', ?)", (repr(time.time()),))
+        except sqlite3.Error as exc:  # the writes' own errors are counted by flush
+            log.debug("state store: cannot note the time of this pass: %s", exc)
 
     def flush(self, db: sqlite3.Connection) -> None:
         """Write pending events and changed agents, a transaction per batch of agents."""
@@ -359,6 +373,14 @@ def _raise_mark(db: sqlite3.Connection, upto: int) -> None:
     db.execute("INSERT OR IGNORE INTO meta VALUES ('event_id_reserved', '0')")
     db.execute("UPDATE meta SET value = ? WHERE key = 'event_id_reserved' AND "
                "CAST(value AS INTEGER) < ?", (str(upto), upto))
+
+
+def _alive_mark(value) -> float:
+    try:
+        mark = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return mark if math.isfinite(mark) and mark > 0 else 0.0
 
 
 def _reserved_mark(value) -> int:

@@ -5,7 +5,8 @@ heartbeat_interval, and every reconnect_interval while that fails; the summary
 (agents per state) travels in the protocol's `summary` field, which the upstream keeps
 and shows. On a clean stop it says `stopping`, so the upstream shows it stopped.
 
-Each state change of this daemon's agents goes up too, within FORWARD_DELAY, in the
+Each state change of this daemon's agents goes up too, within FORWARD_DELAY (at most a
+report each CHANGES_GAP for changes), in the
 report's `events` (at most MAX_QUEUED wait; the oldest beyond are dropped and counted;
 kept and sent again until an upstream over HTTP took them), with `problems`, the agents
 failing here now: the upstream keeps each as <this daemon's id>:<agent id>, shows it and
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 STUCK_MARGIN = 30.0
 FORWARD_DELAY = 0.05  # seconds: changes this close together go up in one report
+MAX_DATAGRAMS = 40    # datagrams one report over UDP may take (its changes, a few each)
+CHANGES_GAP = 1.0     # seconds at least between two reports made for changes (a flapping
+                      # agent must not make a host report 20 times a second)
 MAX_QUEUED = 1000     # changes waiting to go up; beyond, the oldest are dropped
 
 
@@ -72,6 +76,7 @@ class UpstreamReporter:
         self._numbers = 0
         self.changes_dropped = 0
         self._wake = threading.Event()
+        self._stamp = 0.0  # the last datagram's timestamp (see _send_datagrams)
         self._token = token
         self.key = key  # with udp://: signs the datagrams (replaced on reload)
         self.tls = tls  # with https://: how the upstream is verified (manager.ca_file)
@@ -93,8 +98,8 @@ class UpstreamReporter:
     def on_event(self, ev: Event) -> None:
         """An event listener (hb-events): a state change goes up with the next report,
         which is made at once."""
-        if ev.kind not in ("state", "forgotten"):
-            return
+        if ev.kind not in ("state", "forgotten") or ev.to_state == "unknown":
+            return  # unknown (this daemon restarted): not known to have recovered
         doc = {"agent_id": ev.agent_id, "from": ev.from_state,
                "to": "forgotten" if ev.kind == "forgotten" else ev.to_state,
                "reason": ev.reason[:MAX_REASON], "time": format_rfc3339(ev.time)}
@@ -122,6 +127,7 @@ class UpstreamReporter:
 
     def _loop(self) -> None:
         due = time.monotonic()  # the next report; sooner when a change waits (not failing)
+        sent = float("-inf")  # when the last report went
         while True:
             self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
@@ -129,9 +135,11 @@ class UpstreamReporter:
                 return
             alive()
             if self._changes and not self._failing:
-                self._stop.wait(FORWARD_DELAY)  # the changes that come with it
+                # the changes that come with it, and no sooner than CHANGES_GAP after the last
+                self._stop.wait(max(FORWARD_DELAY, sent + CHANGES_GAP - time.monotonic()))
             elif time.monotonic() < due:
                 continue
+            sent = time.monotonic()
             try:
                 self.send("running")
             except SEND_ERRORS as exc:  # e.g. BadStatusLine from a server that is not HTTP
@@ -160,9 +168,7 @@ class UpstreamReporter:
                "events": [change for _, change in changes], "problems": problems,
                "problems_total": total}
         if self.url.startswith("udp://"):
-            payload, sent = self._fit(doc)
-            self._send_datagram(payload)
-            self._done(changes[:sent])
+            self._send_datagrams(doc, changes)
             return
         headers = {"Content-Type": "application/json"}
         if self._token:
@@ -185,18 +191,44 @@ class UpstreamReporter:
         if more:
             self._wake.set()
 
+    def _send_datagrams(self, doc: dict, changes: list) -> None:
+        """A report over UDP: as many datagrams as its changes need (at most
+        MAX_DATAGRAMS), the first with as many of the problems as fit beside them (a list
+        cut short counts as partial upstream), the others with changes only."""
+        for n in range(MAX_DATAGRAMS):
+            # each its own timestamp, later than the last: the upstream drops a datagram
+            # not newer than the last it took from us as a replay
+            self._stamp = max(time.time(), self._stamp + 0.001)
+            part = dict(doc, events=[change for _, change in changes],
+                        timestamp=format_rfc3339(self._stamp))
+            if n:
+                del part["problems"], part["problems_total"]
+            payload, taken = self._fit(part)
+            if taken == 0 and changes and not part.get("problems"):
+                log.warning("upstream %s: a change of %s does not fit in a datagram; "
+                            "dropped", self.url, changes[0][1]["agent_id"])
+                self.changes_dropped += 1
+                taken = 1
+            self._send_datagram(payload)
+            self._done(changes[:taken])
+            changes = changes[taken:]
+            if not changes:
+                return
+
     def _fit(self, doc: dict) -> Tuple[bytes, int]:
-        """The report as a payload that fits a datagram once signed: fewer changes first,
-        then fewer problems (the list then counts as partial); how many changes it has."""
+        """The report as a payload that fits a datagram once signed: fewer problems
+        first, then fewer changes; the payload and how many changes it holds."""
         room = MAX_DATAGRAM - len(sign(self.key, b""))
         while True:
             payload = json.dumps(doc).encode()
-            if len(payload) <= room or not (doc["events"] or doc["problems"]):
+            if len(payload) <= room:
                 return payload, len(doc["events"])
-            if doc["events"]:
+            if doc.get("problems"):
+                doc["problems"] = doc["problems"][:len(doc["problems"]) // 2]
+            elif doc["events"]:
                 doc["events"] = doc["events"][:len(doc["events"]) // 2]
             else:
-                doc["problems"] = doc["problems"][:len(doc["problems"]) // 2]
+                return payload, 0  # too large even bare: _send_datagram says so
 
     def _send_datagram(self, payload: bytes) -> None:
         """One signed datagram (no answer: a lost one is a missed report). OSError."""

@@ -77,3 +77,32 @@ def test_metrics_keep_per_agent_series_up_to_the_limit_and_stay_promtool_clean(d
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                            text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_changes_since_a_cursor_streamed_answers_and_blank_parameters(daemon_factory):
+    d = daemon_factory().start()
+    for n in range(3):
+        assert d.post({"agent_id": f"web-{n}", "pid": os.getpid()})[0] == 200
+    wait_for(lambda: len(d.get("/agents?limit=10")[2]["agents"]) == 3, what="3 agents")
+    cursor = d.get("/summary")[2]["cursor"]
+    assert d.post({"agent_id": "web-1", "pid": os.getpid(), "status": "stopping"})[0] == 200
+    assert d.request("DELETE", "/agents/web-2")[0] == 200
+    wait_for(lambda: d.get(f"/agents?changed_since={cursor}")[2]["forgotten"], what="changes")
+    doc = d.get(f"/agents?changed_since={cursor}")[2]
+    assert [a["agent_id"] for a in doc["agents"]] == ["web-1"] and doc["forgotten"] == ["web-2"]
+    assert doc["more"] is False
+    assert d.get(f"/agents?changed_since={doc['cursor']}")[2]["agents"] == []
+    run = cursor.split(".")[0]
+    stale = d.get(f"/agents?changed_since={'0' * len(run)}.1")[2]
+    assert stale["reset"] is True and stale["cursor"]
+    status, headers, everything = d.get("/agents")  # every agent: streamed, chunked
+    assert status == 200 and headers.get("Transfer-Encoding") == "chunked"
+    assert [a["agent_id"] for a in everything["agents"]] == ["web-0", "web-1"]
+    assert d.get("/agents?state=dead,stopped")[2]["agents"][0]["agent_id"] == "web-1"
+    for bad in ("changed_since=", "changed_since=x.1", "limit=", "state=dead,nope",
+                f"changed_since={cursor}&state=dead", f"changed_since={cursor}&after=a"):
+        status, _, body = d.get(f"/agents?{bad}")
+        assert status == 400, (bad, body)
+    assert "next" in d.get("/agents?match=&limit=1")[2]  # blank: a page, not everything
+    assert d.get("/history?agent=")[2]["agents"] == {}
+    assert set(d.get("/history?agent=web-0&agent=nobody")[2]["agents"]) <= {"web-0"}

@@ -218,8 +218,38 @@ def test_a_datagram_captured_before_a_restart_cannot_be_replayed_after_it(daemon
     sock.sendto(captured, ("127.0.0.1", d.udp_port))
     wait_for(lambda: rejected(d).get("replay") == 1, 5, what="the replay after the restart")
     assert d.state("r-2") == "unknown"
-    sock.sendto(beat(now + 0.5), ("127.0.0.1", d.udp_port))
+    sock.sendto(beat(time.time()), ("127.0.0.1", d.udp_port))
     d.wait_state("r-2", "healthy")
+
+
+def test_a_datagram_captured_before_a_kill_9_cannot_be_replayed_after_it(daemon_factory,
+                                                                       short_tmp):
+    # routine heartbeats reach the disk a minute apart: the time of the store's last pass
+    # is what bounds a replay after a crash
+    d = udp_daemon(daemon_factory, short_tmp, daemon={"store_interval": "0.2s"})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def beat():
+        return sign("fleet", SECRET.encode(), json.dumps(
+            {"agent_id": "r-3", "pid": os.getpid(), "timestamp": format_rfc3339(time.time())}
+        ).encode())
+
+    sock.sendto(beat(), ("127.0.0.1", d.udp_port))
+    d.wait_state("r-3", "healthy")
+    time.sleep(0.3)
+    captured = beat()  # a routine heartbeat: its timestamp is not written at once
+    sock.sendto(captured, ("127.0.0.1", d.udp_port))
+    wait_for(lambda: d.get("/stats")[2]["processed_by_transport"]["udp"] == 2, 5,
+             what="the second heartbeat taken")
+    time.sleep(0.6)  # a store pass or more after it
+    d.proc.kill()
+    d.proc.wait(5)
+    d.start()
+    sock.sendto(captured, ("127.0.0.1", d.udp_port))
+    wait_for(lambda: rejected(d).get("replay") == 1, 5, what="the replay after the crash")
+    assert d.state("r-3") == "unknown"
+    sock.sendto(beat(), ("127.0.0.1", d.udp_port))
+    d.wait_state("r-3", "healthy")
 
 
 def test_a_datagram_held_back_cannot_bring_a_dead_agent_back(daemon_factory, short_tmp):

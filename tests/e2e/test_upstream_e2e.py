@@ -254,3 +254,27 @@ def test_an_ha_pair_of_upstreams_each_get_every_report(daemon_factory):
     ups[1].start()  # back: the report retried every reconnect_interval brings it up to date
     assert ups[1].wait_state("host-b:db-1", "dead", timeout=5)["relayed_by"] == "host-b"
     assert down.get("/stats")[2]["upstream_changes_waiting"] == 0
+
+
+def test_a_downstream_restart_keeps_the_upstream_s_alerts_and_udp_carries_many_problems(
+        daemon_factory, short_tmp):
+    from test_udp_e2e import agent_key, udp_daemon
+    up = udp_daemon(daemon_factory, short_tmp)
+    down = daemon_factory("down", manager={
+        "url": f"udp://127.0.0.1:{up.udp_port}", "key_file": agent_key(short_tmp),
+        "agent_id": "host-c", "heartbeat_interval": "0.5s"}).start()
+    long = "x" * 100  # ids that fill a datagram in a few
+    for n in range(30):
+        assert down.post({"agent_id": f"{long}-{n}", "pid": os.getpid(),
+                          "status": "exited", "exit_code": 3})[0] == 200
+    wait_for(lambda: sum(a.get("relayed_by") == "host-c"
+                         for a in up.get("/agents?limit=1000")[2]["agents"]) == 30, 10,
+             what="all 30 relayed over UDP")
+    assert down.get("/stats")[2]["upstream_changes_waiting"] == 0
+    assert down.stop() == 0  # a restart of the host's daemon: its agents are unknown a while
+    down.start()
+    time.sleep(2)  # several reports
+    states = {a["agent_id"]: a["state"] for a in up.get("/agents?limit=1000")[2]["agents"]}
+    assert sum(s == "dead" for a, s in states.items() if a.startswith("host-c:")) == 30
+    assert not [e for e in up.events() if e["agent_id"].startswith("host-c:")
+                and e["to"] != "dead"]  # nothing resolved in between

@@ -756,3 +756,30 @@ def test_a_routine_heartbeat_is_written_within_a_minute_a_change_at_the_next_pas
     w.advance(TOUCH_INTERVAL)
     stored = w.registry.take_dirty()
     assert [a for a, _ in stored] == ["a"] and stored[0][1]["heartbeats"] == 5
+
+
+def test_relayed_agents_are_new_ids_of_their_source_and_stay_in_one_namespace():
+    from hbdaemon.config import HealthCheckConfig
+    clock = FakeClock()
+    reg = Registry(PolicySet(HealthCheckConfig()), lambda *a, **k: None, clock=clock,
+                   new_agents_per_minute=5)
+
+    def report(sender, problems, events=()):
+        reg.apply(Heartbeat(sender, 100, summary={}, events=list(events),
+                            problems=[(a, "dead", "r", 0.0) for a in problems],
+                            problems_total=len(problems)), "http", None, remote="10.0.0.1")
+
+    report("flood", [f"a{n}" for n in range(20)])  # one source: 5 new ids a minute,
+    assert len(reg) == 5  # the sender's own among them
+    assert sum(1 for r in reg.snapshot() if r["relayed_by"] == "flood") == 4
+    report("a:b", ["c"])  # a sender whose id holds ':' relays nothing
+    assert reg.get("a:b:c") is None
+    report("a", ["b:c"])  # nor is an agent whose id holds ':' relayed
+    assert reg.get("a:b:c") is None
+    # an unknown state from a restarted downstream is not a recovery
+    clock.advance(61)
+    report("x", ["db"])
+    assert reg.get("x:db")["state"] == "dead"
+    reg.apply(Heartbeat("x", 100, summary={}, events=[("db", "unknown", "restarted", 0.0)]),
+              "http", None, remote="10.0.0.2")
+    assert reg.get("x:db")["state"] == "dead"
