@@ -753,10 +753,11 @@ class Registry:
 
     def agent_times(self, transport: str) -> List[Tuple[str, str]]:
         """(agent_id, the agent's clock in its last heartbeat) for the agents last heard
-        over `transport`: the UDP receiver's replay guard starts from them."""
-        return [row for row in self._copy(
-            lambda rec: (rec.agent_id, rec.agent_time) if rec.transport == transport
-            and rec.agent_time else None) if row is not None]
+        over `transport`: the UDP receiver's replay guard starts from them. One hold of
+        the lock (~30 ms at 100,000 agents): it runs at start, before intake does."""
+        with self._lock:
+            return [(rec.agent_id, rec.agent_time) for rec in self._records.values()
+                    if rec.transport == transport and rec.agent_time]
 
     def daemon_role(self, agent_id: str) -> Union[bool, str]:
         """True if the agent is a host's hbdaemon reporting to this one (it sends a
