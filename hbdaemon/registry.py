@@ -232,6 +232,10 @@ class Registry:
         self._urgent = 0
         self._records: Dict[str, AgentRecord] = {}
         self._counts = collections.Counter()  # agents per state, kept as they change
+        # kept as they change too, so that /summary and a page of problems read a few
+        # records, not 100,000: the ids in a failing state, and agents per transport
+        self._failing: Set[str] = set()
+        self._transports = collections.Counter()
         self._dirty: set = set()    # records to write at the store's next pass
         # records only a routine heartbeat changed (last_seen, cpu, counts): written every
         # TOUCH_INTERVAL, not every pass (at 100,000 agents that was a JSON dump and a
@@ -380,6 +384,10 @@ class Registry:
             rec = AgentRecord(hb.agent_id, wall, now, self._policies.for_agent(hb.agent_id))
             self._records[hb.agent_id] = rec
             self._counts[rec.state] += 1
+            self._transports[rec.transport] += 1
+        if rec.transport != transport:
+            self._transports[rec.transport] -= 1
+            self._transports[transport] += 1
         before = (rec.pid, rec.status, rec.version, rec.summary, rec.watcher, rec.transport,
                   rec.remote, rec.owner_uid, rec.local, rec.check_started)
         rec.pid, rec.status, rec.version = hb.pid, hb.status, hb.version
@@ -489,6 +497,7 @@ class Registry:
             rec.relay, rec.transport = daemon_id, RELAY
             self._records[relayed_id] = rec
             self._counts[rec.state] += 1
+            self._transports[RELAY] += 1
             self._relays.setdefault(daemon_id, set()).add(relayed_id)
         elif rec.relay != daemon_id:
             return None  # an agent of this daemon's own: not the report's to set
@@ -689,6 +698,10 @@ class Registry:
         old = rec.state
         self._counts[old] -= 1
         self._counts[state] += 1
+        if state.value in FAILING:
+            self._failing.add(rec.agent_id)
+        else:
+            self._failing.discard(rec.agent_id)
         if old is State.UNKNOWN:
             rec.prior = None  # known again: what it was before the restart is history
         rec.state, rec.state_since, rec.reason = state, wall, reason
@@ -735,6 +748,8 @@ class Registry:
         daemon's relayed agents go with it."""
         del self._records[rec.agent_id]
         self._counts[rec.state] -= 1
+        self._transports[rec.transport] -= 1
+        self._failing.discard(rec.agent_id)
         self._dirty.add(rec.agent_id)
         self._policies.forget(rec.agent_id)
         self._mark_changed(rec.agent_id)
@@ -843,12 +858,13 @@ class Registry:
         separated by commas) and matching the glob `match` (None: any), at most `limit`;
         and the id to continue after, or None at the end. The lock is held a slice at a
         time, as for every whole-table pass."""
+        states = None if state is None else frozenset(state.split(","))
         with self._lock:
-            ids = [a for a in self._records if a > after] if after else list(self._records)
+            pool = self._failing if states is not None and states <= FAILING else self._records
+            ids = [a for a in pool if a > after] if after else list(pool)
         ids.sort()  # outside the lock
         if match is not None:  # compiled here: fnmatch's own cache keeps 32,768 patterns
             ids = list(filter(re.compile(fnmatch.translate(match)).match, ids))
-        states = None if state is None else frozenset(state.split(","))
         found: List[dict] = []
         for chunk in _slices(ids):
             with self._lock:
@@ -904,19 +920,20 @@ class Registry:
         """`total`, `by_state`, `by_transport`, the oldest problem (the agent longest in
         no_heartbeat or dead, or null), and the `cursor` to poll changes() from: a few
         fields whatever the size of the table."""
-        by_transport: Dict[str, int] = collections.Counter()
         oldest: Optional[Tuple[float, str, str]] = None
         with self._lock:
-            recs = list(self._records.values())
+            total = len(self._records)
             by_state = {s.value: self._counts[s] for s in State}
+            by_transport = {t or "none": n for t, n in self._transports.items() if n > 0}
             cursor = f"{self._run}.{self._seq}"
-        for chunk in _slices(recs):
+            failing = list(self._failing)
+        for chunk in _slices(failing):  # a few, or at worst a slice of the lock at a time
             with self._lock:
-                for rec in chunk:
-                    by_transport[rec.transport or "none"] += 1
-                    if rec.state in PROBLEMS and (oldest is None or rec.state_since < oldest[0]):
+                for rec in map(self._records.get, chunk):
+                    if rec is not None and rec.state in PROBLEMS \
+                            and (oldest is None or rec.state_since < oldest[0]):
                         oldest = (rec.state_since, rec.agent_id, rec.state.value)
-        return {"total": len(recs), "by_state": by_state, "by_transport": dict(by_transport),
+        return {"total": total, "by_state": by_state, "by_transport": by_transport,
                 "cursor": cursor,
                 "oldest_problem": None if oldest is None else {
                     "agent_id": oldest[1], "state": oldest[2],
@@ -1040,6 +1057,9 @@ class Registry:
                     rec.reason = f"daemon restarted; was {old}"
                     self._outbox.append((agent_id, old, unknown, rec.reason, "state"))
                 self._counts[rec.state] += 1
+                self._transports[rec.transport] += 1
+                if rec.state.value in FAILING:
+                    self._failing.add(agent_id)
         if skipped:
             log.warning("state store: %d stored fields of the wrong kind were left out", skipped)
         self._emit()

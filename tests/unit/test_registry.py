@@ -784,3 +784,40 @@ def test_relayed_agents_are_new_ids_of_their_source_and_stay_in_one_namespace():
     reg.apply(Heartbeat("x", 100, summary={}, events=[("db", "unknown", "restarted", 0.0)]),
               "http", None, remote="10.0.0.2")
     assert reg.get("x:db")["state"] == "dead"
+
+
+def test_the_counts_kept_as_records_change_match_a_count_of_the_records():
+    import random
+    rng = random.Random(7)
+    w = World()
+    for _ in range(3000):
+        agent = f"a{rng.randrange(40)}"
+        roll = rng.random()
+        if roll < 0.5:
+            w.beat(agent, transport=rng.choice(["http", "udp", "unix"]), conn=rng.randrange(3),
+                   status=rng.choice(["running", "running", "stopping", "exited"]),
+                   cpu=rng.choice([1.0, 99.0]))
+        elif roll < 0.6:
+            w.registry.forget(agent)
+        elif roll < 0.7:
+            w.registry.connection_closed(rng.randrange(3), [agent], lambda timeout: False)
+        elif roll < 0.8:
+            w.registry.apply(Heartbeat("host", 1, summary={}, problems=[
+                (agent, "dead", "r", 0.0)], problems_total=1), "http", None)
+        else:
+            w.advance(rng.choice([0.5, 3.0, 11.0]))
+            w.registry.check()
+    records = w.registry.snapshot()
+    summary = w.registry.summary()
+    assert summary["total"] == len(records)
+    transports = {}
+    for r in records:
+        transports[r["transport"] or "none"] = transports.get(r["transport"] or "none", 0) + 1
+    assert summary["by_transport"] == transports
+    failing = sorted(r["agent_id"] for r in records
+                     if r["state"] in ("dead", "no_heartbeat", "over_threshold"))
+    assert [r["agent_id"] for r in w.registry.page("dead,no_heartbeat,over_threshold")[0]] \
+        == failing
+    problems = [r for r in records if r["state"] in ("dead", "no_heartbeat")]
+    oldest = min(problems, key=lambda r: r["state_since"]) if problems else None
+    assert (summary["oldest_problem"] or {}).get("since") == (oldest or {}).get("state_since")
