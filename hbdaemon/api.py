@@ -332,21 +332,21 @@ def _is_number(text: str) -> bool:
 
 def _json_stream(name: str, chunks: Iterable[list]) -> Iterator[bytes]:
     """json.dumps({name: [every item of every chunk]}) a chunk at a time."""
-    yield b'{"%s": [' % name.encode()
-    first = True
-    for chunk in chunks:
-        if chunk:
-            yield (b"" if first else b", ") + json.dumps(chunk)[1:-1].encode()
-            first = False
-    yield b"]}"
+    return _json_parts(b'{"%s": [' % name.encode(), chunks, b"]}")
 
 
 def _json_map(name: str, chunks: Iterable[dict], head: dict) -> Iterator[bytes]:
     """json.dumps({**head, name: {every key: value of every chunk}}) a chunk at a time."""
-    yield json.dumps(head)[:-1].encode() + b', "%s": {' % name.encode()
+    return _json_parts(json.dumps(head)[:-1].encode() + b', "%s": {' % name.encode(), chunks,
+                       b"}}")
+
+
+def _json_parts(opening: bytes, chunks: Iterable, closing: bytes) -> Iterator[bytes]:
+    """`opening`, each chunk's JSON without its brackets (comma-separated), `closing`."""
+    yield opening
     first = True
     for chunk in chunks:
         if chunk:
             yield (b"" if first else b", ") + json.dumps(chunk)[1:-1].encode()
             first = False
-    yield b"}}"
+    yield closing

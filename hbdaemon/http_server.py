@@ -418,15 +418,8 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         """Answer with `body`: bytes, parts sent one after the other, or a Stream (api.Body)."""
         if isinstance(body, Stream):
             return self._stream(code, body, content_type, headers)
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length",
-                         str(len(body) if isinstance(body, bytes) else sum(map(len, body))))
-        for name, value in headers:
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
+        length = len(body) if isinstance(body, bytes) else sum(map(len, body))
+        self._head(code, content_type, (("Content-Length", str(length)), *headers))
         if self.command == "HEAD":
             return
         if isinstance(body, bytes):
@@ -441,15 +434,8 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         chunked = self.request_version != "HTTP/1.0"
         if not chunked:
             self.close_connection = True
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        if chunked:
-            self.send_header("Transfer-Encoding", "chunked")
-        for name, value in headers:
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
+        self._head(code, content_type,
+                   ((("Transfer-Encoding", "chunked"),) if chunked else ()) + tuple(headers))
         if self.command == "HEAD":
             return
         parts, gate = iter(body.parts), self.server.gate
@@ -462,6 +448,15 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%b\r\n" % (len(part), part) if chunked else part)
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
+
+    def _head(self, code: int, content_type: str, headers) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        for name, value in headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
 
     def date_time_string(self, timestamp=None):
         # The Date header, formatted once a second rather than once a request.

@@ -50,7 +50,7 @@ def parse_responses(raw: bytes) -> List[Response]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         if headers.get("transfer-encoding") == "chunked":
-            body, raw = _dechunk(rest)
+            body, raw = dechunk(rest)
             out.append(Response(int(status), headers, body))
             continue
         length = int(headers.get("content-length", "0"))
@@ -59,7 +59,7 @@ def parse_responses(raw: bytes) -> List[Response]:
     return out
 
 
-def _dechunk(raw: bytes):
+def dechunk(raw: bytes):
     """(the body of a chunked answer, the bytes after it); strict: hex sizes, CRLFs."""
     body = b""
     while True:
