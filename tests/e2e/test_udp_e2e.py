@@ -40,9 +40,10 @@ def agent_key(tmp, line=f"fleet {SECRET}", name="agent.key"):
     return path
 
 
-def udp_daemon(daemon_factory, short_tmp, **more):
+def udp_daemon(daemon_factory, short_tmp, udp=None, **more):
     port = free_port()
-    d = daemon_factory(udp={"port": port, "keys_file": keys_file(short_tmp)}, **more).start()
+    d = daemon_factory(udp={"port": port, "keys_file": keys_file(short_tmp), **(udp or {})},
+                       **more).start()
     d.udp_port = port
     return d
 
@@ -289,3 +290,43 @@ def test_agentd_takes_a_key_rotated_in_place_on_sighup(daemon_factory, agentd_fa
     before = d.agent("rot-1")["heartbeats"]
     wait_for(lambda: d.agent("rot-1")["heartbeats"] >= before + 3, 5,
              what="heartbeats signed with the new key")
+
+
+def test_hypothesis_datagrams_are_each_taken_or_dropped_with_a_reason(daemon_factory, short_tmp):
+    """Well signed payloads of any shape and raw bytes: every datagram is counted as taken
+    or dropped by reason, no error is logged, and only well-formed heartbeats make agents."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    d = udp_daemon(daemon_factory, short_tmp, udp={"max_skew": "1h"})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = [0]
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+        | st.text(max_size=40), lambda inner: st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+    payloads = st.fixed_dictionaries(
+        {"agent_id": st.one_of(st.from_regex(r"hyp-[a-z0-9]{1,8}", fullmatch=True),
+                               st.text(max_size=20)),
+         "pid": st.one_of(st.integers(-5, 2**32), st.text(max_size=5)),
+         "timestamp": st.one_of(st.just(format_rfc3339(time.time())), st.text(max_size=30))},
+        optional={"cpu": json_values, "memory": json_values, "status": json_values,
+                  "summary": json_values, "events": json_values, "problems": json_values})
+
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(datagram=st.one_of(
+        payloads.map(lambda doc: sign("fleet", SECRET.encode(), json.dumps(doc).encode())),
+        st.binary(max_size=1500),
+        st.binary(max_size=200).map(lambda tail: b"HB1 fleet " + tail)))
+    def send(datagram):
+        sock.sendto(datagram, ("127.0.0.1", d.udp_port))
+        sent[0] += 1
+
+    send()
+    stats = lambda: d.get("/stats")[2]  # noqa: E731
+    wait_for(lambda: stats()["received_by_transport"].get("udp", 0) >= sent[0], 10,
+             what="every datagram read")
+    wait_for(lambda: stats()["processed_by_transport"].get("udp", 0) + sum(rejected(d).values())
+             == sent[0], 10, what="every datagram taken or dropped with a reason")
+    assert d.get("/healthz")[0] == 200 and " ERROR " not in d.log()
+    for agent in d.get("/agents")[2]["agents"]:
+        assert agent["transport"] in ("udp", "relay"), agent
