@@ -94,8 +94,8 @@ class Stream:
         self.parts = parts
 
 
-# An answer's body: bytes, parts (bytes) sent one after the other, or a Stream
-Body = Union[bytes, Tuple[bytes, ...], Stream]
+# An answer's body: bytes, or a Stream made while it is sent
+Body = Union[bytes, Stream]
 
 
 class SharedRender:

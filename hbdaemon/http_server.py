@@ -264,7 +264,7 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
                     code, doc, content_type = exc.code, _json_body(False, exc.message), JSON
                 if isinstance(doc, str):
                     doc = doc.encode()
-                body = doc if isinstance(doc, (bytes, tuple, Stream)) else json.dumps(doc).encode()
+                body = doc if isinstance(doc, (bytes, Stream)) else json.dumps(doc).encode()
         if heartbeat:
             return self._accepted(warnings)
         headers = _PAGE_HEADERS if content_type.startswith("text/html") else ()
@@ -415,17 +415,12 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, code: int, body: Body, content_type: str = "application/json",
                headers=()) -> None:
-        """Answer with `body`: bytes, parts sent one after the other, or a Stream (api.Body)."""
+        """Answer with `body`: bytes, or a Stream (api.Body)."""
         if isinstance(body, Stream):
             return self._stream(code, body, content_type, headers)
-        length = len(body) if isinstance(body, bytes) else sum(map(len, body))
-        self._head(code, content_type, (("Content-Length", str(length)), *headers))
-        if self.command == "HEAD":
-            return
-        if isinstance(body, bytes):
+        self._head(code, content_type, (("Content-Length", str(len(body))), *headers))
+        if self.command != "HEAD":
             self.wfile.write(body)
-        else:
-            self.wfile.writelines(body)
 
     def _stream(self, code: int, body: Stream, content_type: str, headers) -> None:
         """Send a Stream chunked, making each part in the gate and writing it outside: a
