@@ -45,6 +45,8 @@ def news(ev: Event, change: AlertChange) -> Optional[str]:
     """Whether a webhook hears of `ev` ("firing", "resolved", "event"), or None."""
     if ev.kind in EVENT_KINDS:
         return "event"
+    if ev.kind == "forgotten":  # forgotten while failing: its alert ends
+        return "resolved" if change.resolved is not None else None
     if ev.kind != "state":
         return None
     if ev.to_state in FAILING_STATES:
@@ -170,7 +172,9 @@ class Alerting:
         kind = news(ev, change)
         if kind is None or not self.webhooks:
             return
-        trigger = ev.to_state if ev.kind == "state" else ev.kind
+        # a forgotten agent's event names the state it was in: its alert's resolution goes
+        # to the webhooks that heard that state fire
+        trigger = ev.to_state if ev.kind in ("state", "forgotten") else ev.kind
         chosen = [w for w in self.webhooks if trigger in w.cfg.on and w.cfg.covers(ev.agent_id)]
         if not chosen:
             return

@@ -36,7 +36,8 @@ def request(method: str, url: str, body: Optional[bytes], headers: Dict[str, str
         raise ValueError(f"not an http:// or https:// URL: {url[:100]!r}")
     try:
         conn.connect()
-        deadline = threading.Timer(timeout, _shut, (conn.sock,))
+        shut: list = []
+        deadline = threading.Timer(timeout, _shut, (conn.sock, shut))
         deadline.daemon = True
         deadline.start()
         try:
@@ -44,6 +45,10 @@ def request(method: str, url: str, body: Optional[bytes], headers: Dict[str, str
             conn.request(method, path, body, headers)
             resp = conn.getresponse()
             return resp.status, resp.read(max_answer)
+        except SEND_ERRORS:
+            if shut:  # our deadline cut it, not the peer: say so ("connection closed" misleads)
+                raise TimeoutError(f"timed out: no whole answer within {timeout:g}s") from None
+            raise
         finally:
             deadline.cancel()
     finally:
@@ -73,7 +78,8 @@ def _tls() -> ssl.SSLContext:
     return _TLS
 
 
-def _shut(sock) -> None:
+def _shut(sock, shut: list) -> None:
+    shut.append(True)
     try:
         sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
     except OSError:

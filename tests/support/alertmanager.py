@@ -23,6 +23,7 @@ class Receiver:
     def __init__(self, mode: str = "ok"):
         self.mode = mode
         self.posts = []
+        self.arrivals = []
         self._closing = threading.Event()
         receiver = self
 
@@ -30,6 +31,7 @@ class Receiver:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 arrived = time.monotonic()
+                receiver.arrivals.append((arrived, self.path))  # a hung one's too
                 if receiver.mode == "hang":
                     receiver._closing.wait(60)
                     return

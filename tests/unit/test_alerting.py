@@ -56,6 +56,11 @@ def test_webhooks_hear_of_failures_and_recoveries_not_of_restarts_or_planned_sto
     assert news(ev("dead", kind="hook_suspended"), book.apply(ev("dead", kind="hook_suspended"))) \
         == "event"
     assert news(ev("unknown", "healthy"), book.apply(ev("unknown", "healthy"))) == "event"
+    book.apply(ev("dead", agent="b"))  # forgotten while failing: its alert ends for webhooks too
+    gone = ev("dead", "dead", agent="b", kind="forgotten")
+    assert news(gone, book.apply(gone)) == "resolved"
+    gone = ev("healthy", "healthy", agent="c", kind="forgotten")
+    assert news(gone, book.apply(gone)) is None
 
 
 def test_an_ha_pair_gives_identical_labels_and_configured_ones_cannot_hide_the_identity():
