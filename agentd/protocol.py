@@ -17,8 +17,14 @@ def format_rfc3339(epoch: float) -> str:
 
 
 def _json(value) -> str:
-    """One value as JSON: a string quoted (ASCII), anything else as json.dumps writes it."""
-    return _quote(value) if type(value) is str else json.dumps(value, allow_nan=False)
+    """One value as JSON: a string quoted (ASCII), a whole number as it is (json.dumps
+    builds an encoder each call), anything else as json.dumps writes it."""
+    kind = type(value)
+    if kind is str:
+        return _quote(value)
+    if kind is int:  # not bool: True is not 1 on the wire
+        return str(value)
+    return json.dumps(value, allow_nan=False)
 
 
 def encode_heartbeat(agent_id: str, pid: int, status: str, version: str,

@@ -20,7 +20,8 @@ MAX_BODY = 64 * 1024
 MAX_DATAGRAM = 1400  # the daemon's bound for one signed UDP heartbeat
 MAX_HEAD = 64 * 1024
 # simple classes only: nested optional blanks backtrack for minutes on a line of spaces
-_HEADER_LINE = re.compile(rb"^([^:\r\n]*):([^\r\n]*)", re.M)
+_HEADER_LINE = re.compile(rb"^([^:\r\n]*):[ \t]*([^\r\n]*)", re.M)
+_HEADERS_READ = (b"connection", b"content-length", b"retry-after", b"transfer-encoding")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,8}")
 
@@ -213,6 +214,7 @@ class HttpTransport:
         self._head = (f"POST {self._path} HTTP/1.1\r\nHost: {host}:{self._port}\r\n"
                       f"Content-Type: application/json\r\n{auth}").encode("latin-1")
         self._sock: Optional[socket.socket] = None
+        self._poll = None
         self._buf = b""
         self._deadline = 0.0
         self.connected = False
@@ -227,8 +229,7 @@ class HttpTransport:
                 self._deadline = time.monotonic() + self.timeout
                 if self._sock is None:
                     self._open()
-                self._sock.settimeout(self.timeout)
-                self._sock.sendall(self._request(line))
+                self._send_all(self._request(line))
                 status, headers, body = self._read_response()
                 break
             except (OSError, ValueError) as exc:
@@ -267,40 +268,74 @@ class HttpTransport:
             except OSError:  # ssl.SSLError among them
                 sock.close()
                 raise
+            self._poll = None
+        else:  # blocking, each wait a poll() on the deadline: 3 system calls an exchange,
+            sock.setblocking(True)  # where a socket timeout makes 6 (a poll before each
+            self._poll = select.poll()  # call, and one to set the timeout each time)
+            self._poll.register(sock, select.POLLIN)
         self._sock, self._buf = sock, b""
 
     def _request(self, body: bytes) -> bytes:
         return b"%sContent-Length: %d\r\n\r\n%s" % (self._head, len(body), body)
 
-    def _recv(self) -> bool:
-        """Read what has arrived onto the buffer, within what is left of the exchange's
-        time; False at the end of the stream."""
+    def _left(self) -> float:
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise socket.timeout("timed out")
-        self._sock.settimeout(left)
-        data = self._sock.recv(65536)
+        return left
+
+    def _send_all(self, data: bytes) -> None:
+        """The request, whole, within what is left of the exchange's time."""
+        if self._poll is None:  # TLS: the ssl module's calls take no flags
+            self._sock.settimeout(self._left())
+            self._sock.sendall(data)
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self._sock.send(view, socket.MSG_DONTWAIT):]
+            except BlockingIOError:  # the daemon is not reading: wait for room, not for ever
+                room = select.poll()  # (not select(): a host program may have fds past 1024)
+                room.register(self._sock, select.POLLOUT)
+                if not room.poll(self._left() * 1000.0):
+                    raise socket.timeout("timed out") from None
+
+    def _recv(self) -> bool:
+        """Read what has arrived onto the buffer, within what is left of the exchange's
+        time (a signal's interruption resumes with what is left); False at the end of the
+        stream."""
+        if self._poll is None:
+            self._sock.settimeout(self._left())
+            data = self._sock.recv(65536)
+        else:
+            while True:
+                if not self._poll.poll(self._left() * 1000.0):
+                    raise socket.timeout("timed out")
+                try:
+                    data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+                    break
+                except BlockingIOError:
+                    continue  # woken for nothing
         self._buf += data
         return bool(data)
 
     def _read_response(self):
         """(status, headers as lower-cased bytes, body); ValueError on anything malformed. The
         daemon's answer is small: usually one recv holds all of it."""
-        while True:
-            end = _HEAD_END.search(self._buf)
-            if end is not None:
-                break
+        end = None
+        while end is None:
             if len(self._buf) > MAX_HEAD:
                 raise ValueError("answer's header too large")
             if not self._recv():
                 raise ValueError("connection closed by the daemon")
+            end = _HEAD_END.search(self._buf)
         head, self._buf = self._buf[:end.start()], self._buf[end.end():]
         status_line, _, rest = head.partition(b"\n")
         parts = status_line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
-        headers = {name.strip(b" \t"): value.strip(b" \t\r")
-                   for name, value in _HEADER_LINE.findall(rest.lower())}
+        found = dict(_HEADER_LINE.findall(rest.lower()))
+        headers = {name: found[name].rstrip(b" \t") for name in _HEADERS_READ if name in found}
         if headers.get(b"transfer-encoding") == b"chunked":
             body = self._read_chunked()
         elif headers.get(b"content-length", b"").isdigit():
