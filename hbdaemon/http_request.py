@@ -2,11 +2,79 @@
 
 import ipaddress
 import re
-from typing import NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional
 from urllib.parse import parse_qs, unquote
 
 _SLASHES = re.compile(r"/{2,}")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+# the usual request head, in the strictest form: `METHOD /target HTTP/1.x` and header lines
+# of a token, a colon and printable ASCII, each ending in CRLF (deterministic patterns:
+# no two neighbouring parts can match the same blank, so nothing backtracks)
+_PLAIN_REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) ([\x21-\x7e]+) HTTP/1\.([01])\r\n")
+_PLAIN_FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*\r\n)*")
+_PLAIN_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\t]*)\r\n")
+MAX_HEADERS = 100  # http.client's bound: more is a 431, which the stdlib parser gives
+
+
+class PlainHead(NamedTuple):
+    command: str
+    path: str
+    version: str     # HTTP/1.0 or HTTP/1.1
+    headers: "PlainHeaders"
+    size: int        # bytes of header lines, their blank line included
+
+
+class PlainHeaders:
+    """What http.server's email.message.Message gives for a plain head, as far as the
+    handler asks it: get and get_all (case-blind names, values as sent past the colon's
+    blanks), no defects, no payload."""
+
+    defects: List[str] = []
+
+    def __init__(self, fields: Dict[str, List[str]]):
+        self._fields = fields
+
+    def get(self, name: str, failobj=None):
+        values = self._fields.get(name.lower())
+        return values[0] if values else failobj
+
+    def get_all(self, name: str, failobj=None):
+        return list(self._fields.get(name.lower(), ())) or failobj
+
+    def get_payload(self) -> str:
+        return ""
+
+
+def parse_plain_head(request_line: bytes, ahead: bytes) -> Optional[PlainHead]:
+    """The request line and the header lines after it (`ahead`: the bytes read so far), when
+    all of the head has arrived and is of the plain kind every agent and browser sends;
+    None for anything else, which http.server's parser then judges (with its defects and
+    refusals). Skips the email parser: ~15 µs of a keep-alive heartbeat's ~150."""
+    line = _PLAIN_REQUEST_LINE.fullmatch(request_line)
+    if line is None:
+        return None
+    if ahead.startswith(b"\r\n"):
+        block, size = b"", 2
+    else:
+        end = ahead.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        block, size = ahead[:end + 2], end + 4
+        if not _PLAIN_FIELDS.fullmatch(block):
+            return None
+    found = _PLAIN_FIELD.findall(block)
+    if len(found) > MAX_HEADERS:
+        return None
+    fields: Dict[str, List[str]] = {}
+    for name, value in found:
+        fields.setdefault(name.decode("ascii").lower(), []).append(value.decode("ascii"))
+    path = line.group(2).decode("ascii")
+    if path.startswith("//"):  # as http.server does (gh-87389)
+        path = "/" + path.lstrip("/")
+    return PlainHead(line.group(1).decode("ascii"), path, f"HTTP/1.{line.group(3).decode()}",
+                     PlainHeaders(fields), size)
 
 
 class BadRequest(ValueError):

@@ -23,8 +23,8 @@ from hbdaemon.api import JSON, NETWORK_BOUND, Api, ApiError, Body, Stream, resol
 from hbdaemon.auth import OPEN, Credentials, Grant
 from hbdaemon.connlimit import (NEW_ID_SLOTS, NO_GATE, ConnectionLimitMixIn, FairGate,
                                 ReusedThreadsMixIn)
-from hbdaemon.http_request import (BadRequest, is_loopback_address, is_loopback_host,
-                                   parse_target, same_origin)
+from hbdaemon.http_request import (BadRequest, PlainHead, is_loopback_address,
+                                   is_loopback_host, parse_plain_head, parse_target, same_origin)
 from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, format_rfc3339,
                                parse_heartbeat, warning_reason)
 from hbdaemon.registry import ID_CONFLICT, MAX_AGENTS, RELAYED, RESERVED_ID
@@ -175,6 +175,9 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
         """parse_request within MAX_HEAD_BYTES: directly when the whole head has arrived
         already (the usual case: one packet), else through a reader that counts."""
         ahead = self.rfile.peek(MAX_HEAD_BYTES)[:MAX_HEAD_BYTES]
+        plain = parse_plain_head(self.raw_requestline, ahead)
+        if plain is not None:
+            return self._take_plain_head(plain)
         if ahead.startswith((b"\r\n", b"\n")) or b"\n\r\n" in ahead or b"\n\n" in ahead:
             return self.parse_request()
         stream, self.rfile = self.rfile, _HeadReader(self.rfile, MAX_HEAD_BYTES)
@@ -182,6 +185,24 @@ class HeartbeatHTTPHandler(http.server.BaseHTTPRequestHandler):
             return self.parse_request()
         finally:
             self.rfile = stream
+
+    def _take_plain_head(self, plain: PlainHead) -> bool:
+        """parse_request's outcome for a plain head (see parse_plain_head), the same
+        attributes set the same way."""
+        self.requestline = self.raw_requestline.decode("ascii").rstrip("\r\n")
+        self.command, self.path, self.request_version = plain.command, plain.path, plain.version
+        self.headers = plain.headers
+        self.rfile.read(plain.size)
+        self.close_connection = plain.version != "HTTP/1.1"
+        connection = plain.headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        if plain.version == "HTTP/1.1" and \
+                plain.headers.get("Expect", "").lower() == "100-continue":
+            return self.handle_expect_100()
+        return True
 
     def handle_expect_100(self):
         # Send "100 Continue" only once the request is known to be acceptable (_read_body).

@@ -1,10 +1,12 @@
 """Request targets, Host and Origin as the HTTP boundary reads them, and the route table."""
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from hbdaemon.api import ROUTES, ApiError, resolve
 from hbdaemon.auth import Credentials
-from hbdaemon.http_request import BadRequest, host_name, is_loopback_name, parse_target, same_origin
+from hbdaemon.http_request import (BadRequest, host_name, is_loopback_name, parse_plain_head,
+                                   parse_target, same_origin)
 
 
 @pytest.mark.parametrize("raw,path,authority", [
@@ -93,3 +95,88 @@ def test_credentials_grant_by_token_and_glob():
     for header in (None, "", "Bearer", "Bearer wrong", "Basic admin", "Bearer admin2", "Bearer \u00e9"):
         assert creds.check(header) is None
     assert not Credentials().required and Credentials().check(None).covers("x")
+
+
+# -- the plain request head, read without the email parser -------------------------------
+
+def _stdlib_head(ahead: bytes):
+    """What http.server's parser makes of the header lines at the start of `ahead`, and
+    how many bytes it took."""
+    import http.client
+    import io
+    stream = io.BufferedReader(io.BytesIO(ahead))
+    return http.client.parse_headers(stream), stream.tell()
+
+
+NAMES = ("host", "content-length", "content-type", "connection", "expect", "origin",
+         "authorization", "transfer-encoding", "x-empty", "x-a")
+
+
+def _same_as_stdlib(plain, ahead: bytes) -> None:
+    stdlib, size = _stdlib_head(ahead)
+    for name in NAMES + tuple(k.lower() for k in stdlib.keys()):
+        for asked in (name, name.upper(), name.title()):
+            assert plain.headers.get(asked) == stdlib.get(asked), asked
+            assert plain.headers.get_all(asked) == stdlib.get_all(asked), asked
+    assert plain.headers.get("absent", "x") == "x" and not plain.headers.defects
+    assert not plain.headers.get_payload() and plain.size == size
+
+
+@pytest.mark.parametrize("head", [
+    b"\r\n",
+    b"Host: 127.0.0.1:8690\r\nContent-Type: application/json\r\nContent-Length: 120\r\n\r\n",
+    b"host:x\r\nHOST:  y  \r\nX-Empty:\r\nX-A: \t tab\tinside \r\n\r\n",
+    b"Authorization: Bearer abc.def~ghi==\r\nOrigin: http://h:1\r\nExpect: 100-continue\r\n\r\n",
+    b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n",
+])
+def test_a_plain_head_reads_as_the_stdlib_parser_reads_it(head):
+    plain = parse_plain_head(b"POST /heartbeat HTTP/1.1\r\n", head + b"{}")
+    assert plain is not None and plain.size == len(head)
+    assert (plain.command, plain.path, plain.version) == ("POST", "/heartbeat", "HTTP/1.1")
+    _same_as_stdlib(plain, head + b"{}")
+
+
+@pytest.mark.parametrize("line,ahead", [
+    (b"POST /heartbeat HTTP/1.1\n", b"\r\n"),                    # bare LF on the request line
+    (b"POST  /heartbeat HTTP/1.1\r\n", b"\r\n"),                 # two blanks
+    (b"post /heartbeat HTTP/1.1\r\n", b"\r\n"),
+    (b"POST /heartbeat HTTP/2.0\r\n", b"\r\n"),
+    (b"POST /heartbeat HTTP/1.10\r\n", b"\r\n"),
+    (b"GET /agents\r\n", b""),                                   # HTTP/0.9
+    (b"GET /\xe9 HTTP/1.1\r\n", b"\r\n"),                        # not ASCII
+    (b"GET /a\x85b HTTP/1.1\r\n", b"\r\n"),                      # a latin-1 blank
+    (b"GET / HTTP/1.1\r\n", b"Host: x\r\n"),                     # the head is not all here
+    (b"GET / HTTP/1.1\r\n", b"Host: x\n\n"),                     # bare LFs
+    (b"GET / HTTP/1.1\r\n", b"Host: x\r\n X: folded\r\n\r\n"),   # obsolete line folding
+    (b"GET / HTTP/1.1\r\n", b"Host : x\r\n\r\n"),                # a blank before the colon
+    (b"GET / HTTP/1.1\r\n", b"Host: x\ry\r\n\r\n"),              # a bare CR
+    (b"GET / HTTP/1.1\r\n", b"Host: \xc3\xa9\r\n\r\n"),          # not ASCII
+    (b"GET / HTTP/1.1\r\n", b"Host: x\x00\r\n\r\n"),
+    (b"GET / HTTP/1.1\r\n", b"no colon\r\n\r\n"),
+    (b"GET / HTTP/1.1\r\n", b"X: 1\r\n" * 101 + b"\r\n"),       # over http.client's 100
+])
+def test_anything_but_a_plain_head_is_left_to_the_stdlib_parser(line, ahead):
+    assert parse_plain_head(line, ahead) is None
+
+
+def test_a_plain_head_keeps_the_version_and_reduces_leading_slashes():
+    plain = parse_plain_head(b"GET //x//y HTTP/1.0\r\n", b"\r\n")
+    assert (plain.path, plain.version, plain.size) == ("/x//y", "HTTP/1.0", 2)
+
+
+def test_a_line_of_blanks_is_read_at_once():
+    """The patterns cannot backtrack: 16,000 blanks in a value (or before the end of the
+    head) would freeze the daemon under the GIL if they did."""
+    head = b"X: " + b" " * 16000 + b"\r\n\r\n"
+    _same_as_stdlib(parse_plain_head(b"GET / HTTP/1.1\r\n", head), head)
+    assert parse_plain_head(b"GET / HTTP/1.1\r\n", b"X" + b" " * 16000 + b"\r\n\r\n") is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["Host", "x-a", "X-A", "Content-Length", "A b", "é"]),
+                          st.text(alphabet=" \t:ab\r\n\x00é\x7f", max_size=12)), max_size=6))
+def test_whatever_it_takes_it_reads_as_the_stdlib_parser(fields):
+    head = "".join(f"{name}:{value}\r\n" for name, value in fields).encode("utf-8") + b"\r\n"
+    plain = parse_plain_head(b"GET / HTTP/1.1\r\n", head)
+    if plain is not None:
+        _same_as_stdlib(plain, head)
