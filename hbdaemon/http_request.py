@@ -15,7 +15,7 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _PLAIN_REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) ([\x21-\x7e]+) HTTP/1\.([01])\r\n")
 _PLAIN_FIELDS = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*\r\n)*")
 _PLAIN_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\t]*)\r\n")
-MAX_HEADERS = 100  # http.client's bound: more is a 431, which the stdlib parser gives
+MAX_HEADERS = 100  # http.client's bound, its blank line counted: 100 lines are a 431
 
 
 class PlainHead(NamedTuple):
@@ -65,11 +65,16 @@ def parse_plain_head(request_line: bytes, ahead: bytes) -> Optional[PlainHead]:
         if not _PLAIN_FIELDS.fullmatch(block):
             return None
     found = _PLAIN_FIELD.findall(block)
-    if len(found) > MAX_HEADERS:
+    if len(found) >= MAX_HEADERS:
         return None
     fields: Dict[str, List[str]] = {}
     for name, value in found:
         fields.setdefault(name.decode("ascii").lower(), []).append(value.decode("ascii"))
+    # the email parser reads a multipart or message type as a body to come: defects or a
+    # payload, which the handler refuses (400); it judges those heads itself
+    if any(value.split(";")[0].strip().lower().startswith(("multipart/", "message/"))
+           for value in fields.get("content-type", ())):
+        return None
     path = line.group(2).decode("ascii")
     if path.startswith("//"):  # as http.server does (gh-87389)
         path = "/" + path.lstrip("/")

@@ -384,6 +384,25 @@ def test_a_malformed_header_line_is_refused_not_the_end_of_the_headers(daemon_fa
     assert [r.status for r in responses] == [400] and closed
 
 
+@pytest.mark.parametrize("head,status", [
+    # with Host and Content-Length, 100 lines: http.client's bound, its blank line counted
+    (b"".join(b"X-%d: v\r\n" % n for n in range(98)), 431),
+    (b"Content-Type: multipart/form-data\r\n", 400),         # the email parser's defect
+    (b"Content-Type: Message/rfc822; x=1\r\n", 400),         # its payload
+])
+def test_heads_the_stdlib_refuses_are_refused_whichever_parser_reads_them(daemon_factory,
+                                                                         head, status):
+    """Found by an attack on the plain-head reader: heads it took that http.server's parser
+    refuses, each followed here by a pipelined request that must not be answered."""
+    d = daemon_factory().start()
+    body = beat("plain-1", pid=os.getpid())
+    responses, closed = exchange(d.port, b"POST /heartbeat HTTP/1.1\r\nHost: localhost\r\n"
+                                 + head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+                                 + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert [r.status for r in responses] == [status] and closed
+    assert d.get("/agents/plain-1")[0] == 404
+
+
 def test_many_bad_connections_cannot_flood_the_log(daemon_factory):
     d = daemon_factory().start()
     for i in range(60):
