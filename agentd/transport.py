@@ -222,11 +222,11 @@ class HttpTransport:
     def send(self, line: bytes) -> None:
         """POST one heartbeat; raises TransportError (see its retry_after and permanent).
         The whole exchange ends within `timeout`, however the daemon trickles its answer."""
-        if self._buf:  # bytes no request asked for: this stream is out of step
-            self.close()
+        self._deadline = time.monotonic() + self.timeout
+        if self._sock is not None and (self._buf or self._stirred()):
+            self.close()  # bytes no request asked for, or the daemon's close: out of step
         for reused in (self._sock is not None, False):
             try:
-                self._deadline = time.monotonic() + self.timeout
                 if self._sock is None:
                     self._open()
                 self._send_all(self._request(line))
@@ -234,7 +234,9 @@ class HttpTransport:
                 break
             except (OSError, ValueError) as exc:
                 self.close()
-                if not reused:  # a fresh connection failed too: the daemon is not there
+                # a kept connection that failed is tried once more on a new one, within the
+                # same deadline; not after a timeout (the daemon may have the beat already)
+                if not reused or isinstance(exc, socket.timeout):
                     raise TransportError(f"POST {self.url} failed: {exc}") from None
         self.connected = True
         if headers.get(b"connection") == b"close":
@@ -260,19 +262,25 @@ class HttpTransport:
                                  retry_after=_seconds(headers.get(b"retry-after")))
         raise TransportError(f"daemon answered {status}: {message}")
 
+    def _stirred(self) -> bool:
+        """Something came on the kept connection between two beats: an answer nobody
+        asked for, or the end of the stream. (Not judged over TLS, where the server's
+        session tickets arrive unasked.)"""
+        return self._tls is None and bool(self._poll.poll(0))
+
     def _open(self) -> None:
-        sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
+        sock = socket.create_connection((self._host, self._port), timeout=self._left())
         if self._tls is not None:
             try:
                 sock = self._tls.wrap_socket(sock, server_hostname=self._host)
             except OSError:  # ssl.SSLError among them
                 sock.close()
                 raise
-            self._poll = None
-        else:  # blocking, each wait a poll() on the deadline: 3 system calls an exchange,
-            sock.setblocking(True)  # where a socket timeout makes 6 (a poll before each
-            self._poll = select.poll()  # call, and one to set the timeout each time)
-            self._poll.register(sock, select.POLLIN)
+        else:  # blocking, each wait a poll() on the deadline: 4 system calls an exchange,
+            sock.setblocking(True)  # where socket timeouts made 6 (a poll before each call,
+            # and one to set the timeout each time)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
         self._sock, self._buf = sock, b""
 
     def _request(self, body: bytes) -> bytes:
@@ -286,7 +294,7 @@ class HttpTransport:
 
     def _send_all(self, data: bytes) -> None:
         """The request, whole, within what is left of the exchange's time."""
-        if self._poll is None:  # TLS: the ssl module's calls take no flags
+        if self._tls is not None:  # the ssl module's calls take no flags
             self._sock.settimeout(self._left())
             self._sock.sendall(data)
             return
@@ -304,7 +312,7 @@ class HttpTransport:
         """Read what has arrived onto the buffer, within what is left of the exchange's
         time (a signal's interruption resumes with what is left); False at the end of the
         stream."""
-        if self._poll is None:
+        if self._tls is not None:
             self._sock.settimeout(self._left())
             data = self._sock.recv(65536)
         else:
@@ -322,7 +330,28 @@ class HttpTransport:
     def _read_response(self):
         """(status, headers as lower-cased bytes, body); ValueError on anything malformed. The
         daemon's answer is small: usually one recv holds all of it."""
-        end = None
+        status, headers = self._read_head()
+        while 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
+            status, headers = self._read_head()
+        if status in (204, 304):  # no body, whatever the headers say
+            body = b""
+        elif headers.get(b"transfer-encoding") == b"chunked":
+            body = self._read_chunked()
+        elif headers.get(b"content-length", b"").isdigit():
+            length = int(headers[b"content-length"])
+            body = self._take(min(length, MAX_BODY))
+            if length > MAX_BODY:  # the rest is not read: this stream is out of step
+                headers[b"connection"] = b"close"
+        else:
+            while len(self._buf) < MAX_BODY and self._recv():
+                pass
+            body, self._buf = self._buf[:MAX_BODY], b""
+            headers[b"connection"] = b"close"
+        return status, headers, body
+
+    def _read_head(self):
+        """The next answer's status and the headers the client reads (lower-cased)."""
+        end = _HEAD_END.search(self._buf) if self._buf else None
         while end is None:
             if len(self._buf) > MAX_HEAD:
                 raise ValueError("answer's header too large")
@@ -335,20 +364,10 @@ class HttpTransport:
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
         found = dict(_HEADER_LINE.findall(rest.lower()))
-        headers = {name: found[name].rstrip(b" \t") for name in _HEADERS_READ if name in found}
-        if headers.get(b"transfer-encoding") == b"chunked":
-            body = self._read_chunked()
-        elif headers.get(b"content-length", b"").isdigit():
-            length = int(headers[b"content-length"])
-            body = self._take(min(length, MAX_BODY))
-            if length > MAX_BODY:  # the rest is not read: this stream is out of step
-                headers[b"connection"] = b"close"
-        else:
-            while len(self._buf) < MAX_BODY and self._recv():
-                pass
-            body, self._buf = self._buf[:MAX_BODY], b""
-            headers[b"connection"] = b"close"
-        return int(parts[1]), headers, body
+        if any(name[-1:] in (b" ", b"\t") for name in found):  # `Content-Length : 2`, which
+            found = {name.strip(b" \t"): value for name, value in found.items()}  # RFC 7230
+        return int(parts[1]), {name: found[name].rstrip(b" \t")  # forbids; taken as before
+                               for name in _HEADERS_READ if name in found}
 
     def _take(self, size: int) -> bytes:
         """The next `size` bytes of the stream; ValueError if it ends first."""

@@ -172,13 +172,14 @@ class Alerting:
         kind = news(ev, change)
         if kind is None or not self.webhooks:
             return
-        # a forgotten agent's event names the state it was in: its alert's resolution goes
-        # to the webhooks that heard that state fire
-        trigger = ev.to_state if ev.kind in ("state", "forgotten") else ev.kind
+        # a forgotten agent's alert ends for the webhooks that heard it fire: those of the
+        # alert's state (after a restart the record's own state is `unknown`)
+        state = change.resolved.state if ev.kind == "forgotten" else ev.to_state
+        trigger = state if ev.kind in ("state", "forgotten") else ev.kind
         chosen = [w for w in self.webhooks if trigger in w.cfg.on and w.cfg.covers(ev.agent_id)]
         if not chosen:
             return
-        if self._silenced(ev.agent_id, ev.to_state):
+        if self._silenced(ev.agent_id, state):
             for hook in chosen:
                 hook.delivery.silenced += 1
             return

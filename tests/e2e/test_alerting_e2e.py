@@ -245,6 +245,27 @@ def test_forgetting_a_failing_agent_resolves_its_alert_at_the_webhook(daemon_fac
     assert resolved["event"]["kind"] == "forgotten" and resolved["event"]["agent_id"] == "gone-1"
 
 
+def test_an_agent_forgotten_while_unknown_after_a_restart_resolves_where_it_fired(
+        daemon_factory, receiver):
+    """Found by an attack: the record is `unknown` after the restart while its alert still
+    fires; the resolution goes to the webhooks of the alert's state, not of `unknown`."""
+    rx = receiver()
+    d = daemon_factory(agent={"health_check": {"heartbeat_timeout": "1s"}},
+                       webhooks=[{"url": rx.url + "/silent", "on": ["no_heartbeat"]},
+                                 {"url": rx.url + "/unknown", "on": ["unknown"]}]).start()
+    assert d.post({"agent_id": "db-2", "pid": os.getpid()})[0] == 200
+    d.wait_state("db-2", "no_heartbeat", timeout=5)
+    wait_for(lambda: rx.docs("/silent"), 10, what="the firing webhook")
+    assert d.stop() == 0
+    d.start()
+    assert d.state("db-2") == "unknown"
+    wait_for(lambda: rx.docs("/unknown"), 10, what="the restart's unknown event")
+    assert d.request("DELETE", "/agents/db-2")[0] == 200
+    wait_for(lambda: len(rx.docs("/silent")) == 2, 10, what="the resolving webhook")
+    assert [doc["alert"] for doc in rx.docs("/silent")] == ["firing", "resolved"]
+    assert [doc["alert"] for doc in rx.docs("/unknown")] == [None]  # the restart's event only
+
+
 def test_every_alertmanager_url_gets_every_alert_and_a_hung_one_holds_up_none(
         daemon_factory, receiver, alertmanager):
     rx, hang = receiver(), receiver("hang")

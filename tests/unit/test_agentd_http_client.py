@@ -249,3 +249,47 @@ def _timed_send(transport) -> float:
     except TransportError:
         pass
     return time.monotonic() - started
+
+
+# -- found by an attack on the poll()-based client ---------------------------------------
+
+def test_an_answer_that_comes_between_two_beats_is_not_taken_for_the_next(serve):
+    def answer_then_stray(conn):
+        conn.sendall(OK)
+        time.sleep(0.1)  # after the beat's exchange is over
+        conn.sendall(b"HTTP/1.1 503 Busy\r\nRetry-After: 60\r\nContent-Length: 0\r\n\r\n")
+    server = serve(answer_then_stray, OK)
+    transport = HttpTransport(server.url, 2.0)
+    transport.send(b"1\n")
+    time.sleep(0.3)
+    transport.send(b"2\n")  # a 503 read here would hold the agent back for 60 s
+    assert server.connections == 2 and server.bodies == [b"1\n", b"2\n"]
+    transport.close()
+
+
+def test_a_kept_connection_that_times_out_is_not_retried_past_the_timeout(serve):
+    never = lambda conn: time.sleep(3)  # noqa: E731 (reads the beat, never answers)
+    server = serve(OK, never, OK)
+    transport = HttpTransport(server.url, 1.0)
+    transport.send(b"1\n")
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="timed out"):
+        transport.send(b"2\n")
+    assert time.monotonic() - started < 1.5  # one timeout, not two
+    assert server.bodies == [b"1\n", b"2\n"]  # and the beat went out once
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",        # a blank before the colon
+    b"HTTP/1.1 100 Continue\r\n\r\n" + OK,                      # an interim answer first
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 P\r\n\r\n" + OK,
+    b"HTTP/1.1 204 No Content\r\n\r\n",                         # no body, no length
+])
+def test_odd_but_whole_answers_are_taken_at_once(serve, answer):
+    server = serve(answer, OK)
+    transport = HttpTransport(server.url, 2.0)
+    started = time.monotonic()
+    transport.send(b"1\n")
+    transport.send(b"2\n")
+    assert time.monotonic() - started < 1.0 and server.connections == 1
+    transport.close()
