@@ -276,9 +276,10 @@ class HttpTransport:
             except OSError:  # ssl.SSLError among them
                 sock.close()
                 raise
-        else:  # blocking, each wait a poll() on the deadline: 4 system calls an exchange,
-            sock.setblocking(True)  # where socket timeouts made 6 (a poll before each call,
-            # and one to set the timeout each time)
+        else:
+            # blocking, each wait a poll() on the deadline: 4 system calls an exchange, where
+            # socket timeouts made 6 (a poll before each call, one to set each timeout)
+            sock.setblocking(True)
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
         self._sock, self._buf = sock, b""

@@ -31,7 +31,7 @@ class PlainHeaders:
     handler asks it: get and get_all (case-blind names, values as sent past the colon's
     blanks), no defects, no payload."""
 
-    defects: List[str] = []
+    defects: tuple = ()
 
     def __init__(self, fields: Dict[str, List[str]]):
         self._fields = fields
@@ -51,7 +51,8 @@ def parse_plain_head(request_line: bytes, ahead: bytes) -> Optional[PlainHead]:
     """The request line and the header lines after it (`ahead`: the bytes read so far), when
     all of the head has arrived and is of the plain kind every agent and browser sends;
     None for anything else, which http.server's parser then judges (with its defects and
-    refusals). Skips the email parser: ~15 µs of a keep-alive heartbeat's ~150."""
+    refusals). Skips the email parser, which was a third of a keep-alive heartbeat's CPU
+    (bench_http: 163-203 µs a heartbeat before, 116-118 after)."""
     line = _PLAIN_REQUEST_LINE.fullmatch(request_line)
     if line is None:
         return None
