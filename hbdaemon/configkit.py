@@ -106,16 +106,27 @@ def _read_yaml(path: str, required: bool):
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     lines = {}
-    _key_lines(node, "", lines)
+    try:
+        _key_lines(node, "", lines)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}, {exc}") from None
     return data, lines
 
 
 def _key_lines(node, prefix: str, out: dict) -> None:
-    """Record the line of every key, so errors can point at it."""
+    """Record the line of every key, so errors can point at it. A key given twice in one
+    mapping is refused: YAML would keep the last silently (a second `http:` section
+    appended to a file would drop the first one's token)."""
     if isinstance(node, yaml.MappingNode):
+        seen: Dict[object, int] = {}
         for knode, vnode in node.value:
             dotted = f"{prefix}{knode.value}"
-            out[dotted] = knode.start_mark.line + 1
+            line = knode.start_mark.line + 1
+            if isinstance(knode, yaml.ScalarNode) and knode.value in seen:
+                raise ConfigError(f"line {line}: {dotted} is given twice (first at line "
+                                  f"{seen[knode.value]}); say it once")
+            seen[knode.value] = line
+            out[dotted] = line
             _key_lines(vnode, dotted + ".", out)
     elif isinstance(node, yaml.SequenceNode):
         base = prefix.rstrip(".")

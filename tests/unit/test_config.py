@@ -103,6 +103,28 @@ def test_malformed_yaml_gives_line_and_column(tmp_path):
     assert f"{path}, line 3" in str(err.value) and "not valid YAML" in str(err.value)
 
 
+@pytest.mark.parametrize("text,needle", [
+    ("http:\n  port: 1\n  auth_token_file: /etc/t\nlog: {level: info}\nhttp:\n  port: 2\n",
+     "line 5: http is given twice (first at line 1)"),  # would drop the token silently
+    ("agent:\n  health_check: {heartbeat_timeout: 1s, heartbeat_timeout: 2s}\n",
+     "agent.health_check.heartbeat_timeout is given twice"),
+    ("hooks:\n  - on: [dead]\n    command: [a]\n    command: [b]\n",
+     "line 4: hooks[0].command is given twice (first at line 3)"),
+])
+def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert str(path) in str(err.value) and needle in str(err.value)
+
+
+def test_the_same_key_in_two_mappings_is_no_duplicate(tmp_path):
+    cfg = load_config(write(tmp_path, "hooks:\n  - {on: [dead], command: [a]}\n"
+                            "  - {on: [healthy], command: [b]}\nunix: {socket_group: ''}\n"),
+                      environ={})
+    assert [h.command for h in cfg.hooks] == [("a",), ("b",)]
+
+
 def test_environment_error_names_the_variable():
     with pytest.raises(ConfigError) as err:
         load_config("/nonexistent", environ={"HBDAEMON_HTTP_WORKERS": "lots"})
