@@ -101,7 +101,9 @@ cp /etc/default/hbdaemon /tmp/default.hb.saved
 echo "HBDAEMON_HOOKS='[{on: [dead], agents: [demo], command: [systemctl, restart, --no-block, hb-demo.service]}]'" >> /etc/default/hbdaemon
 systemctl restart hbdaemon; check daemon-restart-with-hook 0 $?
 cp /etc/agentd/agentd.yaml /tmp/agentd.yaml.saved
-printf 'watch:\n  - {agent_id: demo, unit: hb-demo.service}\n' >> /etc/agentd/agentd.yaml
+# the shipped file has `watch: []`: an operator edits that key (a second one is refused)
+sed -i 's|^watch: \[\]$|watch:\n  - {agent_id: demo, unit: hb-demo.service}|' /etc/agentd/agentd.yaml
+agentd --check-config >/dev/null; check agent-config-with-watch 0 $?
 systemctl restart agentd; check agent-restart-with-watch 0 $?
 check demo-healthy healthy "$(wait_state demo healthy)"
 check demo-pid "$(systemctl show -P MainPID hb-demo)" "$(field demo pid)"
