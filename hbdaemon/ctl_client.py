@@ -77,6 +77,11 @@ class Client:
             if self._tls is not None and type(reason).__module__ == "ssl":
                 raise ApiError(0, f"TLS with {self.url} failed: {reason} (--ca-file gives "
                                   "the CA that signed the daemon's certificate)") from None
+            if self._tls is None and isinstance(reason, ConnectionResetError):
+                # taken and dropped unanswered: what a TLS listener does with plain HTTP
+                raise ApiError(0, f"{self.url} took the connection and closed it without an "
+                                  "answer: if the daemon serves HTTPS (http.tls_cert_file), "
+                                  "use https://") from None
             raise DaemonDown(f"cannot reach hbdaemon at {self.url}: {reason}") from None
         return data.decode() if raw else json.loads(data)
 

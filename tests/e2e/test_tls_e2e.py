@@ -76,6 +76,10 @@ def test_hbctl_and_the_upstream_reporter_verify_too(daemon_factory, ca):
     assert code == 0 and "no agents" in out
     code, out = hbctl(up, "status")
     assert code == 1 and "certificate verify failed" in out and "--ca-file" in out
+    plain = subprocess.run([sys.executable, "-m", "hbdaemon.ctl", "--url",
+                            f"http://127.0.0.1:{up.port}", "status"],
+                           capture_output=True, text=True, timeout=30)
+    assert plain.returncode == 1 and "use https://" in plain.stderr  # running, not exit 3
     down = daemon_factory("down", manager={
         "url": f"https://127.0.0.1:{up.port}", "ca_file": ca.ca, "agent_id": "host-t",
         "heartbeat_interval": "0.3s"}).start()
