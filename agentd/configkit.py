@@ -122,10 +122,11 @@ def _key_lines(node, prefix: str, out: dict) -> None:
         for knode, vnode in node.value:
             dotted = f"{prefix}{knode.value}"
             line = knode.start_mark.line + 1
-            if isinstance(knode, yaml.ScalarNode) and knode.value in seen:
-                raise ConfigError(f"line {line}: {dotted} is given twice (first at line "
-                                  f"{seen[knode.value]}); say it once")
-            seen[knode.value] = line
+            if isinstance(knode, yaml.ScalarNode):
+                if knode.value in seen:
+                    raise ConfigError(f"line {line}: {dotted} is given twice (first at line "
+                                      f"{seen[knode.value]}); say it once")
+                seen[knode.value] = line
             out[dotted] = line
             _key_lines(vnode, dotted + ".", out)
     elif isinstance(node, yaml.SequenceNode):
