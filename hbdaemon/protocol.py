@@ -239,7 +239,9 @@ def _relayed(value, states, time_field: str) -> list:
         agent_id, state = entry.get("agent_id"), entry.get(state_field)
         reason, when = entry.get("reason", ""), entry.get(time_field)
         epoch = parse_rfc3339(when) if isinstance(when, str) and len(when) <= 64 else None
-        if not valid_agent_id(agent_id) or state not in states or epoch is None \
+        # a str first: a list or object would make `in states` raise TypeError, not refuse
+        if not valid_agent_id(agent_id) or not isinstance(state, str) or state not in states \
+                or epoch is None \
                 or not isinstance(reason, str) or len(reason) > MAX_REASON:
             raise ValueError(f"each entry: agent_id, {state_field} (a state), reason (text "
                              f"of at most {MAX_REASON} characters), {time_field} (RFC 3339)")

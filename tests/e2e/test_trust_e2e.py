@@ -403,6 +403,26 @@ def test_heads_the_stdlib_refuses_are_refused_whichever_parser_reads_them(daemon
     assert d.get("/agents/plain-1")[0] == 404
 
 
+def test_a_report_with_hostile_relayed_lists_still_proves_its_sender_alive(daemon_factory):
+    """Found by a review: an entry whose state was a list raised TypeError in the parser,
+    and the heartbeat (HTTP, Unix alike) was lost with a traceback."""
+    d = daemon_factory().start()
+    hostile = {"summary": {}, "events": [{"agent_id": "x", "to": [1], "reason": "",
+                                          "time": "2026-11-28T10:00:00Z"}],
+               "problems": [{"agent_id": "y", "state": {}, "reason": "",
+                             "since": "2026-11-28T10:00:00Z"}]}
+    status, _, answer = d.post(dict(hostile, agent_id="host-h", pid=os.getpid()))
+    assert status == 200 and len(answer["warnings"]) == 2
+    sock = d.unix_send(json.dumps(dict(hostile, agent_id="host-u", pid=os.getpid())).encode()
+                       + b"\n")
+    try:
+        assert d.wait_state("host-u", "healthy")["connected"]
+    finally:
+        sock.close()
+    assert d.state("host-h") == "healthy" and "Traceback" not in d.log()
+    assert d.get("/agents?match=host-*:*")[2]["agents"] == []  # nothing relayed from them
+
+
 def test_many_bad_connections_cannot_flood_the_log(daemon_factory):
     d = daemon_factory().start()
     for i in range(60):

@@ -4,7 +4,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from hbdaemon.protocol import (MAX_MESSAGE_BYTES, ProtocolError, anonymous_id, format_rfc3339,
                                parse_heartbeat, parse_rfc3339, valid_agent_id)
@@ -175,7 +175,22 @@ heartbeat_like = st.fixed_dictionaries({}, optional={
     "status": st.one_of(st.sampled_from(["starting", "running", "stopping"]), json_values),
     "cpu": st.one_of(st.floats(), st.integers(), json_values),
     "memory": st.one_of(st.integers(), json_values),
+    "agent_pid": st.one_of(st.integers(), json_values),
+    "exit_code": st.one_of(st.integers(), json_values),
+    "signal": st.one_of(st.integers(), json_values),
+    "detail": json_values,
+    "watcher": json_values,
+    "summary": json_values,
+    "problems_total": st.one_of(st.integers(), json_values),
 })
+# a downstream daemon's lists, each entry any mix of good and hostile fields
+relayed_entry = st.fixed_dictionaries({}, optional={
+    name: st.one_of(good, json_values) for name, good in (
+        ("agent_id", st.sampled_from(["db-1", "a:b"])),
+        ("to", st.sampled_from(["dead", "healthy", "forgotten"])),
+        ("state", st.sampled_from(["dead", "no_heartbeat"])),
+        ("reason", st.text(max_size=10)),
+        ("time", st.just("2026-11-28T10:00:00Z")), ("since", st.just("2026-11-28T10:00:00Z")))})
 
 
 def _parse_cleanly(data, require):
@@ -208,6 +223,21 @@ def test_arbitrary_json_never_raises_anything_else(value, require):
 @given(heartbeat_like, st.booleans())
 def test_heartbeat_shaped_json_never_raises_anything_else(doc, require):
     _parse_cleanly(json.dumps(doc).encode(), require)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(relayed_entry, json_values), max_size=3),
+       st.lists(st.one_of(relayed_entry, json_values), max_size=3))
+def test_a_reports_relayed_lists_never_raise_anything_else(events, problems):
+    """Found by a review: a list or object as an entry's state raised TypeError (an
+    unhashable value tested against a set) and took the heartbeat with it."""
+    try:  # NaN and infinities are not JSON: the whole line would be refused, rightly
+        line = json.dumps({"agent_id": "host-1", "pid": 5, "summary": {}, "events": events,
+                           "problems": problems}, allow_nan=False).encode()
+    except ValueError:
+        assume(False)
+    hb = _parse_cleanly(line, True)
+    assert hb is not None and hb.agent_id == "host-1"  # liveness, whatever the lists hold
 
 
 @pytest.mark.parametrize("text", ["0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-99:99",
