@@ -423,6 +423,7 @@ class Daemon:
             secrets = read_secrets(new)
             keys = udp_keys(new)
             tls = server_tls(new)
+            upstream_key = manager_key(new)  # read here: a bad one refuses the reload
             logsetup.configure(new.log.level, new.log.file, new.log.format)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
@@ -463,7 +464,7 @@ class Daemon:
         if self.udp and keys is not None:
             self.udp.keys, self.udp.max_skew = keys, new.udp.max_skew
         for upstream in self.upstreams:
-            upstream.key = manager_key(new)  # a rotated key signs the next report
+            upstream.key = upstream_key  # a rotated key signs the next report
         self.cfg = new
         log.info("configuration reloaded from %s", new.source)
         self.notifier.notify("READY=1")
